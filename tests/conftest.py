@@ -8,7 +8,9 @@ import torch
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# Every model in the tests is tiny: its matmuls are too small to split, and on a shared 2-core machine a
+# second OpenMP thread spins against the Ray actors and Redis servers (measured 2-7x slower).
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -12,24 +12,13 @@ return is at most 1 + bÂ·(fraction of COSTLY tokens), no policy with mean cost â
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Iterator
 
-import pytest
 import torch
 
 from tokenalign.agents.policy import AcceptRejectPolicy
 from tokenalign.buffers.schema import Transitions
 
 BAD, GOOD, COSTLY = 0, 1, 2
-
-
-@pytest.fixture(autouse=True)
-def single_thread() -> Iterator[None]:
-    """Tiny networks on a shared 2-core machine: one thread each avoids OpenMP spinning against neighbours."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def concat(batches: list[Transitions]) -> Transitions:

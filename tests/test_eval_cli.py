@@ -19,15 +19,6 @@ HIDDEN = 256  # the bundled tiny LM's hidden size
 FAST = ["engine.max_new_tokens=6"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # The tiny LM's matmuls are too small to split; with the machine's cores shared, one thread is fastest.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def parser() -> argparse.ArgumentParser:
     """The subcommands as tokenalign/cli.py wires them."""
     root = argparse.ArgumentParser(prog="tokenalign")

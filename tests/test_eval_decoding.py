@@ -24,15 +24,6 @@ PROMPTS = [Prompt(id=prompt_id(t), text=t, source="test") for t in TEXTS]
 AGENT_MODES = ("serial", "top1", "random", "max_prob")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # The tiny LM's matmuls are too small to split; with the machine's cores shared, one thread is fastest.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def task() -> DecodingTask:
     return DecodingTask.build(model=load_lm("builtin:tiny"), prompts=TEXTS, max_new_tokens=10, candidate_block=4)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-from synthetic_accept_reject import AcceptRejectProblem, rows, single_thread  # noqa: F401 (autouse fixture)
+from synthetic_accept_reject import AcceptRejectProblem, rows
 
 from tokenalign.agents import AcceptRejectPolicy
 from tokenalign.buffers.schema import Transitions

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from synthetic_accept_reject import AcceptRejectProblem, concat, rows, single_thread  # noqa: F401 (autouse fixture)
+from synthetic_accept_reject import AcceptRejectProblem, concat, rows
 
 from tokenalign.learners import Learner, make_learner
 

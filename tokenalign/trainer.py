@@ -134,7 +134,7 @@ class Trainer:
                 gamma=self.learner_info["gamma"], reward_service=self.reward_service)
             for i in range(cfg.rollout.num_actors)
         ]
-        self.actor_info = self._call_all([a.info.remote() for a in self.actors])
+        self.actor_info = [self._call(a.info.remote()) for a in self.actors]
 
     def _call(self, ref: Any) -> Any:
         try:
@@ -142,9 +142,6 @@ class Trainer:
         except GetTimeoutError as err:
             raise TimeoutError(f"a remote call took longer than run.remote_timeout_s={self.config.run.remote_timeout_s:g}s; "
                                "raise it for slow models, or check the actors' logs") from err
-
-    def _call_all(self, refs: list[Any]) -> list[Any]:
-        return [self._call(r) for r in refs]
 
     # --------------------------------------------------------------------------------------------- data
     def _next_prompts(self) -> list[int]:
@@ -216,18 +213,18 @@ class Trainer:
                 raise TimeoutError(f"no rollout actor or learner answered within run.remote_timeout_s="
                                    f"{self.config.run.remote_timeout_s:g}s")
             kind, index, prompts = in_flight.pop(ready[0])
-            stopping = self._should_stop()
             if kind == "actor":
                 stats = self._actor_result(ready[0], index)
                 if stats is None:  # the actor died: Ray restarts it, its batch goes out again
                     in_flight[self.actors[index].collect.remote(prompts)] = ("actor", index, prompts)
                     continue
                 budget += int(stats["episodes_written"]) * update_time
-                if not self._should_stop():
-                    nxt = self._next_prompts()
-                    in_flight[self.actors[index].collect.remote(nxt)] = ("actor", index, nxt)
             else:
                 self._learner_result(self._call(ready[0]))
+            stopping = self._should_stop()
+            if kind == "actor" and not stopping:
+                nxt = self._next_prompts()
+                in_flight[self.actors[index].collect.remote(nxt)] = ("actor", index, nxt)
             learner_busy = any(k == "learner" for k, _, _ in in_flight.values())
             if budget > 0 and not learner_busy and not stopping:
                 chunk = min(budget, 50 * update_time)
