@@ -53,10 +53,10 @@ def test_episodes_come_whole_in_order_and_once(make_queue) -> None:
     with pytest.raises(RateLimitTimeout, match="only 0 of 1 groups"):
         queue.get(1, learner_version=0, timeout_s=0.05)
     assert queue.stats()["delivered"] == 4
-    assert first.state.dtype == torch.float32
-    half = make_queue(state_dtype="float16")
-    half.add(episodes([5]))
-    assert half.get(1, learner_version=0).next_state.dtype == torch.float16
+    assert first.state.dtype == torch.float16  # as stored; the learner converts on its device
+    full = make_queue(state_dtype="float32")
+    full.add(episodes([5]))
+    assert full.get(1, learner_version=0).next_state.dtype == torch.float32
 
 
 def test_prompt_groups_wait_until_complete_and_stay_together(make_queue) -> None:

@@ -38,19 +38,20 @@ def test_sample_assembles_next_state_from_the_chain(make_buffer) -> None:
     buffer = make_buffer(capacity=1000)
     buffer.add(episodes(list(range(10)), length=7))
     batch = buffer.sample(256)
-    assert batch.state.shape == (256, HIDDEN) and batch.state.dtype == torch.float32
+    assert batch.state.shape == (256, HIDDEN) and batch.state.dtype == torch.float16  # as stored
+    assert batch.to("cpu").state.dtype == torch.float32
     assert batch.done.sum() > 0
     assert_chain(batch)
     assert torch.equal(batch.reward, batch.step.float()) and torch.equal(batch.action, batch.step % 2)
 
 
-def test_float16_states_on_request(make_buffer) -> None:
-    buffer = make_buffer(state_dtype="float16")
+def test_float32_states_on_request(make_buffer) -> None:
+    buffer = make_buffer(state_dtype="float32")
     buffer.add(episodes(list(range(6)), length=5))
     batch = buffer.sample(64)
-    assert batch.state.dtype == batch.next_state.dtype == torch.float16
+    assert batch.state.dtype == batch.next_state.dtype == torch.float32
     assert_chain(batch)
-    assert buffer.sample_episodes(3).next_state.dtype == torch.float16
+    assert buffer.sample_episodes(3).next_state.dtype == torch.float32
 
 
 def test_fifo_eviction_drops_oldest_whole_chunks_and_counts_them(make_buffer) -> None:

@@ -206,7 +206,7 @@ def test_update_reports_finite_metrics(name: str) -> None:
 
 
 def test_float16_states_from_the_buffer_train_every_learner_after_to() -> None:
-    """buffer.state_dtype=float16 hands states over as stored; Transitions.to makes them float32 on device."""
+    """The buffer hands states over as stored (float16, the default); Transitions.to makes them float32 on device."""
     for name in learner_names():
         batch = rollouts(1)[0]
         half = Transitions(**{**vars(batch), "state": batch.state.half(), "next_state": batch.next_state.half()})

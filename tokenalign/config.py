@@ -86,12 +86,14 @@ class RunConfig:
     """Seed of everything random in the run."""
     total_episodes: int = 3000
     """Stop after this many collected episodes."""
+    total_decisions: int | None = None
+    """Also stop after this many agent decisions (None = no limit): an equal budget when comparing learners."""
     max_minutes: float | None = 6.0
     """Also stop after this many minutes of training (None = no limit)."""
     checkpoint_every: int = 500
     """Write a checkpoint every this many learner updates (and at the end)."""
     eval_prompts: int = 100
-    """Held-out prompts evaluated at the end (summary.json)."""
+    """Held-out prompts evaluated at the end (summary.json); 0 skips the evaluation."""
     wandb_mode: Literal["offline", "online", "disabled"] = "offline"
     """wandb mode; offline keeps the run under the run directory."""
     ray_address: str | None = None

@@ -198,6 +198,8 @@ class Trainer:
             return True
         if self.progress.episodes >= run.total_episodes:
             return True
+        if run.total_decisions is not None and self.progress.decisions >= run.total_decisions:
+            return True
         return run.max_minutes is not None and (time.monotonic() - self._t0) / 60 >= run.max_minutes
 
     def _loop_async(self) -> None:
@@ -336,8 +338,11 @@ class Trainer:
         cfg = self.config
         samples = self._call(self.actors[0].sample_generations.remote(list(range(min(8, len(self.train_prompts))))))
         (self.run_dir / "generations.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
-        summary = self._call(self.actors[0].evaluate.remote(num_prompts=cfg.run.eval_prompts, best_of=4, seed=cfg.run.seed))
-        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        summary: dict[str, Any] = {}
+        if cfg.run.eval_prompts > 0:
+            summary = self._call(self.actors[0].evaluate.remote(num_prompts=cfg.run.eval_prompts, best_of=4,
+                                                                seed=cfg.run.seed))
+            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         training = {"episodes": self.progress.episodes, "decisions": self.progress.decisions,
                     "updates": self.progress.updates, "minutes": round(self.progress.elapsed_s / 60, 2),
                     "actor_restarts": self.progress.actor_restarts, "stopped_by": self._stop_reason or "budget",

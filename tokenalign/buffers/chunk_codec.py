@@ -1,8 +1,9 @@
 """How a chunk of decisions is laid out as two Arrow IPC values in Redis, and how we check a value is ours.
 
 A chunk is stored as `meta` (the scalar columns, plus where the states start) and `states` (one column of
-float16 states). Sampling reads the states value with GETRANGE at `state_offset + row·row_bytes`; rows t
-and t + 1 are adjacent, so one range returns a state and its chain successor. A value is accepted only if
+float16 states, and after the last one a row of zeros). Sampling reads the states value with GETRANGE at
+`state_offset + row·row_bytes`; rows t and t + 1 are adjacent, so one range of two rows returns a state and
+its chain successor, for every row alike (the zero row follows the last). A value is accepted only if
 it parses as our Arrow IPC (meta) or its length and header digest match what the meta recorded (states);
 nothing is ever unpickled.
 """
@@ -53,13 +54,13 @@ def _digest(head: bytes) -> str:
 def encode_chunk(columns: Columns) -> tuple[bytes, bytes]:
     """(meta, states) Arrow IPC values for one chunk."""
     rows, hidden_size = columns.state.shape
-    flat = pa.array(np.ascontiguousarray(columns.state).reshape(-1))
+    flat = pa.array(np.concatenate([columns.state.reshape(-1), np.zeros(hidden_size, dtype=columns.state.dtype)]))
     states = to_ipc(pa.RecordBatch.from_arrays([pa.FixedSizeListArray.from_arrays(flat, hidden_size)], names=["state"]))
     # The reader hands back zero-copy slices of `buffer`, so an address difference is the byte offset of row 0.
     buffer = pa.py_buffer(states)
     data = pa.ipc.open_stream(buffer).read_next_batch().column(0).values.buffers()[1]
     offset = data.address - buffer.address
-    if not 0 <= offset <= len(states) - rows * hidden_size * 2:
+    if not 0 <= offset <= len(states) - (rows + 1) * hidden_size * 2:
         raise RuntimeError("Arrow copied the states while reading them back; cannot locate rows for GETRANGE")
     info = dict(
         rows=rows, hidden_size=hidden_size, state_offset=offset, states_len=len(states), head_digest=_digest(states[:offset])

@@ -40,9 +40,9 @@ class BufferConfig:
     """How long sample() waits for the rate limiter to allow it before raising."""
     seed: int | None = None
     """Seed of the sampler's random generator; None draws one from the OS."""
-    state_dtype: str = "float32"
-    """dtype of sampled state / next_state: "float32" (what learners take), or "float16" (half the bytes to build
-    and move; the learner converts on its device)."""
+    state_dtype: str = "float16"
+    """dtype of sampled state / next_state: "float16" (as stored; half the bytes to build and to move to a GPU,
+    the learner converts on its device), or "float32" (converted on the host)."""
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:

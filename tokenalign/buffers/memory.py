@@ -22,6 +22,8 @@ class MemoryShard:
         specs = {col: ((), dtype) for col, dtype in SCALAR_DTYPES.items()}
         specs["state"] = ((hidden_size,), np.dtype(np.float16))
         self._ring = ChunkRing(capacity=capacity, columns=specs)
+        # torch's index_select gathers rows about twice as fast as numpy's fancy indexing (the ring never reallocates).
+        self._states = torch.from_numpy(self._ring.columns["state"])
         self._counters = ShardCounters()
         self._next_chunk_id = 0
 
@@ -55,9 +57,8 @@ class MemoryShard:
         return self._assemble(positions)
 
     def _assemble(self, positions: np.ndarray) -> Transitions:
-        states = self._ring.columns["state"]
-        state = torch.from_numpy(states[positions])
-        next_state = torch.from_numpy(states[self._ring.successors(positions)])
+        state = self._states.index_select(0, torch.from_numpy(positions))
+        next_state = self._states.index_select(0, torch.from_numpy(self._ring.successors(positions)))
         scalars = {name: self._ring.columns[name][positions] for name in SCALAR_DTYPES}
         return make_transitions(scalars, state, next_state, state_dtype=self.state_dtype)
 

@@ -52,28 +52,3 @@ def with_retry(action: Callable[[], T], *, shard: str, timeout_s: float, what: s
                 ) from err
             time.sleep(min(delay, remaining))
             delay = min(delay * 2, 2.0)
-
-
-def pipelined(client: redis.Redis, commands: list[tuple[str, ...]]) -> list[object]:
-    """Send ASCII commands in one write and read every reply: a lean pipeline for the sampling hot path.
-
-    redis-py's Pipeline spends most of a 1024-command batch building Command objects; here each command
-    is one f-string. Error replies come back in place (as ResponseError), so the connection stays in step.
-    """
-    packed = "".join([f"*{len(cmd)}\r\n" + "".join([f"${len(arg)}\r\n{arg}\r\n" for arg in cmd]) for cmd in commands])
-    packed = packed.encode("ascii")
-    connection = client.connection_pool.get_connection()
-    try:
-        connection.send_packed_command([packed])
-        replies: list[object] = []
-        for _ in commands:
-            try:
-                replies.append(connection.read_response())
-            except redis.ResponseError as err:
-                replies.append(err)
-        return replies
-    except BaseException:
-        connection.disconnect()
-        raise
-    finally:
-        client.connection_pool.release(connection)

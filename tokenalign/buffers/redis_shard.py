@@ -1,4 +1,4 @@
-"""RedisShard: one Redis server as a shard, written atomically by many processes, sampled with pipelined GETRANGE.
+"""RedisShard: one Redis server as a shard, written atomically by many processes, sampled with pipelined GETRANGEs.
 
 Layout under `<namespace>:` on the server: chunks numbered 1, 2, ... (`tail` is the newest, `head` the
 oldest live one), each as `meta:<id>` and `states:<id>` (see chunk_codec), `rows` (hash id → rows, for
@@ -16,7 +16,8 @@ import redis
 import torch
 
 from tokenalign.buffers.chunk_codec import ChunkMeta, check_states, decode_meta, encode_chunk, refusal
-from tokenalign.buffers.redis_client import connect, pipelined, public_url, with_retry
+from tokenalign.buffers.range_reader import RangeReader
+from tokenalign.buffers.redis_client import connect, public_url, with_retry
 from tokenalign.buffers.ring import ChunkRing
 from tokenalign.buffers.schema import RecordSchemaError, Transitions
 from tokenalign.buffers.shard import (
@@ -88,6 +89,7 @@ class RedisShard:
         self._client = connect(url, password=password)
         self._add_script = self._client.register_script(_ADD)
         self._clear_script = self._client.register_script(_CLEAR)
+        self._ranges = RangeReader(self._client)
         self._row_bytes = hidden_size * 2
         self._mirror_ring: ChunkRing | None = None
         self._metas: dict[int, ChunkMeta] = {}
@@ -176,24 +178,23 @@ class RedisShard:
         return self._mirror.episodes()[2]
 
     def gather(self, offsets: np.ndarray) -> Transitions:
-        """Rows at `offsets`, non-terminal rows first: each is one GETRANGE of the state and its successor."""
+        """Rows at `offsets`: each one GETRANGE of the state and its successor, read straight into one buffer."""
         cols = self._mirror.columns
         positions = self._mirror.positions(offsets)
-        positions = positions[np.argsort(cols["done"][positions], kind="stable")]
-        done = cols["done"][positions]
-        spans = np.where(done, 1, 2) * self._row_bytes
+        chunk_ids = cols["chunk_id"][positions]
         starts = cols["state_offset"][positions] + cols["row"][positions] * self._row_bytes
-        states, read = self._fetch(cols["chunk_id"][positions], starts, spans, np.ones(len(positions), np.int64))
-        positions, done = positions[read], done[read]  # rows of chunks evicted since the refresh are dropped
-        linked = int((~done).sum())
-        pairs = states[: linked * 2 * self.hidden_size].view(linked, 2, self.hidden_size)
+        rows, ranges = self._ranges.read_rows([f"{self._ns}:states:{cid}" for cid in chunk_ids.tolist()], starts,
+                                              2 * self._row_bytes)
+        self._check_ranges(chunk_ids, ranges.read, ranges.errors)
+        positions = positions[ranges.read]  # rows of chunks evicted since the refresh are dropped
+        self._client.incrby(self._key("sampled"), len(positions))
+        pairs = torch.from_numpy(rows.view(np.float16)).view(len(positions), 2, self.hidden_size)
         state = torch.empty((len(positions), self.hidden_size), dtype=self.state_dtype)
         next_state = torch.empty_like(state)
-        state[:linked] = pairs[:, 0]
-        state[linked:] = states[linked * 2 * self.hidden_size :].view(-1, self.hidden_size)
-        next_state[:linked] = pairs[:, 1]
-        next_state[linked:] = 0.0
+        state.copy_(pairs[:, 0])
+        next_state.copy_(pairs[:, 1])
         scalars = {name: cols[name][positions] for name in SCALAR_DTYPES}
+        next_state[torch.from_numpy(scalars["done"])] = 0.0  # the chain ends: the successor row is another episode's
         return make_transitions(scalars, state, next_state, state_dtype=self.state_dtype)
 
     def gather_episodes(self, indices: np.ndarray) -> Transitions:
@@ -201,11 +202,16 @@ class RedisShard:
         cols = self._mirror.columns
         starts, lengths, _ = self._mirror.episodes()
         first, lengths = starts[indices], lengths[indices]
+        chunk_ids = cols["chunk_id"][first]
         byte_starts = cols["state_offset"][first] + cols["row"][first] * self._row_bytes
-        states, read = self._fetch(cols["chunk_id"][first], byte_starts, lengths * self._row_bytes, lengths)
-        if not read.all():
-            raise ViewOutdated(int(cols["chunk_id"][first][~read][0]))
-        state = states.view(-1, self.hidden_size).to(self.state_dtype)
+        ranges = self._ranges.read_ranges([f"{self._ns}:states:{cid}" for cid in chunk_ids.tolist()], byte_starts,
+                                          lengths * self._row_bytes)
+        self._check_ranges(chunk_ids, ranges.read, ranges.errors)
+        if not ranges.read.all():
+            raise ViewOutdated(int(chunk_ids[~ranges.read][0]))
+        self._client.incrby(self._key("sampled"), int(lengths.sum()))
+        state = torch.from_numpy(ranges.joined(lengths * self._row_bytes).view(np.float16)).view(-1, self.hidden_size)
+        state = state.to(self.state_dtype)
         next_state = torch.zeros_like(state)
         next_state[:-1] = state[1:]
         positions = self._mirror.episode_positions(indices)
@@ -213,32 +219,17 @@ class RedisShard:
         next_state[torch.from_numpy(scalars["done"])] = 0.0
         return make_transitions(scalars, state, next_state, state_dtype=self.state_dtype)
 
-    def _fetch(
-        self, chunk_ids: np.ndarray, starts: np.ndarray, spans: np.ndarray, transitions: np.ndarray
-    ) -> tuple[torch.Tensor, np.ndarray]:
-        """The byte ranges as float16, one GETRANGE each in one round trip, and which ranges could be read.
-
-        `transitions` is how many sampled transitions each range serves, for the shard's `sampled` counter.
+    def _check_ranges(self, chunk_ids: np.ndarray, read: np.ndarray, errors: dict[int, str]) -> None:
+        """Refuse a states value that is not a string or is shorter than its meta says; evicted chunks pass.
 
         A range comes back empty only when its chunk was evicted after this process's last refresh; any
-        other length mismatch means someone else wrote the key, and is refused.
+        other shortfall means someone else wrote the key.
         """
-        ends = starts + spans - 1
-        commands = [
-            ("GETRANGE", f"{self._ns}:states:{cid}", str(start), str(end))
-            for cid, start, end in zip(chunk_ids.tolist(), starts.tolist(), ends.tolist())
-        ]
-        commands.append(("INCRBY", self._key("sampled"), str(int(transitions.sum()))))
-        replies = pipelined(self._client, commands)[:-1]
-        errors = [(cid, r) for cid, r in zip(chunk_ids.tolist(), replies) if isinstance(r, redis.ResponseError)]
         if errors:
-            raise refusal(self._key("states", errors[0][0]), f"not a string: {errors[0][1]}")
-        read = np.fromiter(map(len, replies), dtype=np.int64, count=len(replies)) == spans
+            index, message = next(iter(errors.items()))
+            raise refusal(self._key("states", int(chunk_ids[index])), f"not a string: {message}")
         if not read.all():
             self._check_unread(chunk_ids[~read])
-            self._client.decrby(self._key("sampled"), int(transitions[~read].sum()))
-        blob = bytearray().join(replies)
-        return (torch.frombuffer(blob, dtype=torch.float16) if blob else torch.empty(0, dtype=torch.float16)), read
 
     def _check_unread(self, chunk_ids: np.ndarray) -> None:
         head = int(self._client.get(self._key("head")) or 1)
@@ -276,4 +267,5 @@ class RedisShard:
 
     def close(self) -> None:
         """Close this process's connections (the data stays on the server)."""
+        self._ranges.close()
         self._client.close()

@@ -125,7 +125,8 @@ class Transitions:
     """
 
     state: torch.Tensor
-    """(B, hidden) float32 hidden state of the candidate being decided (float16 with buffer.state_dtype=float16)."""
+    """(B, hidden) hidden state of the candidate being decided: float16 as the buffer hands it over (buffer.state_dtype),
+    float32 after `to(device)`."""
     action: torch.Tensor
     """(B,) int64, 1 = accept, 0 = reject."""
     reward: torch.Tensor
