@@ -29,12 +29,12 @@ def test_whole_empty_and_error_replies_in_one_pipeline(client: redis.Redis, monk
     # 3-byte receives split every header and every data run, so each parsing branch meets a partial reply.
     monkeypatch.setattr(range_reader, "RECV_BYTES", recv_bytes)
     reader = RangeReader(client)
-    keys = ["rr:value", "rr:missing", "rr:value", "rr:list", "rr:value", "rr:value"]
-    starts = np.array([0, 0, 100, 0, len(VALUE) - 10, 4000])
-    lengths = np.array([512, 512, 512, 512, 512, 512])
+    keys = ["rr:value", "rr:value", "rr:missing", "rr:value", "rr:list", "rr:value"]
+    starts = np.array([len(VALUE) - 10, 0, 0, 100, 0, 4000])
+    lengths = np.full(6, 512)
     ranges = reader.read_ranges(keys, starts, lengths)
-    assert ranges.read.tolist() == [True, False, True, False, False, True]  # missing: empty; near the end: short
-    assert list(ranges.errors) == [3] and "WRONGTYPE" in ranges.errors[3]
+    assert ranges.read.tolist() == [False, True, False, True, False, True]  # near the end: short; missing: empty
+    assert list(ranges.errors) == [4] and "WRONGTYPE" in ranges.errors[4]
     rows = ranges.rows(512)
     assert [bytes(r) for r in rows] == [VALUE[0:512], VALUE[100:612], VALUE[4000:4512]]
     reader.close()

@@ -75,6 +75,16 @@ def test_killed_rollout_actor_is_restarted_and_no_episode_is_lost(ray_cluster, t
     assert training["buffer"]["size"] >= training["decisions"]
 
 
+def test_a_decision_budget_stops_the_run_and_zero_eval_prompts_skip_the_evaluation(ray_cluster, tmp_path):
+    config = short_config(tmp_path, "ppo", "run.total_episodes=100000", "run.total_decisions=150", "run.eval_prompts=0")
+    trainer = Trainer.new_run(config)
+    assert trainer.run() == {}
+    training = json.loads((trainer.run_dir / "training.json").read_text())
+    assert training["decisions"] >= 150 and training["episodes"] < 100  # stopped by decisions, not episodes
+    assert not (trainer.run_dir / "summary.json").exists()
+    assert "not evaluated" in (trainer.run_dir / "report.md").read_text()
+
+
 def test_rollout_actors_pinned_to_distinct_fake_gpus(ray_cluster, tmp_path):
     config = short_config(tmp_path, "sac", "rollout.gpus_per_actor=1", "run.total_episodes=8")
     trainer = Trainer.new_run(config)

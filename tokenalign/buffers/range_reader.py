@@ -145,10 +145,10 @@ class RangeReader:
                 line_end = buffer.find(b"\r\n", pos, got)
                 if line_end < 0:
                     break  # its header is still on its way
-                pos, i = self._short_reply(buffer, pos, line_end, got, i, errors)
-                if pos < 0:
-                    pos = -pos
-                    break
+                after = self._short_reply(buffer, pos, line_end, got, i, errors)
+                if after is None:
+                    break  # its data is still on its way
+                pos, i = after, i + 1
             if i == n:
                 break
             if got == len(buffer):
@@ -161,20 +161,18 @@ class RangeReader:
         return Ranges(buffer=buffer, offsets=offsets, read=offsets >= 0, errors=errors)
 
     @staticmethod
-    def _short_reply(buffer: mmap.mmap, pos: int, line_end: int, got: int, i: int,
-                     errors: dict[int, str]) -> tuple[int, int]:
-        """Consume a reply that is not a whole range: (next position, next index), or (-pos, i) if incomplete."""
+    def _short_reply(buffer: mmap.mmap, pos: int, line_end: int, got: int, i: int, errors: dict[int, str]) -> int | None:
+        """Consume reply i, which is not a whole range: the position after it, or None while it is incomplete."""
         kind, line = buffer[pos:pos + 1], bytes(buffer[pos + 1: line_end])
         if kind == b"-":
             errors[i] = line.decode(errors="replace")
-            return line_end + 2, i + 1
+            return line_end + 2
         if kind == b"$":
             if int(line) < 0:  # a null reply carries no data
-                return line_end + 2, i + 1
+                return line_end + 2
             end = line_end + 2 + int(line) + 2
-            if end > got:
-                return -pos, i
-            return end, i + 1  # shorter than asked: the chunk was evicted (empty) or the value is not ours
+            # Shorter than asked: the chunk was evicted (empty) or the value is not ours; the caller decides.
+            return end if end <= got else None
         raise ConnectionError(f"unexpected reply {bytes(buffer[pos: line_end])[:40]!r} to GETRANGE")
 
     def close(self) -> None:
