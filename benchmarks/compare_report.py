@@ -99,6 +99,12 @@ def _fmt(stat: dict[str, float], digits: int = 3) -> str:
     return "–" if stat.get("mean") is None else f"{stat['mean']:.{digits}f} ± {stat['se']:.{digits}f}"
 
 
+def _gap(a: dict[str, float], b: dict[str, float]) -> str:
+    """a − b with its size in standard errors of the difference."""
+    gap, se = a["mean"] - b["mean"], float(np.hypot(a["se"], b["se"]))
+    return f"{gap:+.3f}" + (f", {gap / se:+.1f} SE" if se > 0 else "")
+
+
 def verdict(agg: dict[str, Any], cost_limit: float) -> list[str]:
     """Plain sentences: who wins on reward, by how much, at what cost, and where agents lose to best-of-N."""
     methods = agg["methods"]
@@ -106,34 +112,33 @@ def verdict(agg: dict[str, Any], cost_limit: float) -> list[str]:
     baselines = sorted((n for n, m in methods.items() if m["kind"] == "baseline"), key=lambda n: methods[n].get("best_of", 1))
     if not learners:
         return []
-    best, lines = learners[0], []
-    b = methods[best]
-    lines.append(f"**{best}** has the highest held-out reward, {_fmt(b['reward'])}, at cost {_fmt(b['cost'])} "
-                 f"(cost_success {_fmt(b['cost_success'], 2)} at cost ≤ {cost_limit:g}).")
+    best = methods[learners[0]]
+    lines = [f"- **{learners[0]}** has the highest held-out reward, {_fmt(best['reward'])}, at cost {_fmt(best['cost'])} "
+             f"(P(cost ≤ {cost_limit:g}) = {_fmt(best['cost_success'], 2)}), after {_fmt(best['train_minutes'], 1)} "
+             "minutes of training."]
     if len(learners) > 1:
-        r = methods[learners[1]]
-        gap = b["reward"]["mean"] - r["reward"]["mean"]
-        se = float(np.hypot(b["reward"]["se"], r["reward"]["se"]))
-        lines.append(f"Its margin over the runner-up **{learners[1]}** ({_fmt(r['reward'])}) is {gap:.3f} "
-                     f"({gap / se:.1f} standard errors)." if se > 0 else
-                     f"Its margin over the runner-up **{learners[1]}** is {gap:.3f}.")
-    cheapest = min(learners, key=lambda n: methods[n]["cost"]["mean"])
-    lines.append(f"Lowest cost: **{cheapest}**, {_fmt(methods[cheapest]['cost'])} "
-                 f"(reward {_fmt(methods[cheapest]['reward'])}).")
+        runner_up = methods[learners[1]]
+        lines.append(f"- Its margin over the runner-up **{learners[1]}** ({_fmt(runner_up['reward'])}) is "
+                     f"{_gap(best['reward'], runner_up['reward'])}.")
+    safest = min(learners, key=lambda n: methods[n]["cost"]["mean"])
+    lines.append(f"- Lowest cost among the learners: **{safest}**, {_fmt(methods[safest]['cost'])} "
+                 f"(reward {_fmt(methods[safest]['reward'])}).")
     for name in learners:
         m = methods[name]
-        beaten_by = [n for n in baselines if methods[n]["reward"]["mean"] > m["reward"]["mean"]]
-        compute = m["lm_forward_tokens_per_token"]["mean"]
-        if beaten_by:
-            first = beaten_by[0]
-            lines.append(f"**{name}** loses to **{first}** on reward ({_fmt(methods[first]['reward'])} vs "
-                         f"{_fmt(m['reward'])}), which spends {methods[first]['lm_forward_tokens_per_token']['mean']:.1f} "
-                         f"LM forward tokens per generated token against the agent's {compute:.1f}.")
+        compute = f"the agent {m['lm_forward_tokens_per_token']['mean']:.1f}"
+        above = [n for n in baselines if methods[n]["reward"]["mean"] > m["reward"]["mean"]]
+        if above:
+            first = methods[above[0]]
+            lines.append(f"- **{name}** ({_fmt(m['reward'])}) is outscored by **{above[0]}** ({_fmt(first['reward'])}; "
+                         f"gap {_gap(first['reward'], m['reward'])}), which costs "
+                         f"{first['lm_forward_tokens_per_token']['mean']:.1f} LM forward tokens per generated token, "
+                         f"{compute}.")
         else:
-            top = baselines[-1]
-            lines.append(f"**{name}** beats every baseline on reward, best-of-{methods[top].get('best_of')} included "
-                         f"({_fmt(methods[top]['reward'])}), at {compute:.1f} LM forward tokens per generated token "
-                         f"against its {methods[top]['lm_forward_tokens_per_token']['mean']:.1f}.")
+            top = methods[baselines[-1]]
+            lines.append(f"- **{name}** ({_fmt(m['reward'])}) outscores every baseline, {baselines[-1]} included "
+                         f"({_fmt(top['reward'])}; gap {_gap(m['reward'], top['reward'])}), which costs "
+                         f"{top['lm_forward_tokens_per_token']['mean']:.1f} LM forward tokens per generated token, "
+                         f"{compute}.")
     return lines
 
 
@@ -179,6 +184,17 @@ def markdown(data: dict[str, Any], agg: dict[str, Any], name: str) -> str:
     return "\n".join(lines)
 
 
+def _band(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard error over seeds (rows) of each bin, skipping seeds with no batch there (nan)."""
+    seen = ~np.isnan(values)
+    count = seen.sum(axis=0)
+    filled = np.where(seen, values, 0.0)
+    mean = np.divide(filled.sum(axis=0), count, out=np.full(values.shape[1], np.nan), where=count > 0)
+    squares = np.where(seen, (values - mean) ** 2, 0.0).sum(axis=0)
+    var = np.divide(squares, count - 1, out=np.zeros(values.shape[1]), where=count > 1)
+    return mean, np.sqrt(var / np.maximum(count, 1))
+
+
 def plot_curves(agg: dict[str, Any], path: Path) -> None:
     edges = np.asarray(agg["grid"])
     centres = (edges[:-1] + edges[1:]) / 2
@@ -187,10 +203,7 @@ def plot_curves(agg: dict[str, Any], path: Path) -> None:
         if m["kind"] != "learner":
             continue
         for ax, key in zip(axes, ("reward", "cost")):
-            values = np.asarray(m["curve"][key], dtype=np.float64)
-            mean = np.nanmean(values, axis=0)
-            count = np.sum(~np.isnan(values), axis=0)
-            se = np.where(count > 1, np.nanstd(values, axis=0, ddof=min(1, len(values) - 1)) / np.sqrt(np.maximum(count, 1)), 0)
+            mean, se = _band(np.asarray(m["curve"][key], dtype=np.float64))
             ax.plot(centres, mean, label=name)
             ax.fill_between(centres, mean - se, mean + se, alpha=0.25)
     target = agg["target"]["reward"]

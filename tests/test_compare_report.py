@@ -58,7 +58,7 @@ def test_aggregate_gives_mean_and_standard_error_over_seeds_and_the_target() -> 
 def test_report_names_the_winner_and_where_a_learner_loses_to_best_of_n(tmp_path: Path) -> None:
     text = write_report(data(), tmp_path, "cmp")
     assert "**sac** has the highest held-out reward" in text
-    assert "**ppo** loses to **best-of-4** on reward" in text
-    assert "**sac** beats every baseline on reward" in text
+    assert "**ppo** (0.300 ± 0.100) is outscored by **best-of-4** (0.600 ± 0.000; gap +0.300, +3.0 SE)" in text
+    assert "**sac** (1.100 ± 0.100) outscores every baseline, best-of-4 included" in text
     for name in ("cmp.json", "cmp.md", "cmp_curves.png", "cmp_pareto.png"):
         assert (tmp_path / name).stat().st_size > 0
