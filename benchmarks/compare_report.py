@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -139,7 +140,20 @@ def verdict(agg: dict[str, Any], cost_limit: float) -> list[str]:
                          f"({_fmt(top['reward'])}; gap {_gap(m['reward'], top['reward'])}), which costs "
                          f"{top['lm_forward_tokens_per_token']['mean']:.1f} LM forward tokens per generated token, "
                          f"{compute}.")
+    lines.append(_text_quality(methods, learners, baselines))
     return lines
+
+
+def _text_quality(methods: dict[str, Any], learners: list[str], baselines: list[str]) -> str:
+    """Where the agents stand against the baselines on diversity and on the base LM's perplexity."""
+    def span(names: list[str], metric: str, digits: int) -> str:
+        values = [methods[n][metric]["mean"] for n in names]
+        return f"{min(values):.{digits}f}–{max(values):.{digits}f}"
+
+    return (f"- Text: the learners' distinct-2 is {span(learners, 'distinct_2', 2)} against "
+            f"{span(baselines, 'distinct_2', 2)} for the baselines, and the base LM's perplexity of their responses "
+            f"{span(learners, 'perplexity', 1)} against {span(baselines, 'perplexity', 1)}: read the generations "
+            "before trusting a reward gain.")
 
 
 def markdown(data: dict[str, Any], agg: dict[str, Any], name: str) -> str:
@@ -210,6 +224,7 @@ def plot_curves(agg: dict[str, Any], path: Path) -> None:
     if target is not None:
         axes[0].axhline(target, color="grey", linestyle="--", linewidth=1, label=agg["target"]["method"] + " (held-out)")
     for ax, key in zip(axes, ("training reward (2 × VADER)", "training cost (profanity)")):
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x / 1000:g}k"))
         ax.set_xlabel("agent decisions")
         ax.set_ylabel(key)
         ax.grid(alpha=0.3)

@@ -60,5 +60,6 @@ def test_report_names_the_winner_and_where_a_learner_loses_to_best_of_n(tmp_path
     assert "**sac** has the highest held-out reward" in text
     assert "**ppo** (0.300 ± 0.100) is outscored by **best-of-4** (0.600 ± 0.000; gap +0.300, +3.0 SE)" in text
     assert "**sac** (1.100 ± 0.100) outscores every baseline, best-of-4 included" in text
+    assert "the learners' distinct-2 is 0.50–0.50 against 0.50–0.50 for the baselines" in text
     for name in ("cmp.json", "cmp.md", "cmp_curves.png", "cmp_pareto.png"):
         assert (tmp_path / name).stat().st_size > 0
