@@ -153,7 +153,7 @@ def main() -> None:
     prompts = load_prompts(config.data.test, prompt_field=config.data.prompt_field, seed=config.data.seed)
     task = DecodingTask.build(model=config.lm.path, prompts=prompts[: args.eval_prompts], scorers=config.reward,
                               sampling=config.engine.sampling, max_new_tokens=config.engine.max_new_tokens,
-                              candidate_block=config.engine.candidate_block)
+                              candidate_block=config.engine.candidate_block, dtype=config.lm.dtype)
     flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in asdict(args).items()
                      if k != "quick" and v != getattr(Args, k) and not (args.quick and k in QUICK))
     data: dict[str, Any] = {

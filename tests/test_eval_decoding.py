@@ -195,3 +195,10 @@ def test_bad_arguments_raise_one_clear_error(task, agent):
     other_lm_agent = AcceptRejectPolicy(hidden_size=task.hidden_size + 8, widths=(8,))
     with pytest.raises(EvalError, match="does not match the LM's hidden size"):
         evaluate(task, "max_prob", PROMPTS, policy=other_lm_agent)
+
+
+def test_a_task_built_from_a_path_loads_the_lm_in_the_configured_dtype() -> None:
+    # `tokenalign eval` builds its task from lm.path and lm.dtype, as the rollout actors do.
+    task = DecodingTask.build(model="builtin:tiny", prompts=TEXTS[:2], max_new_tokens=4, dtype="bfloat16")
+    assert {p.dtype for p in task.engine.model.parameters()} == {torch.bfloat16}
+    assert len(evaluate(task, "greedy", PROMPTS[:2], batch_size=2).records) == 2

@@ -32,7 +32,7 @@ def cmd_generate(args: argparse.Namespace, config: TrainConfig) -> int:
                                           seed=config.data.seed)[: args.num_prompts]
     task = DecodingTask.build(model=config.lm.path, prompts=prompts, scorers=config.reward,
                               sampling=config.engine.sampling, max_new_tokens=config.engine.max_new_tokens,
-                              candidate_block=config.engine.candidate_block)
+                              candidate_block=config.engine.candidate_block, dtype=config.lm.dtype)
     if args.agent:
         policy = load_agent(args.agent, hidden_size=task.hidden_size)
     else:

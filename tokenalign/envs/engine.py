@@ -142,7 +142,7 @@ class DecodingEngine:
 
     def restart_rows(self, batch: DecodeBatch, rows: torch.Tensor, prompts: list[str]) -> None:
         """Replace the sequences in `rows` by new `prompts` (the vector env's autoreset) and settle."""
-        ids = self._encode(prompts)
+        ids = self.encode(prompts)
         self._ensure_commit_width(batch, max(len(x) for x in ids))
         for row, prompt_ids in zip(rows.tolist(), ids):
             batch.commit[row] = self.pad_token_id
@@ -160,7 +160,8 @@ class DecodingEngine:
         batch.needs_logits[rows] = True
         self.settle(batch)
 
-    def _encode(self, prompts: list[str]) -> list[list[int]]:
+    def encode(self, prompts: list[str]) -> list[list[int]]:
+        """Token ids of each prompt as the engine feeds it: an empty prompt is EOS, a long one keeps its end."""
         budget = None if self.max_positions is None else int(self.max_positions) - self.config.max_new_tokens
         if budget is not None and budget < 1:
             raise ValueError(

@@ -91,7 +91,7 @@ def evaluate(
     # Best-of-n keeps each prompt's highest final reward (the first on ties, as MARA's max scan).
     keep = scores.final.reshape(len(prompts), samples).argmax(axis=1) + np.arange(len(prompts)) * samples
     kept_ids = [token_ids[i] for i in keep]
-    perplexity = response_perplexity(engine.model, engine._encode([p.text for p in prompts]), kept_ids,
+    perplexity = response_perplexity(engine.model, engine.encode([p.text for p in prompts]), kept_ids,
                                       pad_token_id=engine.pad_token_id, batch_size=batch_size)
     decode_s = seconds.reshape(len(prompts), samples).sum(axis=1)
     records = [

@@ -34,7 +34,7 @@ def sample_responses(
     model, device = engine.model, engine.device
     max_new = engine.config.max_new_tokens
     # The engine's own prompt encoding (empty prompt → EOS, left truncation), so both see the same context.
-    input_ids, attention_mask, position_ids = left_pad(engine._encode(prompts), pad_token_id=engine.pad_token_id,
+    input_ids, attention_mask, position_ids = left_pad(engine.encode(prompts), pad_token_id=engine.pad_token_id,
                                                        device=device)
     cache = DynamicCache(config=model.config)
     logits = model(input_ids=input_ids, attention_mask=attention_mask.long(), position_ids=position_ids,
