@@ -3,6 +3,7 @@ evaluated on the held-out prompts beside base sampling and best-of-N reranking.
 
     python benchmarks/compare_algorithms.py            # full: 4 learners × 3 seeds, 200k decisions each
     python benchmarks/compare_algorithms.py --quick    # 2 seeds, 20k decisions, 50 prompts: under 10 minutes
+    python benchmarks/compare_algorithms.py --tag kl shaping.token_reward=kl_div   # a variant, own result files
 
 Each run is the real system (Trainer: Ray rollout actors, embedded Redis buffer, learner actor) on one
 shared local Ray session, stopped by run.total_decisions. A seed seeds the run (actors, learner, buffer
@@ -77,27 +78,32 @@ class Args:
     """Where the results go."""
     runs_dir: str = "runs/compare"
     """Parent of the training runs' directories (checkpoints, metrics.jsonl)."""
+    tag: str = ""
+    """Appended to the result files' names (compare_algorithms_<tag>.*), to keep a variant apart."""
 
 
 def parse_args() -> Args:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("overrides", nargs="*", help="dotted config overrides for every training run (key=value)")
     for f in fields(Args):
         flag = f"--{f.name.replace('_', '-')}"
         if f.type == "bool":
             parser.add_argument(flag, action="store_true")
         else:
             parser.add_argument(flag, type=type(f.default), default=f.default)
-    args = Args(**vars(parser.parse_args()))
+    parsed = vars(parser.parse_args())
+    overrides = parsed.pop("overrides")
+    args = Args(**parsed)
     if args.quick:
         args = Args(**{**asdict(args), **QUICK})
     unknown = sorted(set(args.learners.split(",")) - set(LEARNERS))
     if unknown:
         parser.error(f"unknown learners {unknown}; choose from {', '.join(LEARNERS)}")
-    return args
+    return args, overrides
 
 
-def run_config(args: Args, learner: str, seed: int, runs_dir: Path) -> TrainConfig:
-    """The demo config (the defaults) with this learner, seed and decision budget."""
+def run_config(args: Args, learner: str, seed: int, runs_dir: Path, overrides: list[str]) -> TrainConfig:
+    """The demo config (the defaults, then `overrides`) with this learner, seed and decision budget."""
     params = [f"learner.params.{k}={v}" for k, v in DEMO_PARAMS[learner].items()]
     if learner in LAGRANGIAN:
         params.append(f"learner.params.threshold={args.cost_limit}")
@@ -105,6 +111,7 @@ def run_config(args: Args, learner: str, seed: int, runs_dir: Path) -> TrainConf
         "learner.params={}", f"learner.name={learner}", *params, f"run.seed={seed}", f"buffer.seed={seed}",
         f"run.total_decisions={args.decisions}", "run.total_episodes=1000000000", "run.max_minutes=null",
         "run.eval_prompts=0", "run.wandb_mode=disabled", f"run.runs_dir={runs_dir}", f"run.name={learner}-seed{seed}",
+        *overrides,
     ])
 
 
@@ -123,9 +130,10 @@ def learning_curve(run_dir: Path) -> dict[str, list[float]]:
     return curve
 
 
-def train_and_evaluate(args: Args, learner: str, seed: int, runs_dir: Path, task: DecodingTask) -> dict[str, Any]:
+def train_and_evaluate(args: Args, learner: str, seed: int, runs_dir: Path, task: DecodingTask,
+                       overrides: list[str]) -> dict[str, Any]:
     """One training run on the shared Ray session, then its agent (serial first-accept) on the held-out prompts."""
-    trainer = Trainer.new_run(run_config(args, learner, seed, runs_dir))
+    trainer = Trainer.new_run(run_config(args, learner, seed, runs_dir, overrides))
     trainer.run()
     training = json.loads((trainer.run_dir / "training.json").read_text())
     policy = load_agent(trainer.run_dir, hidden_size=task.hidden_size)
@@ -146,8 +154,8 @@ def evaluate_baselines(args: Args, seed: int, task: DecodingTask) -> list[dict[s
 
 
 def main() -> None:
-    args = parse_args()
-    name = "compare_algorithms_quick" if args.quick else "compare_algorithms"
+    args, overrides = parse_args()
+    name = "_".join(["compare_algorithms", *(["quick"] if args.quick else []), *([args.tag] if args.tag else [])])
     runs_dir = Path(args.runs_dir) / time.strftime("%Y%m%d-%H%M%S")
     config = load_config(None, [])
     prompts = load_prompts(config.data.test, prompt_field=config.data.prompt_field, seed=config.data.seed)
@@ -157,8 +165,9 @@ def main() -> None:
     flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in asdict(args).items()
                      if k != "quick" and v != getattr(Args, k) and not (args.quick and k in QUICK))
     data: dict[str, Any] = {
-        "command": f"python benchmarks/compare_algorithms.py{' --quick' if args.quick else ''} {flags}".strip(),
-        "args": asdict(args), "learner_params": DEMO_PARAMS,
+        "command": " ".join(["python benchmarks/compare_algorithms.py", *(["--quick"] if args.quick else []),
+                             *([flags] if flags else []), *overrides]),
+        "args": asdict(args), "overrides": overrides, "learner_params": DEMO_PARAMS,
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "gpus": 0},
         "runs": [], "baselines": [],
     }
@@ -172,7 +181,7 @@ def main() -> None:
         data["baselines"] += evaluate_baselines(args, seed, task)
         for learner in args.learners.split(","):
             print(f"[{(time.monotonic() - start) / 60:5.1f} min] {learner} seed {seed}", flush=True)
-            data["runs"].append(train_and_evaluate(args, learner, seed, runs_dir, task))
+            data["runs"].append(train_and_evaluate(args, learner, seed, runs_dir, task, overrides))
             data["wall_minutes"] = (time.monotonic() - start) / 60
             (out / f"{name}.json").write_text(json.dumps(data, indent=1) + "\n")
     print(write_report(data, out, name))

@@ -168,7 +168,9 @@ def markdown(data: dict[str, Any], agg: dict[str, Any], name: str) -> str:
         f"{args['seeds']} seeds each; each trained agent (serial first-accept, greedy) and each baseline is evaluated "
         f"on the first {args['eval_prompts']} held-out prompts. Figures are mean ± standard error over seeds. "
         f"cost_success is P(cost ≤ {args['cost_limit']:g}), the Lagrangian learners' threshold. "
-        "LM fwd/token: LM forward tokens per generated token (decode compute).", "",
+        "LM fwd/token: LM forward tokens per generated token (decode compute)."
+        + (f" Config overrides of every training run: `{' '.join(data['overrides'])}`." if data.get("overrides") else ""),
+        "",
         "| method | reward | cost | cost_success | perplexity | distinct-2 | LM fwd/token | s/token (ms) | train min | "
         f"decisions to reward {target['reward'] if target['reward'] is None else round(target['reward'], 3)} |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
