@@ -81,9 +81,21 @@ def test_stale_episodes_are_dropped_and_counted(make_queue) -> None:
     batch = queue.get(2, learner_version=5)
     assert sorted(_episode_order(batch)) == [3, 4]
     assert torch.all(batch.policy_version >= 4)
-    assert queue.state_dict() == {"delivered": 2, "dropped_stale": 2}
-    queue.load_state_dict({"delivered": 7, "dropped_stale": 1})
-    assert queue.stats()["dropped_stale"] == 1
+    assert queue.state_dict() == {"delivered": 2, "dropped_stale": 2, "dropped_future": 0}
+    queue.load_state_dict({"delivered": 7, "dropped_stale": 1, "dropped_future": 3})
+    assert queue.stats()["dropped_stale"] == 1 and queue.stats()["dropped_future"] == 3
+
+
+def test_episodes_newer_than_a_resumed_learner_are_dropped_and_counted(make_queue) -> None:
+    # Written at versions 6 and 7 before a crash; the learner resumed from its checkpoint at version 5.
+    queue = make_queue(max_policy_lag=1)
+    queue.add(episodes([1], version=6))
+    queue.add(episodes([2], version=7))
+    queue.add(episodes([3], version=5))
+    assert _episode_order(queue.get(1, learner_version=5)) == [3]
+    assert queue.stats()["dropped_future"] == 2 and queue.stats()["dropped_stale"] == 0
+    with pytest.raises(RateLimitTimeout):
+        queue.get(1, learner_version=5, timeout_s=0.05)
 
 
 def test_bad_batches_are_refused_before_anything_is_queued(make_queue) -> None:

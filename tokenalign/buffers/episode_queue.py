@@ -26,7 +26,9 @@ class EpisodeQueue:
 
     An episode whose policy_version trails the learner's by more than max_policy_lag is dropped (and
     counted) instead of delivered: on-policy methods must not learn from an old policy's actions. A prompt
-    whose group never fills (an actor died mid-group) goes stale and is dropped the same way.
+    whose group never fills (an actor died mid-group) goes stale and is dropped the same way. An episode
+    newer than the learner is dropped too (counted apart): it was written before a resume, by a policy the
+    restored learner never had, so its behaviour log-probs belong to no policy the learner can ratio against.
     """
 
     def __init__(
@@ -49,6 +51,7 @@ class EpisodeQueue:
         self.state_dtype = state_dtype
         self.delivered = 0
         self.dropped_stale = 0
+        self.dropped_future = 0
         self._pool: OrderedDict[int, list[tuple[pa.RecordBatch, int]]] = OrderedDict()
         self._down: set[int] = set()
 
@@ -96,8 +99,11 @@ class EpisodeQueue:
         self._pull()
         oldest_allowed = learner_version - self.max_policy_lag
         for prompt in list(self._pool):
-            fresh = [(batch, version) for batch, version in self._pool[prompt] if version >= oldest_allowed]
-            self.dropped_stale += len(self._pool[prompt]) - len(fresh)
+            versions = [version for _, version in self._pool[prompt]]
+            fresh = [(batch, version) for batch, version in self._pool[prompt]
+                     if oldest_allowed <= version <= learner_version]
+            self.dropped_stale += sum(version < oldest_allowed for version in versions)
+            self.dropped_future += sum(version > learner_version for version in versions)
             if fresh:
                 self._pool[prompt] = fresh
             else:
@@ -138,7 +144,7 @@ class EpisodeQueue:
 
     def stats(self) -> dict[str, float]:
         """Queue length and the delivered / dropped counters, for a logger."""
-        return {"size": len(self), "delivered": self.delivered, "dropped_stale": self.dropped_stale}
+        return {"size": len(self), **self.state_dict()}
 
     def clear(self) -> None:
         """Drop every waiting episode."""
@@ -148,12 +154,13 @@ class EpisodeQueue:
 
     def state_dict(self) -> dict[str, Any]:
         """The delivered and dropped counters (waiting episodes are data, not state)."""
-        return {"delivered": self.delivered, "dropped_stale": self.dropped_stale}
+        return {"delivered": self.delivered, "dropped_stale": self.dropped_stale, "dropped_future": self.dropped_future}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what state_dict returned."""
         self.delivered = int(state["delivered"])
         self.dropped_stale = int(state["dropped_stale"])
+        self.dropped_future = int(state.get("dropped_future", 0))  # absent from checkpoints written before it
 
     def close(self) -> None:
         """Close connections; queued episodes stay in their stores."""
