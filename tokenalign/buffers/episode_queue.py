@@ -99,11 +99,10 @@ class EpisodeQueue:
         self._pull()
         oldest_allowed = learner_version - self.max_policy_lag
         for prompt in list(self._pool):
-            versions = [version for _, version in self._pool[prompt]]
-            fresh = [(batch, version) for batch, version in self._pool[prompt]
-                     if oldest_allowed <= version <= learner_version]
-            self.dropped_stale += sum(version < oldest_allowed for version in versions)
-            self.dropped_future += sum(version > learner_version for version in versions)
+            pending = self._pool[prompt]
+            fresh = [(batch, version) for batch, version in pending if oldest_allowed <= version <= learner_version]
+            self.dropped_stale += sum(version < oldest_allowed for _, version in pending)
+            self.dropped_future += sum(version > learner_version for _, version in pending)
             if fresh:
                 self._pool[prompt] = fresh
             else:

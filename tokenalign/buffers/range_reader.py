@@ -2,7 +2,7 @@
 
 Sampling a batch is a thousand or so GETRANGEs of 16 KB each (a state and its successor at 4096-d). Read
 through redis-py, every reply pays a Python call, a bytes object and a join; here the pipelined replies
-are received with `recv_into` into one bytearray, and only their RESP headers are parsed in Python, so a
+are received with `recv_into` into one reused buffer, and only their RESP headers are parsed in Python, so a
 batch costs one kernel copy, and the states are converted to tensors from a strided view of that buffer.
 
 The reader owns a connection of its own (made by the client's pool, so password, TLS and unix sockets

@@ -16,7 +16,7 @@ import redis
 import torch
 
 from tokenalign.buffers.chunk_codec import ChunkMeta, check_states, decode_meta, encode_chunk, refusal
-from tokenalign.buffers.range_reader import RangeReader
+from tokenalign.buffers.range_reader import RangeReader, Ranges
 from tokenalign.buffers.redis_client import connect, public_url, with_retry
 from tokenalign.buffers.ring import ChunkRing
 from tokenalign.buffers.schema import RecordSchemaError, Transitions
@@ -183,9 +183,8 @@ class RedisShard:
         positions = self._mirror.positions(offsets)
         chunk_ids = cols["chunk_id"][positions]
         starts = cols["state_offset"][positions] + cols["row"][positions] * self._row_bytes
-        rows, ranges = self._ranges.read_rows([f"{self._ns}:states:{cid}" for cid in chunk_ids.tolist()], starts,
-                                              2 * self._row_bytes)
-        self._check_ranges(chunk_ids, ranges.read, ranges.errors)
+        rows, ranges = self._ranges.read_rows(self._state_keys(chunk_ids), starts, 2 * self._row_bytes)
+        self._check_ranges(chunk_ids, ranges)
         positions = positions[ranges.read]  # rows of chunks evicted since the refresh are dropped
         self._client.incrby(self._key("sampled"), len(positions))
         pairs = torch.from_numpy(rows.view(np.float16)).view(len(positions), 2, self.hidden_size)
@@ -204,9 +203,8 @@ class RedisShard:
         first, lengths = starts[indices], lengths[indices]
         chunk_ids = cols["chunk_id"][first]
         byte_starts = cols["state_offset"][first] + cols["row"][first] * self._row_bytes
-        ranges = self._ranges.read_ranges([f"{self._ns}:states:{cid}" for cid in chunk_ids.tolist()], byte_starts,
-                                          lengths * self._row_bytes)
-        self._check_ranges(chunk_ids, ranges.read, ranges.errors)
+        ranges = self._ranges.read_ranges(self._state_keys(chunk_ids), byte_starts, lengths * self._row_bytes)
+        self._check_ranges(chunk_ids, ranges)
         if not ranges.read.all():
             raise ViewOutdated(int(chunk_ids[~ranges.read][0]))
         self._client.incrby(self._key("sampled"), int(lengths.sum()))
@@ -219,17 +217,20 @@ class RedisShard:
         next_state[torch.from_numpy(scalars["done"])] = 0.0
         return make_transitions(scalars, state, next_state, state_dtype=self.state_dtype)
 
-    def _check_ranges(self, chunk_ids: np.ndarray, read: np.ndarray, errors: dict[int, str]) -> None:
+    def _state_keys(self, chunk_ids: np.ndarray) -> list[str]:
+        return [self._key("states", cid) for cid in chunk_ids.tolist()]
+
+    def _check_ranges(self, chunk_ids: np.ndarray, ranges: Ranges) -> None:
         """Refuse a states value that is not a string or is shorter than its meta says; evicted chunks pass.
 
         A range comes back empty only when its chunk was evicted after this process's last refresh; any
         other shortfall means someone else wrote the key.
         """
-        if errors:
-            index, message = next(iter(errors.items()))
+        if ranges.errors:
+            index, message = next(iter(ranges.errors.items()))
             raise refusal(self._key("states", int(chunk_ids[index])), f"not a string: {message}")
-        if not read.all():
-            self._check_unread(chunk_ids[~read])
+        if not ranges.read.all():
+            self._check_unread(chunk_ids[~ranges.read])
 
     def _check_unread(self, chunk_ids: np.ndarray) -> None:
         head = int(self._client.get(self._key("head")) or 1)
