@@ -36,7 +36,8 @@ from tokenalign.data import load_prompts  # noqa: E402
 from tokenalign.envs.task import DecodingTask  # noqa: E402
 from tokenalign.eval.agent_source import load_agent  # noqa: E402
 from tokenalign.eval.evaluate import evaluate  # noqa: E402
-from tokenalign.trainer import LAGRANGIAN, Trainer  # noqa: E402
+from tokenalign.learners import config_class  # noqa: E402
+from tokenalign.trainer import Trainer  # noqa: E402
 
 LEARNERS = ("sac", "ppo", "ppo_lagrangian", "rloo_lagrangian")
 DEMO_PARAMS: dict[str, dict[str, Any]] = {
@@ -105,7 +106,7 @@ def parse_args() -> Args:
 def run_config(args: Args, learner: str, seed: int, runs_dir: Path, overrides: list[str]) -> TrainConfig:
     """The demo config (the defaults, then `overrides`) with this learner, seed and decision budget."""
     params = [f"learner.params.{k}={v}" for k, v in DEMO_PARAMS[learner].items()]
-    if learner in LAGRANGIAN:
+    if "threshold" in {f.name for f in fields(config_class(learner))}:  # the constrained learners
         params.append(f"learner.params.threshold={args.cost_limit}")
     return load_config(None, [
         "learner.params={}", f"learner.name={learner}", *params, f"run.seed={seed}", f"buffer.seed={seed}",

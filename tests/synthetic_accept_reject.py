@@ -11,22 +11,22 @@ return is at most 1 + bÂ·(fraction of COSTLY tokens), no policy with mean cost â
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 
 from tokenalign.agents.policy import AcceptRejectPolicy
-from tokenalign.buffers.schema import Transitions
+from tokenalign.buffers.schema import Transitions, concat_rows, select_rows
 
 BAD, GOOD, COSTLY = 0, 1, 2
 
 
 def concat(batches: list[Transitions]) -> Transitions:
-    return Transitions(**{f.name: torch.cat([getattr(b, f.name) for b in batches]) for f in fields(Transitions)})
+    return concat_rows(batches)
 
 
 def rows(batch: Transitions, index: torch.Tensor) -> Transitions:
-    return Transitions(**{f.name: getattr(batch, f.name)[index] for f in fields(Transitions)})
+    return select_rows(batch, index)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,8 @@ def policy() -> AcceptRejectPolicy:
 def test_policy_is_mara_shaped_mlp_with_defaults() -> None:
     policy = AcceptRejectPolicy(hidden_size=64)
     layers = [policy.norm, *policy.body]
-    assert [type(m).__name__ for m in layers] == ["LayerNorm", "Linear", "ReLU", "Linear", "ReLU", "Linear"]
+    assert [type(m).__name__ for m in layers] == ["ObservationNorm", "Linear", "ReLU", "Linear", "ReLU", "Linear"]
+    assert isinstance(policy.norm, torch.nn.LayerNorm)  # old checkpoints keep their parameter names
     assert [(m.in_features, m.out_features) for m in policy.body if isinstance(m, torch.nn.Linear)] == [
         (64, 1024), (1024, 256), (256, 2)
     ]

@@ -7,7 +7,7 @@ import pickle
 import pytest
 import torch
 
-from test_buffer_support import assert_chain, episodes, fleet, memory_spec, redis_spec  # noqa: F401
+from test_buffer_support import assert_chain, assert_observed_columns, episodes, fleet, memory_spec, redis_spec  # noqa: F401
 from tokenalign.buffers.errors import ForeignValueError, RateLimitTimeout
 from tokenalign.buffers.redis_client import connect
 from tokenalign.buffers.schema import RecordSchemaError
@@ -47,6 +47,7 @@ def test_episodes_come_whole_in_order_and_once(make_queue) -> None:
     first = queue.get(2, learner_version=0)
     assert _episode_order(first) == [1, 2]
     assert_chain(first)
+    assert_observed_columns(first)
     assert first.step.tolist() == [0, 1, 2, 0, 1, 2, 3]
     rest = queue.get(2, learner_version=0)
     assert _episode_order(rest) == [3, 4]

@@ -8,7 +8,7 @@ import pytest
 import ray
 import redis
 
-from test_buffer_support import assert_chain, episodes, memory_spec  # noqa: F401
+from test_buffer_support import LAYOUT, assert_chain, episodes, memory_spec  # noqa: F401
 from tokenalign.buffers.config import BufferConfig
 from tokenalign.buffers.redis_client import connect
 from tokenalign.buffers.spec import launch_buffer
@@ -37,7 +37,7 @@ class Writer:
 
 def test_ray_started_shards_serve_actor_writers_and_survive_a_kill(ray_cluster, tmp_path: Path) -> None:
     config = BufferConfig(backend="redis", num_shards=2, capacity=1000, min_size_to_sample=1, seed=0)
-    spec, fleet = launch_buffer(config, hidden_size=32, data_mode="replay", run_dir=tmp_path, on_ray=True)
+    spec, fleet = launch_buffer(config, layout=LAYOUT, data_mode="replay", run_dir=tmp_path, on_ray=True)
     try:
         assert fleet.on_ray and len(fleet.urls) == 2
         writers = [Writer.remote(spec) for _ in range(2)]

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import redis
 
-from test_buffer_support import HIDDEN, assert_chain, episodes, fleet, redis_spec  # noqa: F401
-from tokenalign.buffers.chunk_codec import encode_chunk
+from test_buffer_support import HIDDEN, LAYOUT, assert_chain, episodes, fleet, redis_spec  # noqa: F401
+from tokenalign.buffers.chunk_codec import encode_chunk, layout_signature
 from tokenalign.buffers.errors import ForeignValueError, ShardUnavailableError
 from tokenalign.buffers.redis_client import connect
-from tokenalign.buffers.schema import RecordSchemaError
+from tokenalign.buffers.schema import RecordLayout, RecordSchemaError, make_record_batch, to_ipc
 from tokenalign.buffers.shard import Columns
 from tokenalign.buffers.sharded import route
 from tokenalign.cluster.redis_fleet import RedisFleet
@@ -106,8 +106,8 @@ def test_a_writer_retrying_through_a_restart_writes_once(tmp_path: Path) -> None
 def test_a_replayed_add_token_is_applied_once(fleet: RedisFleet) -> None:
     buffer = redis_spec(fleet, "token", num_shards=1).connect()
     shard = buffer.shards[0]
-    meta, states = encode_chunk(Columns.from_batch(episodes([1])))
-    args = ["token", "same-token", 5, shard.capacity, HIDDEN, meta, states, 60]
+    meta, states = encode_chunk(Columns.from_batch(episodes([1]), layout=LAYOUT), layout=LAYOUT)
+    args = ["token", "same-token", 5, shard.capacity, layout_signature(LAYOUT), meta, states, 60]
     assert shard._add_script(args=args) == shard._add_script(args=args) == 1
     assert len(buffer) == 5
 
@@ -141,6 +141,43 @@ def test_foreign_values_are_refused_and_never_unpickled(fleet: RedisFleet, tmp_p
 def test_writers_with_another_hidden_size_are_refused(fleet: RedisFleet) -> None:
     redis_spec(fleet, "hidden", num_shards=1).connect().add(episodes([1]))
     other = redis_spec(fleet, "hidden", num_shards=1)
-    other = type(other)(other.data_mode, HIDDEN * 2, other.config, other.redis_urls, other.password)
-    with pytest.raises(RecordSchemaError, match="holds states of size 32 under namespace 'hidden'"):
+    other = type(other)(other.data_mode, RecordLayout(hidden_size=HIDDEN * 2, scorers=LAYOUT.scorers), other.config,
+                        other.redis_urls, other.password)
+    with pytest.raises(RecordSchemaError, match="namespace 'hidden' holds states of size 32"):
         other.connect().add(episodes([2], hidden=HIDDEN * 2))
+
+
+def test_a_buffer_written_by_an_older_version_is_refused_with_one_message(fleet: RedisFleet) -> None:
+    """Version-1 records held concluded rewards, not raw scores: nothing of them can be relabelled."""
+    client = connect(fleet.urls[0], password=fleet.password)
+    client.set("old:hidden_size", HIDDEN)  # what a version-1 writer left in its namespace
+    with pytest.raises(RecordSchemaError, match="schema version 1.*written by an older tokenalign.*Start a new run"):
+        redis_spec(fleet, "old", num_shards=1).connect().add(episodes([1]))
+    old = episodes([1])
+    old = old.replace_schema_metadata({**old.schema.metadata, b"tokenalign.schema_version": b"1"})
+    with pytest.raises(RecordSchemaError, match="schema version 1"):
+        redis_spec(fleet, "old2", num_shards=1).connect().add(old)
+    queue = redis_spec(fleet, "old3", num_shards=1, data_mode="on_policy").connect()
+    client.rpush("old3:queue", to_ipc(old))
+    client.rpush("old3:queue_rows", old.num_rows)
+    with pytest.raises(ForeignValueError, match="schema version 1"):
+        queue.get(1, learner_version=0, timeout_s=0.5)
+
+
+def test_writers_with_other_scorers_are_refused(fleet: RedisFleet) -> None:
+    redis_spec(fleet, "scorers", num_shards=1).connect().add(episodes([1]))
+    other = redis_spec(fleet, "scorers", num_shards=1)
+    layout = RecordLayout(hidden_size=HIDDEN, scorers=("quality", "harm", "extra"))
+    other = type(other)(other.data_mode, layout, other.config, other.redis_urls, other.password)
+    batch = make_record_batch(layout=layout, **{k: v for k, v in _columns(episodes([2])).items()},
+                              scores=np.zeros((5, 3)), baseline_scores=np.zeros((5, 3)))
+    with pytest.raises(RecordSchemaError, match="scorers \\['quality', 'harm'\\].*use the same reward config"):
+        other.connect().add(batch)
+
+
+def _columns(batch) -> dict[str, np.ndarray]:
+    """The fixed per-decision columns and the state of a record batch, as make_record_batch takes them."""
+    fixed = {f.name: batch.column(f.name).to_numpy(zero_copy_only=False) for f in batch.schema
+             if ":" not in f.name and f.name != "state"}
+    state = batch.column("state").flatten().to_numpy(zero_copy_only=False).reshape(batch.num_rows, -1)
+    return {**fixed, "state": state}

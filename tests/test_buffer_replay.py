@@ -8,7 +8,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-from test_buffer_support import HIDDEN, assert_chain, episodes, fleet, memory_spec, redis_spec  # noqa: F401
+from test_buffer_support import HIDDEN, assert_chain, assert_observed_columns, episodes, fleet, memory_spec, redis_spec  # noqa: F401
 from tokenalign.buffers.errors import RateLimitTimeout
 from tokenalign.buffers.schema import RecordSchemaError
 
@@ -42,7 +42,7 @@ def test_sample_assembles_next_state_from_the_chain(make_buffer) -> None:
     assert batch.to("cpu").state.dtype == torch.float32
     assert batch.done.sum() > 0
     assert_chain(batch)
-    assert torch.equal(batch.reward, batch.step.float()) and torch.equal(batch.action, batch.step % 2)
+    assert_observed_columns(batch)
 
 
 def test_float32_states_on_request(make_buffer) -> None:
@@ -99,7 +99,7 @@ def test_whole_episodes_and_prompt_groups(make_buffer) -> None:
     "bad, match",
     [
         (episodes([1], hidden=HIDDEN + 1), "state size"),
-        (episodes([1]).drop_columns(["cost"]), "lacks column 'cost'"),
+        (episodes([1]).drop_columns(["score:harm"]), "lacks column 'score:harm'"),
         (pa.concat_batches([episodes([1]).slice(0, 3), episodes([2]), episodes([1]).slice(3)]), "interleaves"),
         (episodes([1]).slice(1), "whole and in step order"),
         (episodes([1]).slice(0, 4), "done=True"),

@@ -1,6 +1,7 @@
 """The decoding engine: candidate states, MARA semantics, greedy equivalence, batching and restarts."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from transformers.generation.logits_process import (TemperatureLogitsWarper, TopKLogitsWarper,
@@ -152,7 +153,7 @@ def test_restarted_row_matches_a_fresh_start(tiny_lm):
 
 
 def test_fast_path_records_mara_kl_shaping(tiny_lm):
-    from tokenalign.rewards.shaping import ShapingConfig, token_rewards
+    from tokenalign.rewards.shaping import ShapingConfig, mara_kl_penalties
 
     shaping = ShapingConfig(kl_ctl=0.1)
     engine = make_engine(tiny_lm, max_new_tokens=6, candidate_block=0)
@@ -161,9 +162,29 @@ def test_fast_path_records_mara_kl_shaping(tiny_lm):
                                   generator=torch.Generator().manual_seed(0), shaping=shaping)
     batch = engine.start(PROMPTS[:1])  # the first step's candidates, to recompute its first decision by hand
     mask = torch.arange(engine.k) < batch.cand.count[0]
-    expected = token_rewards(torch.full((1, engine.k), p), batch.cand.logp[:1], mask[None], config=shaping)[0, 0]
-    assert episode.token_reward[0] == pytest.approx(float(expected), abs=1e-5)
-    assert (episode.token_reward != 0).all()
+    expected = mara_kl_penalties(torch.full((1, engine.k), p), batch.cand.logp[:1], mask[None], config=shaping)[0, 0]
+    assert episode.mara_kl_penalty[0] == pytest.approx(float(expected), abs=1e-5)
+    assert (episode.mara_kl_penalty != 0).all()
     with pytest.raises(ValueError, match="candidate_block=0"):
         generate_episodes(make_engine(tiny_lm, max_new_tokens=4, candidate_block=2), lambda s: torch.full((s.shape[0],), p),
                           PROMPTS[:1], shaping=shaping)
+
+
+def test_fast_path_records_the_emitted_tokens_log_probabilities(tiny_lm):
+    """log π(token) = i·log(1 − p) + log p for an accept at rank i; the forced last rank takes (C−1)·log(1 − p)."""
+    p = 0.04
+    engine = make_engine(tiny_lm, max_new_tokens=8, candidate_block=3)
+    episodes = generate_episodes(engine, lambda s: torch.full((s.shape[0],), p), PROMPTS,
+                                 generator=torch.Generator().manual_seed(0))
+    forced = 0
+    for episode in episodes:
+        token_starts = np.flatnonzero(np.r_[True, episode.token_index[1:] != episode.token_index[:-1]])
+        token_ends = np.r_[token_starts[1:], episode.num_decisions] - 1
+        assert np.array_equal(np.flatnonzero(episode.emit), token_ends)  # one emission per decided token, its last
+        for end in token_ends:
+            rank = int(episode.rank[end])
+            expected = rank * np.log(1 - p) + (np.log(p) if episode.action[end] == 1 else 0.0)
+            forced += int(episode.action[end] == 0)
+            assert episode.agent_token_logp[end] == pytest.approx(expected, abs=1e-4)
+        assert (episode.agent_token_logp[~episode.emit] == 0).all()
+    assert forced > 0  # the forced last rank was exercised

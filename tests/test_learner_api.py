@@ -11,6 +11,7 @@ from synthetic_accept_reject import AcceptRejectProblem, rows
 
 from tokenalign.agents import AcceptRejectPolicy
 from tokenalign.buffers.schema import Transitions
+from tokenalign.learners.base import LearnerContract
 from tokenalign.learners import Learner, config_class, learner_class, learner_names, make_learner, register, registry
 
 HIDDEN = 8
@@ -45,7 +46,7 @@ def test_registry_names_modes_and_config_overrides() -> None:
     assert config_class("sac")().gamma == 0.99
     assert modes == {"sac": "replay", "ppo": "on_policy", "ppo_lagrangian": "on_policy", "rloo_lagrangian": "on_policy"}
     sac = make_learner("sac", hidden_size=HIDDEN, config={"widths": [16, 8], "gamma": 0.5})
-    assert sac.config.widths == (16, 8) and sac.config.gamma == 0.5 and sac.batch_size == 1024
+    assert sac.config.widths == (16, 8) and sac.config.gamma == 0.5 and sac.contract(sac.config).batch_size == 1024
 
 
 def test_unknown_learner_and_unknown_config_key_are_clear_errors() -> None:
@@ -69,8 +70,12 @@ def test_a_new_algorithm_is_one_registered_class(monkeypatch: pytest.MonkeyPatch
     class Counting(Learner):
         data_mode = "replay"
 
-        def __init__(self, *, hidden_size: int, config: CountingConfig, device: str = "cpu") -> None:
-            super().__init__(hidden_size=hidden_size, config=config, device=device)
+        @classmethod
+        def contract(cls, config: CountingConfig) -> LearnerContract:
+            return LearnerContract(data_mode="replay", gamma=0.9, batch_size=8)
+
+        def __init__(self, *, hidden_size: int, config: CountingConfig, device: str = "cpu", preference_dim: int = 0) -> None:
+            super().__init__(hidden_size=hidden_size, config=config, device=device, preference_dim=preference_dim)
             self.policy = AcceptRejectPolicy(hidden_size=hidden_size, widths=config.widths)
 
         def update(self, batch: Transitions) -> dict[str, float]:
@@ -96,7 +101,7 @@ def test_a_new_algorithm_is_one_registered_class(monkeypatch: pytest.MonkeyPatch
 def test_policy_state_is_what_actors_load(name: str) -> None:
     learner = make_learner(name, hidden_size=HIDDEN, config=SMALL[name])
     state = learner.policy_state()
-    assert set(state) == {"hidden_size", "widths", "state_dict"} and state["widths"] == [16, 8]
+    assert set(state) == {"hidden_size", "preference_dim", "widths", "state_dict"} and state["widths"] == [16, 8]
     actor_copy = AcceptRejectPolicy.from_policy_state(state, hidden_size=HIDDEN)
     x = torch.randn(5, HIDDEN)
     assert torch.equal(actor_copy(x), learner.policy(x))

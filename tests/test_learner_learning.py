@@ -59,10 +59,11 @@ def test_sac_reaches_90_percent_of_the_optimal_return_greedily() -> None:
         )
         replay.append(rollout.transitions)
         buffer = concat(replay)
-        if len(buffer) < learner.batch_size:
+        contract = learner.contract(learner.config)
+        if len(buffer) < contract.batch_size:
             continue
-        for _ in range(learner.update_time * episodes_per_round):
-            learner.update(rows(buffer, torch.randint(len(buffer), (learner.batch_size,), generator=gen)))
+        for _ in range(contract.updates_per_episode * episodes_per_round):
+            learner.update(rows(buffer, torch.randint(len(buffer), (contract.batch_size,), generator=gen)))
     mean_return, _ = problem.evaluate(learner.policy, num_episodes=1000, seed=7, deterministic=True)
     assert mean_return >= 0.9 * problem.optimal_return()
 

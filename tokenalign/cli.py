@@ -39,7 +39,7 @@ def cmd_generate(args: argparse.Namespace, config: TrainConfig) -> int:
         torch.manual_seed(config.run.seed)
         policy = AcceptRejectPolicy(hidden_size=task.hidden_size).eval()
     result = evaluate(task, "serial", task.prompts, policy=policy, seed=config.run.seed,
-                      batch_size=config.rollout.episodes_per_batch)
+                      batch_size=config.rollout.episodes_per_batch, preference=args.preference)
     for record in result.records:
         print(f"{record.prompt!r} → {record.response!r}  (reward {record.final:.3f}, cost {record.cost:.3f})")
     summary = {k: result.summary[k] for k in ("n", "reward", "cost", "distinct_2", "perplexity")}
@@ -56,10 +56,10 @@ def cmd_train(args: argparse.Namespace, config: TrainConfig) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.resume:
-        if args.config or args.overrides:
-            print("tokenalign: --resume continues with the run's saved config; drop --config and overrides", file=sys.stderr)
+        if args.config:
+            print("tokenalign: --resume continues with the run's saved config; drop --config", file=sys.stderr)
             return 2
-        trainer = Trainer.from_run_dir(Path(args.resume))
+        trainer = Trainer.from_run_dir(Path(args.resume), args.overrides)
     else:
         trainer = Trainer.new_run(config)
     print(f"run directory: {trainer.run_dir}", flush=True)
@@ -70,18 +70,22 @@ def cmd_train(args: argparse.Namespace, config: TrainConfig) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tokenalign.eval.commands import add_arena_arguments, add_eval_arguments, run_arena_command, run_eval_command
+    from tokenalign.eval.commands import (
+        add_arena_arguments, add_eval_arguments, add_preference_argument, run_arena_command, run_eval_command,
+    )
 
     parser = argparse.ArgumentParser(prog="tokenalign", description="Token-level accept/reject alignment of a frozen LLM.")
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train an agent with Ray actors (no arguments: the embedded demo)")
     _add_config_args(train)
-    train.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    train.add_argument("--resume", default=None, metavar="RUN_DIR",
+                       help="continue the run in RUN_DIR from its last checkpoint (overrides: objective.* and run length only)")
     gen = sub.add_parser("generate", help="decode held-out prompts with an agent and score them")
     _add_config_args(gen)
     gen.add_argument("--agent", default=None, help="run directory or checkpoint of a trained agent (default: untrained)")
     gen.add_argument("--prompt", action="append", help="a prompt to decode (repeatable); default: held-out prompts")
     gen.add_argument("--num-prompts", type=int, default=8, help="held-out prompts to decode without --prompt")
+    add_preference_argument(gen)
     evaluate = sub.add_parser("eval", help="decode held-out prompts in baseline and agent modes; score and summarise")
     _add_config_args(evaluate)
     add_eval_arguments(evaluate)

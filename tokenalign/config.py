@@ -21,6 +21,7 @@ import yaml
 from tokenalign.buffers.config import BufferConfig
 from tokenalign.data import DataConfig
 from tokenalign.envs.engine import EngineConfig
+from tokenalign.objectives import ObjectiveSection
 from tokenalign.rewards.combine import RewardConfig
 from tokenalign.rewards.factory import ScorerConfig, parse_scorer_spec
 from tokenalign.rewards.shaping import ShapingConfig
@@ -123,6 +124,8 @@ class TrainConfig:
     """Reward and cost scorers and how they combine."""
     shaping: ShapingConfig = field(default_factory=lambda: ShapingConfig(token_reward="none"))
     """Per-decision KL shaping and postback (the demo skips the KL term: it needs every candidate's state)."""
+    objective: ObjectiveSection = field(default_factory=ObjectiveSection)
+    """How the learner turns the recorded raw scores into rewards and costs (weighted: MARA's sum)."""
     learner: LearnerSection = field(default_factory=lambda: LearnerSection(
         params={"batch_size": 256, "update_time": 2, "learning_starts_factor": 4}))
     """The learner."""
@@ -133,6 +136,25 @@ class TrainConfig:
     """Rollout actors."""
     run: RunConfig = field(default_factory=RunConfig)
     """Run-level settings."""
+
+    def __post_init__(self) -> None:
+        # The learner's and the objective's own options are checked here, at load, before any run directory exists.
+        from tokenalign.learners.registry import learner_class, make_config
+        from tokenalign.objectives import make_objective
+
+        try:
+            contract = learner_class(self.learner.name).contract(make_config(self.learner.name, self.learner.params))
+        except ConfigError:
+            raise
+        except ValueError as err:
+            raise ConfigError(f"learner: {err}") from err
+        try:
+            make_objective(self.objective, reward=self.reward, shaping=self.shaping, gamma=contract.gamma,
+                           signals=contract.signals)
+        except ConfigError:
+            raise
+        except ValueError as err:
+            raise ConfigError(f"objective: {err}") from err
 
 
 def to_dict(config: Any) -> Any:
@@ -179,6 +201,8 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
         if not isinstance(value, list):
             raise ConfigError(f"{where} must be a list, got {value!r}")
         return [_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)] if args else value
+    if origin is tuple and isinstance(value, list):
+        return tuple(value)
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where} must be a mapping, got {value!r}")
@@ -189,6 +213,12 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
         return value
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str):
+        # YAML 1.1 reads 1e-3 (no dot) as a string; a float field takes it as the number it spells.
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{where} must be float, got {value!r}") from None
     if hint in (int, float, str, bool) and not (isinstance(value, hint) and not (hint is int and isinstance(value, bool))):
         raise ConfigError(f"{where} must be {hint.__name__}, got {value!r}")
     return value
@@ -220,6 +250,7 @@ def apply_override(data: dict[str, Any], override: str) -> None:
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
     """Defaults, then the YAML file at `path` (if any), then each dotted override, checked as a whole."""
     data = to_dict(TrainConfig())
+    demo_learner = dict(data["learner"])
     if path is not None:
         path = Path(path)
         if not path.is_file():
@@ -231,9 +262,18 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections (lm, engine, learner, ...)")
         _merge(data, loaded, where="")
+        _drop_demo_params(data, demo_learner)
     for override in overrides:
         apply_override(data, override)
+        _drop_demo_params(data, demo_learner)
     return from_dict(TrainConfig, data)
+
+
+def _drop_demo_params(data: dict[str, Any], demo: dict[str, Any]) -> None:
+    """The demo's learner.params are SAC's: another learner, its params untouched, starts from its paper defaults."""
+    learner = data.get("learner")
+    if isinstance(learner, dict) and learner.get("name") != demo["name"] and learner.get("params") == demo["params"]:
+        learner["params"] = {}
 
 
 def _merge(base: dict[str, Any], update: dict[str, Any], *, where: str) -> None:

@@ -32,16 +32,19 @@ from transformers import AutoConfig
 from tokenalign.actors.learner_actor import LearnerActor
 from tokenalign.actors.rollout_actor import RolloutActor
 from tokenalign.actors.weights import WeightStore
+from tokenalign.buffers.schema import RecordLayout
 from tokenalign.buffers.spec import launch_buffer
 from tokenalign.cluster import ray_cluster
-from tokenalign.config import TrainConfig, from_dict, to_dict
+from tokenalign.config import TrainConfig, apply_override, from_dict, to_dict
 from tokenalign.data import load_prompts
 from tokenalign.learners.registry import learner_class, make_config
 from tokenalign.lm import resolve_lm_path
+from tokenalign.objectives import make_objective
 
 log = logging.getLogger(__name__)
 
-LAGRANGIAN = ("ppo_lagrangian", "rloo_lagrangian")
+RESUMABLE = ("objective.", "run.total_episodes", "run.total_decisions", "run.max_minutes", "run.eval_prompts")
+"""Config keys a resumed run may change: what it optimises and how long it goes on."""
 
 
 @dataclass
@@ -75,21 +78,31 @@ class Trainer:
     # ------------------------------------------------------------------------------------------- set-up
     @classmethod
     def new_run(cls, config: TrainConfig) -> "Trainer":
-        # Learner settings are checked here, before a run directory or any actor exists.
-        make_config(config.learner.name, config.learner.params)
         run_dir = Path(config.run.runs_dir) / f"{config.run.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         run_dir.mkdir(parents=True, exist_ok=False)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
         return cls(config=config, run_dir=run_dir)
 
     @classmethod
-    def from_run_dir(cls, run_dir: Path) -> "Trainer":
-        """Resume the run in `run_dir` from its last checkpoint, with its saved config."""
+    def from_run_dir(cls, run_dir: Path, overrides: list[str] | tuple[str, ...] = ()) -> "Trainer":
+        """Resume the run in `run_dir` from its last checkpoint, with its saved config.
+
+        `overrides` of the objective (`objective.name=...`, `objective.params.*`) or of the run's length
+        relabel the stored records from then on: the data stays, the rewards are recomputed from it.
+        """
         if not (run_dir / "config.yaml").is_file():
             raise FileNotFoundError(f"{run_dir} is not a tokenalign run directory (no config.yaml); pass runs/<name>-<time>")
         if not (run_dir / "checkpoints" / "latest").is_file():
             raise FileNotFoundError(f"{run_dir} has no checkpoint yet (checkpoints/latest missing); start a new run instead")
-        config = from_dict(TrainConfig, yaml.safe_load((run_dir / "config.yaml").read_text()))
+        data = yaml.safe_load((run_dir / "config.yaml").read_text())
+        for override in overrides:
+            if not override.startswith(RESUMABLE):
+                raise ValueError(f"override {override!r} cannot change a run being resumed; only {', '.join(RESUMABLE)} "
+                                 "keys can (the LM, data, reward and learner shape the stored records and checkpoints)")
+            apply_override(data, override)
+        config = from_dict(TrainConfig, data)
+        if overrides:
+            (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
         return cls(config=config, run_dir=run_dir, resume=True)
 
     def _resources(self) -> ray_cluster.ResourceRequest:
@@ -104,18 +117,21 @@ class Trainer:
         self._started_ray = ray_cluster.connect(address=cfg.run.ray_address, num_cpus=ray_cluster.local_cpus_for(request))
         ray_cluster.check_resources(request)
         hidden_size = int(AutoConfig.from_pretrained(resolve_lm_path(cfg.lm.path), local_files_only=True).hidden_size)
-        learner_cls = learner_class(cfg.learner.name)
-        self.data_mode = learner_cls.data_mode
+        self.contract = learner_class(cfg.learner.name).contract(make_config(cfg.learner.name, cfg.learner.params))
+        self.data_mode = self.contract.data_mode
+        objective = make_objective(cfg.objective, reward=cfg.reward, shaping=cfg.shaping, gamma=self.contract.gamma,
+                                   signals=self.contract.signals)
+        layout = RecordLayout(hidden_size=hidden_size, scorers=tuple(s.resolved_name for s in cfg.reward.scorers),
+                              preference_dim=objective.preference_dim)
         self.train_prompts = load_prompts(cfg.data.train, prompt_field=cfg.data.prompt_field, seed=cfg.data.seed)
-        self.buffer_spec, self._fleet = launch_buffer(cfg.buffer, hidden_size=hidden_size, data_mode=self.data_mode,
+        self.buffer_spec, self._fleet = launch_buffer(cfg.buffer, layout=layout, data_mode=self.data_mode,
                                                       run_dir=self.run_dir, on_ray=not self._started_ray)
         self.weights = WeightStore.remote()
         self.learner = LearnerActor.options(num_gpus=cfg.learner.num_gpus, num_cpus=1).remote(
-            config=cfg, hidden_size=hidden_size, buffer_spec=self.buffer_spec, weights=self.weights)
+            config=cfg, buffer_spec=self.buffer_spec, weights=self.weights)
         if self.resume:
             self._restore()
         self._call(self.learner.publish.remote())
-        self.learner_info = self._call(self.learner.describe.remote())
         self.reward_service = None
         if cfg.rollout.reward_service_gpus > 0:
             from tokenalign.actors.reward_service import RewardService
@@ -129,9 +145,8 @@ class Trainer:
             RolloutActor.options(**ray_cluster.bundle_options(self.bundles, i, gpus=cfg.rollout.gpus_per_actor,
                                                               cpus=cfg.rollout.cpus_per_actor),
                                  max_restarts=cfg.rollout.max_restarts).remote(
-                index=i, config=cfg, buffer_spec=self.buffer_spec, weights=self.weights,
-                reward_source="reward" if cfg.learner.name in LAGRANGIAN else "final",
-                gamma=self.learner_info["gamma"], reward_service=self.reward_service)
+                index=i, config=cfg, buffer_spec=self.buffer_spec, weights=self.weights, objective=objective,
+                reward_service=self.reward_service)
             for i in range(cfg.rollout.num_actors)
         ]
         self.actor_info = [self._call(a.info.remote()) for a in self.actors]
@@ -146,7 +161,7 @@ class Trainer:
     # --------------------------------------------------------------------------------------------- data
     def _next_prompts(self) -> list[int]:
         """The next batch of training-prompt indices, each repeated samples_per_prompt times; shuffled per epoch."""
-        k = self.learner_info["group_size"]
+        k = self.contract.group_size
         distinct = max(1, self.config.rollout.episodes_per_batch // k)
         order = np.random.default_rng(self.config.run.seed + self.progress.epoch).permutation(len(self.train_prompts))
         picked = []
@@ -203,7 +218,7 @@ class Trainer:
         return run.max_minutes is not None and (time.monotonic() - self._t0) / 60 >= run.max_minutes
 
     def _loop_async(self) -> None:
-        update_time = int(self.learner_info["update_time"] or 1)
+        update_time = self.contract.updates_per_episode
         in_flight: dict[Any, tuple[str, int, list[int]]] = {}
         for i, actor in enumerate(self.actors):
             prompts = self._next_prompts()
@@ -236,7 +251,7 @@ class Trainer:
     def _loop_sync(self) -> None:
         """Rounds: all actors collect with the current weights until the learner's rollout size is reached
         (groups of samples_per_prompt episodes of one prompt), then one update, which publishes new weights."""
-        k, needed = self.learner_info["group_size"], self.learner_info["groups_per_update"]
+        needed = self.contract.groups_per_update
         groups = 0
         while not self._should_stop():
             refs = [(i, actor.collect.remote(self._next_prompts())) for i, actor in enumerate(self.actors)]
@@ -244,7 +259,7 @@ class Trainer:
                 stats = self._actor_result(ref, i)
                 groups += int(stats["groups_written"]) if stats is not None else 0
             if groups >= needed:
-                self._learner_result(self._call(self.learner.train_on_policy.remote(needed, k)))
+                self._learner_result(self._call(self.learner.train_on_policy.remote()))
                 # Surplus groups stay queued (one version behind, within buffer.max_policy_lag) and are
                 # consumed first next time; counting only new ones never waits on groups the queue dropped.
                 groups = 0

@@ -1,8 +1,11 @@
-"""LearnerActor: owns the learner, samples straight from the buffer, publishes weights, writes checkpoints.
+"""LearnerActor: owns the learner and the run's objective, samples straight from the buffer, publishes weights,
+writes checkpoints.
 
-Replay learners (SAC) take `train(n)` calls of n gradient steps on sampled batches; on-policy learners
-(PPO, RLOO) take `train_on_policy(groups, k)`, one update on the freshest complete prompt groups. After
-each call the new policy is published to the WeightStore with the learner's update count as version.
+Every sampled batch of observed `Decisions` is labelled by the objective (rewards and costs) right here,
+then trained on. Replay learners (SAC) take `train(n)` calls of n gradient steps on sampled batches;
+on-policy learners (PPO, RLOO) take `train_on_policy()`, one update on the freshest complete prompt
+groups. After each call the new policy is published to the WeightStore with the learner's update count
+as version.
 """
 from __future__ import annotations
 
@@ -16,7 +19,9 @@ import torch
 from tokenalign.actors.rollout_actor import torch_device
 from tokenalign.buffers.spec import BufferSpec
 from tokenalign.config import TrainConfig
-from tokenalign.learners.registry import make_learner
+from tokenalign.learners.base import LearnerContract
+from tokenalign.learners.registry import learner_class, make_config, make_learner
+from tokenalign.objectives import make_objective
 
 
 def save_atomically(obj: Any, path: Path) -> None:
@@ -30,13 +35,21 @@ def save_atomically(obj: Any, path: Path) -> None:
 class LearnerActor:
     """See the module docstring."""
 
-    def __init__(self, *, config: TrainConfig, hidden_size: int, buffer_spec: BufferSpec, weights: Any) -> None:
+    def __init__(self, *, config: TrainConfig, buffer_spec: BufferSpec, weights: Any) -> None:
         torch.set_num_threads(config.rollout.torch_threads)
         torch.manual_seed(config.run.seed)
         self.config = config
         self.device = torch_device(config.learner.num_gpus)
         params = {"seed": config.run.seed, **config.learner.params}
-        self.learner = make_learner(config.learner.name, hidden_size=hidden_size, config=params, device=self.device)
+        self.contract: LearnerContract = learner_class(config.learner.name).contract(make_config(config.learner.name, params))
+        self.objective = make_objective(config.objective, reward=config.reward, shaping=config.shaping,
+                                        gamma=self.contract.gamma, signals=self.contract.signals)
+        layout = buffer_spec.layout
+        if layout.preference_dim != self.objective.preference_dim:
+            raise ValueError(f"the buffer's records carry {layout.preference_dim} preference weights, objective "
+                             f"{self.objective.name!r} needs {self.objective.preference_dim}")
+        self.learner = make_learner(config.learner.name, hidden_size=layout.hidden_size, config=params,
+                                    device=self.device, preference_dim=layout.preference_dim)
         self.buffer = buffer_spec.connect()
         self.weights = weights
 
@@ -50,30 +63,24 @@ class LearnerActor:
         ray.get(self.weights.publish.remote(self.version, [ref]), timeout=self.config.run.remote_timeout_s)
         return self.version
 
-    def describe(self) -> dict[str, Any]:
-        cfg = self.learner.config
-        group_size = int(getattr(cfg, "samples_per_prompt", 1))
-        groups = getattr(cfg, "prompts_per_update", None) or getattr(cfg, "episodes_per_update", None)
-        return {"data_mode": self.learner.data_mode, "batch_size": getattr(cfg, "batch_size", None),
-                "update_time": getattr(cfg, "update_time", 1), "num_updates": self.learner.num_updates,
-                "gamma": float(getattr(cfg, "gamma", 1.0)), "device": self.device,
-                "group_size": group_size, "groups_per_update": int(groups or 1)}
+    def describe(self) -> LearnerContract:
+        """The learner's contract: what the driver schedules by."""
+        return self.contract
 
     def buffer_stats(self) -> dict[str, float]:
         return self.buffer.stats()
 
     def train(self, max_updates: int) -> dict[str, float]:
         """Up to `max_updates` gradient steps, as many as the buffer's rate limiter allows right now."""
-        batch_size = self.learner.config.batch_size
+        batch_size, starts = self.contract.batch_size, self.contract.learning_starts
         sums: dict[str, float] = {}
         done = 0
-        starts = getattr(self.learner, "learning_starts", 0)
         for _ in range(max_updates):
             # can_sample refreshes the buffer's view first; MARA starts learning once the buffer holds
             # more than batch_size × learning_starts_factor transitions.
             if not self.buffer.can_sample(batch_size) or len(self.buffer) <= starts:
                 break
-            metrics = self.learner.update(self.buffer.sample(batch_size).to(self.device))
+            metrics = self.learner.update(self.objective.label(self.buffer.sample(batch_size)))
             for key, value in metrics.items():
                 sums[key] = sums.get(key, 0.0) + float(value)
             done += 1
@@ -82,16 +89,18 @@ class LearnerActor:
         return {"updates_done": float(done), "num_updates": float(self.version),
                 **{k: v / done for k, v in sums.items()}} if done else {"updates_done": 0.0, "num_updates": float(self.version)}
 
-    def train_on_policy(self, num_groups: int, group_size: int) -> dict[str, float]:
-        """One update on the `num_groups` oldest fresh complete groups of `group_size` episodes."""
-        batch = self.buffer.get(num_groups, learner_version=self.version, group_size=group_size)
-        metrics = self.learner.update(batch.to(self.device))
+    def train_on_policy(self) -> dict[str, float]:
+        """One update on the oldest fresh complete prompt groups, as many as the contract asks for."""
+        batch = self.buffer.get(self.contract.groups_per_update, learner_version=self.version,
+                                group_size=self.contract.group_size)
+        metrics = self.learner.update(self.objective.label(batch))
         self.publish()
         return {"updates_done": 1.0, "num_updates": float(self.version), **{k: float(v) for k, v in metrics.items()}}
 
     def save(self, path: str) -> None:
         """Learner state (networks, optimizers, multipliers, counters, RNG) and the buffer's counters."""
-        save_atomically({"learner": self.learner.state_dict(), "buffer": self.buffer.state_dict()}, Path(path))
+        save_atomically({"learner": self.learner.state_dict(), "buffer": self.buffer.state_dict(),
+                         "objective": {"name": self.objective.name, "state": self.objective.state_dict()}}, Path(path))
 
     def save_policy(self, path: str) -> None:
         """The agent alone (policy_state), what `tokenalign generate --agent` and evaluation load."""
@@ -102,4 +111,8 @@ class LearnerActor:
         state = torch.load(path, map_location=self.device, weights_only=True)
         self.learner.load_state_dict(state["learner"])
         self.buffer.load_state_dict(state["buffer"])
+        # A run resumed with another objective relabels the stored data from scratch: its statistics start anew.
+        saved = state.get("objective", {})
+        if saved.get("name") == self.objective.name:
+            self.objective.load_state_dict(saved["state"])
         return self.version

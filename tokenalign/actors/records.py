@@ -1,24 +1,22 @@
 """Turn finished episodes and their scores into the buffer's Arrow decision records.
 
-This is where a sequence-level score becomes per-decision rewards: the shaping reward recorded at each
-decision, plus the final reward on the last decision (and, with postback, a discounted copy on the earlier
-ones). The cost goes on the last decision only. Episodes the agent made no decision in are skipped: they
-hold nothing to learn from.
+Nothing is concluded here: each decision row carries what the rollout observed (the behaviour
+log-probabilities, the emitted token's log-probabilities under the agent and the base LM, MARA's shaping
+penalty) and its episode's raw scores, baseline scores and preference weights. The learner's Objective
+turns them into rewards and costs. Episodes the agent made no decision in are skipped: they hold
+nothing to learn from.
 """
 from __future__ import annotations
 
 import secrets
-from typing import Literal, Sequence
+from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
 
-from tokenalign.buffers.schema import make_record_batch
+from tokenalign.buffers.schema import RecordLayout, make_record_batch
 from tokenalign.envs.rollout import Episode
 from tokenalign.rewards.combine import CombinedScores
-from tokenalign.rewards.shaping import ShapingConfig, add_final_reward
-
-RewardSource = Literal["final", "reward"]
 
 
 def new_episode_ids(n: int) -> np.ndarray:
@@ -26,43 +24,66 @@ def new_episode_ids(n: int) -> np.ndarray:
     return np.array([secrets.randbits(63) for _ in range(n)], dtype=np.int64)
 
 
+def accepts_to_end(action: np.ndarray, done: np.ndarray) -> np.ndarray:
+    """Accepts in [i, end of i's episode) for each decision i of whole episodes: postback's γ exponent."""
+    action, done = np.asarray(action), np.asarray(done, dtype=bool)
+    if not len(action):
+        return np.zeros(0, np.int32)
+    ends = np.flatnonzero(done)
+    episode = np.concatenate(([0], np.cumsum(done[:-1]))).astype(np.int64)
+    accepts_from = np.cumsum((action == 1)[::-1])[::-1]
+    return (accepts_from - accepts_from[ends][episode]).astype(np.int32)
+
+
 def episodes_to_records(
     episodes: Sequence[Episode],
     scores: CombinedScores,
     *,
+    layout: RecordLayout,
     prompt_ids: Sequence[int],
     policy_version: int,
-    gamma: float,
-    shaping: ShapingConfig,
-    reward_source: RewardSource,
+    preference: np.ndarray | None = None,
 ) -> pa.RecordBatch | None:
     """One record batch with the decisions of every episode that has any, in episode order.
 
-    `reward_source` "final" puts MARA's combined reward (costs weighted in) on the last decision; "reward"
-    puts only the reward-role part, for Lagrangian learners that read costs from the cost column.
+    `preference` holds each episode's weights w, shape (len(episodes), layout.preference_dim).
     """
     keep = [i for i, e in enumerate(episodes) if e.num_decisions > 0]
     if not keep:
         return None
+    missing = [name for name in layout.scorers if name not in scores.raw]
+    if missing:
+        raise ValueError(f"the scores lack scorers {missing} of the buffer's layout {list(layout.scorers)}")
     lengths = np.array([episodes[i].num_decisions for i in keep])
     n = int(lengths.sum())
     done = np.zeros(n, dtype=bool)
     done[np.cumsum(lengths) - 1] = True
     action = np.concatenate([episodes[i].action for i in keep])
-    final = (scores.final if reward_source == "final" else scores.reward)[keep]
-    reward = add_final_reward(np.concatenate([episodes[i].token_reward for i in keep]), action, done, final,
-                              gamma=gamma, postback=shaping.postback)
-    cost = np.zeros(n, dtype=np.float32)
-    cost[done] = scores.cost[keep]
+    emit = np.concatenate([episodes[i].emit for i in keep])
+
+    def per_row(values: dict[str, np.ndarray]) -> np.ndarray:
+        return np.repeat(np.stack([values[name][keep] for name in layout.scorers], axis=1), lengths, axis=0)
+
+    if preference is None:
+        preference = np.zeros((len(episodes), layout.preference_dim), np.float32)
     return make_record_batch(
+        layout=layout,
         episode_id=np.repeat(new_episode_ids(len(keep)), lengths),
         step=np.concatenate([np.arange(m) for m in lengths]),
         state=np.concatenate([episodes[i].state for i in keep]),
         action=action,
-        reward=reward,
-        cost=cost,
         done=done,
         logp=np.concatenate([episodes[i].logp for i in keep]),
         policy_version=np.full(n, policy_version),
         prompt_id=np.repeat(np.asarray(prompt_ids, dtype=np.int64)[keep], lengths),
+        rank=np.concatenate([episodes[i].rank for i in keep]),
+        emit=emit,
+        agent_token_logp=np.concatenate([episodes[i].agent_token_logp for i in keep]),
+        base_token_logp=np.where(emit, np.concatenate([episodes[i].llm_logp for i in keep]), 0.0),
+        mara_kl_penalty=np.concatenate([episodes[i].mara_kl_penalty for i in keep]),
+        accepts_to_end=accepts_to_end(action, done),
+        response_tokens=np.repeat([len(episodes[i].response_tokens) for i in keep], lengths),
+        scores=per_row(scores.raw),
+        baseline_scores=per_row(scores.baseline_raw),
+        preference=np.repeat(np.asarray(preference, dtype=np.float32)[keep], lengths, axis=0),
     )

@@ -70,7 +70,8 @@ class RewardService:
         for request in pending:
             end = start + len(request[0])
             request[4].set_result({"final": scores.final[start:end], "reward": scores.reward[start:end],
-                                   "cost": scores.cost[start:end], "raw": {k: v[start:end] for k, v in scores.raw.items()}})
+                                   "cost": scores.cost[start:end], "raw": {k: v[start:end] for k, v in scores.raw.items()},
+                                   "baseline_raw": {k: v[start:end] for k, v in scores.baseline_raw.items()}})
             start = end
 
 
@@ -89,4 +90,5 @@ class RemoteCombiner:
         ids = [int(i) for i in prompt_ids] if prompt_ids is not None else [0] * len(prompts)
         out = ray.get(self.service.combine.remote(list(prompts), list(responses), ids, dict(baseline_responses or {})),
                       timeout=self.timeout_s)
-        return CombinedScores(final=out["final"], reward=out["reward"], cost=out["cost"], raw=out["raw"])
+        return CombinedScores(final=out["final"], reward=out["reward"], cost=out["cost"], raw=out["raw"],
+                              baseline_raw=out["baseline_raw"])

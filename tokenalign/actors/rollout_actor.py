@@ -1,9 +1,11 @@
 """RolloutActor: a Ray actor that decodes prompts with its copy of the agent and writes episodes to the buffer.
 
 It loads the LLM once onto its device, runs the batched engine's fast path, scores finished responses
-(its own scorers, or the shared RewardService for large reward models), turns them into Arrow decision
-records and adds them straight to the buffer: episode data never passes through the driver. Between
-batches it pulls new agent weights when the published version has changed.
+(its own scorers, or the shared RewardService for large reward models), turns what it observed (raw
+scores, behaviour log-probabilities) into Arrow decision records and adds them straight to the buffer:
+episode data never passes through the driver. With a preference objective it draws each episode's
+weights w and conditions the agent on them. Between batches it pulls new agent weights when the
+published version has changed.
 """
 from __future__ import annotations
 
@@ -15,16 +17,18 @@ import numpy as np
 import ray
 import torch
 
-from tokenalign.actors.records import RewardSource, episodes_to_records
+from tokenalign.actors.records import episodes_to_records
 from tokenalign.actors.weights import fetch_if_newer
 from tokenalign.agents.policy import AcceptRejectPolicy
+from tokenalign.buffers.schema import RecordLayout
 from tokenalign.buffers.spec import BufferSpec
 from tokenalign.config import TrainConfig
 from tokenalign.data import load_prompts
 from tokenalign.envs.engine import DecodingEngine, EngineConfig
-from tokenalign.envs.rollout import generate_episodes
+from tokenalign.envs.rollout import conditioned, generate_episodes
 from tokenalign.envs.task import DecodingTask
 from tokenalign.lm import load_lm
+from tokenalign.objectives import Objective
 from tokenalign.rewards.combine import RewardCombiner
 
 log = logging.getLogger(__name__)
@@ -61,15 +65,14 @@ class RolloutActor:
         config: TrainConfig,
         buffer_spec: BufferSpec,
         weights: Any,
-        reward_source: RewardSource,
-        gamma: float,
+        objective: Objective,
         reward_service: Any = None,
     ) -> None:
         torch.set_num_threads(config.rollout.torch_threads)
         self.index = index
         self.config = config
-        self.gamma = gamma
-        self.reward_source = reward_source
+        self.objective = objective
+        self.layout: RecordLayout = buffer_spec.layout
         self.device = torch_device(config.rollout.gpus_per_actor)
         combiner = None
         if reward_service is not None:
@@ -84,6 +87,7 @@ class RolloutActor:
         # Seeded by actor index: a restarted actor replays its stream from the start, which is harmless
         # (its prompts come from the driver) and keeps runs reproducible.
         self.generator = torch.Generator(device=self.device).manual_seed(config.run.seed * 1000 + index)
+        self.preference_rng = np.random.default_rng(config.run.seed * 1000 + index)
 
     def info(self) -> dict[str, Any]:
         """Where the actor landed: its GPU ids, device, and the LM's hidden size."""
@@ -94,6 +98,9 @@ class RolloutActor:
         version, state = fetch_if_newer(self.weights, self.version, timeout_s=self.config.run.remote_timeout_s)
         if state is not None:
             self.policy = AcceptRejectPolicy.from_policy_state(state, hidden_size=self.task.hidden_size).to(self.device)
+            if self.policy.preference_dim != self.layout.preference_dim:
+                raise RuntimeError(f"the published agent is conditioned on {self.policy.preference_dim} preference "
+                                   f"weights, this run's records on {self.layout.preference_dim}")
             self.policy.eval()
             self.version = version
         if self.policy is None:
@@ -105,11 +112,12 @@ class RolloutActor:
         start = time.perf_counter()
         self._sync_weights()
         prompts = [self.task.prompts[i] for i in prompt_indices]
+        preference = self.objective.sample_preferences(len(prompts), self.preference_rng)
         episodes = generate_episodes(self.task.engine, self.policy, [p.text for p in prompts], generator=self.generator,
-                                     shaping=self.config.shaping)
+                                     shaping=self.config.shaping, preference=preference)
         scores = self.task.score(prompts, [e.response for e in episodes])
-        records = episodes_to_records(episodes, scores, prompt_ids=[p.id for p in prompts], policy_version=self.version,
-                                      gamma=self.gamma, shaping=self.config.shaping, reward_source=self.reward_source)
+        records = episodes_to_records(episodes, scores, layout=self.layout, prompt_ids=[p.id for p in prompts],
+                                      policy_version=self.version, preference=preference)
         if records is not None:
             self.buffer.add(records)
         decisions = np.array([e.num_decisions for e in episodes])
@@ -132,7 +140,9 @@ class RolloutActor:
         """A few greedy-agent generations with their scores, for the run directory."""
         self._sync_weights()
         prompts = [self.task.prompts[i] for i in prompt_indices]
-        episodes = generate_episodes(self.task.engine, self.policy, [p.text for p in prompts], greedy=True)
+        dim = self.layout.preference_dim
+        agent = conditioned(self.policy, [1.0 / dim] * dim if dim else None)  # equal weights for a conditioned agent
+        episodes = generate_episodes(self.task.engine, agent, [p.text for p in prompts], greedy=True)
         scores = self.task.score(prompts, [e.response for e in episodes])
         return [{"prompt": p.text, "response": e.response, "reward": float(scores.final[i]), "cost": float(scores.cost[i])}
                 for i, (p, e) in enumerate(zip(prompts, episodes))]

@@ -4,20 +4,22 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tokenalign.agents.mlp import check_widths, mlp
+from tokenalign.agents.mlp import ObservationNorm, check_widths, mlp
 
 
 class TwinQCritic(nn.Module):
     """Q1, Q2: (..., hidden) → (..., 2) action values; the min of the two curbs overestimation."""
 
-    def __init__(self, *, hidden_size: int, widths: tuple[int, ...] = (1024, 256)) -> None:  # MARA SAC.py
+    def __init__(
+        self, *, hidden_size: int, widths: tuple[int, ...] = (1024, 256), preference_dim: int = 0  # MARA SAC.py
+    ) -> None:
         super().__init__()
         self.widths = check_widths(widths, owner="TwinQCritic")
-        self.norm = nn.LayerNorm(hidden_size)
-        self.q1 = mlp(hidden_size, self.widths, 2)
-        self.q2 = mlp(hidden_size, self.widths, 2)
+        self.norm = ObservationNorm(hidden_size, preference_dim)
+        self.q1 = mlp(self.norm.out_features, self.widths, 2)
+        self.q2 = mlp(self.norm.out_features, self.widths, 2)
 
     def forward(self, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(Q1(s, ·), Q2(s, ·)), each (..., 2)."""
-        x = self.norm(state.to(self.norm.weight.dtype))
+        x = self.norm(state)
         return self.q1(x), self.q2(x)

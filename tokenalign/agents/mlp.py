@@ -1,6 +1,7 @@
 """The MLP trunk shared by MARA's policy, Q critics and value heads: Linear → ReLU per width, then a head."""
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 
@@ -22,3 +23,33 @@ def mlp(in_features: int, widths: tuple[int, ...], out_features: int) -> nn.Sequ
         in_features = width
     layers.append(nn.Linear(in_features, out_features))
     return nn.Sequential(*layers)
+
+
+class ObservationNorm(nn.LayerNorm):
+    """LayerNorm over the LM hidden state, the conditioning features (preference weights w) passed through.
+
+    Hidden-state scales differ wildly between LMs and layers, so the norm makes one learning rate fit all;
+    w in [0, 1] must reach the MLP as it is, not be folded into the hidden state's statistics. A LayerNorm
+    subclass, so unconditioned agents keep the parameter names of checkpoints written before conditioning.
+    """
+
+    def __init__(self, hidden_size: int, preference_dim: int = 0) -> None:
+        super().__init__(hidden_size)
+        self.hidden_size = hidden_size
+        self.preference_dim = preference_dim
+
+    @property
+    def out_features(self) -> int:
+        return self.hidden_size + self.preference_dim
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        """(..., hidden + preference_dim) observations (fp16/bf16 cast to the norm's dtype) → features."""
+        obs = obs.to(self.weight.dtype)
+        if obs.shape[-1] != self.out_features:
+            raise ValueError(
+                f"agent input has {obs.shape[-1]} features, expected hidden size {self.hidden_size} + preference "
+                f"size {self.preference_dim}: condition the agent with the same preference size it was trained with"
+            )
+        if not self.preference_dim:
+            return super().forward(obs)
+        return torch.cat([super().forward(obs[..., : self.hidden_size]), obs[..., self.hidden_size:]], dim=-1)

@@ -7,28 +7,33 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tokenalign.agents.mlp import check_widths, mlp
+from tokenalign.agents.mlp import ObservationNorm, check_widths, mlp
 
 ACCEPT = 1
 REJECT = 0
 
 
 class AcceptRejectPolicy(nn.Module):
-    """π(a|s) over a ∈ {reject, accept} for the LM's last hidden state s of "context + candidate"."""
+    """π(a|s) over a ∈ {reject, accept} for the LM's last hidden state s of "context + candidate".
 
-    def __init__(self, *, hidden_size: int, widths: tuple[int, ...] = (1024, 256)) -> None:  # MARA SAC.py
+    A preference-conditioned agent (preference_dim > 0) sees s = [hidden state ; w] (RiC).
+    """
+
+    def __init__(
+        self, *, hidden_size: int, widths: tuple[int, ...] = (1024, 256), preference_dim: int = 0  # MARA SAC.py
+    ) -> None:
         super().__init__()
         if hidden_size <= 0:
             raise ValueError(f"hidden_size must be the LM's positive hidden size, got {hidden_size}")
         self.hidden_size = hidden_size
+        self.preference_dim = preference_dim
         self.widths = check_widths(widths, owner="AcceptRejectPolicy")
-        # Hidden-state scales differ wildly between LMs and layers; the LayerNorm makes one lr fit all.
-        self.norm = nn.LayerNorm(hidden_size)
-        self.body = mlp(hidden_size, self.widths, 2)
+        self.norm = ObservationNorm(hidden_size, preference_dim)
+        self.body = mlp(self.norm.out_features, self.widths, 2)
 
     def forward(self, state: torch.Tensor) -> torch.Tensor:
-        """Logits (..., 2) for states (..., hidden); fp16/bf16 states are cast to the agent's dtype."""
-        return self.body(self.norm(state.to(self.norm.weight.dtype)))
+        """Logits (..., 2) for observations (..., hidden + preference_dim); fp16/bf16 are cast to the agent's dtype."""
+        return self.body(self.norm(state))
 
     def log_probs(self, state: torch.Tensor) -> torch.Tensor:
         """log π(·|s), shape (..., 2), differentiable (what learners train)."""
@@ -60,6 +65,7 @@ class AcceptRejectPolicy(nn.Module):
         """The plain dict actors load: sizes plus a CPU copy of the weights (independent of training)."""
         return {
             "hidden_size": self.hidden_size,
+            "preference_dim": self.preference_dim,
             "widths": list(self.widths),
             "state_dict": {k: v.detach().to("cpu", copy=True) for k, v in self.state_dict().items()},
         }
@@ -79,6 +85,7 @@ class AcceptRejectPolicy(nn.Module):
                 f"agent input size {state['hidden_size']} does not match the LM's hidden size {hidden_size}: "
                 "the agent was trained on another LM; load an agent trained on this LM or train a new one"
             )
-        policy = cls(hidden_size=hidden_size, widths=tuple(state["widths"]))
+        # Agents saved before preference conditioning carry no preference_dim: they are unconditioned.
+        policy = cls(hidden_size=hidden_size, widths=tuple(state["widths"]), preference_dim=int(state.get("preference_dim", 0)))
         policy.load_state_dict(state["state_dict"])
         return policy.to(device)

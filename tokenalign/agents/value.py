@@ -4,17 +4,19 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tokenalign.agents.mlp import check_widths, mlp
+from tokenalign.agents.mlp import ObservationNorm, check_widths, mlp
 
 
 class ValueHead(nn.Module):
     """V: (..., hidden) → (...,)."""
 
-    def __init__(self, *, hidden_size: int, widths: tuple[int, ...] = (1024, 256)) -> None:  # MARA SAC.py shapes
+    def __init__(
+        self, *, hidden_size: int, widths: tuple[int, ...] = (1024, 256), preference_dim: int = 0  # MARA SAC.py shapes
+    ) -> None:
         super().__init__()
         self.widths = check_widths(widths, owner="ValueHead")
-        self.norm = nn.LayerNorm(hidden_size)
-        self.body = mlp(hidden_size, self.widths, 1)
+        self.norm = ObservationNorm(hidden_size, preference_dim)
+        self.body = mlp(self.norm.out_features, self.widths, 1)
 
     def forward(self, state: torch.Tensor) -> torch.Tensor:
-        return self.body(self.norm(state.to(self.norm.weight.dtype))).squeeze(-1)
+        return self.body(self.norm(state)).squeeze(-1)

@@ -10,17 +10,29 @@ nothing is ever unpickled.
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 
 from tokenalign.buffers.errors import ForeignValueError
-from tokenalign.buffers.schema import RecordSchemaError, from_ipc, to_ipc, validate_record_batch
-from tokenalign.buffers.shard import SCALAR_DTYPES, Columns
+from tokenalign.buffers.schema import (
+    RecordLayout, RecordSchemaError, check_version, from_ipc, to_ipc, validate_record_batch,
+)
+from tokenalign.buffers.shard import Columns
 
-_META_FIELDS = [pa.field(name, pa.from_numpy_dtype(dtype), nullable=False) for name, dtype in SCALAR_DTYPES.items()]
 _INFO = ("rows", "hidden_size", "state_offset", "states_len", "head_digest")
+
+
+def layout_signature(layout: RecordLayout) -> str:
+    """The layout as one string: writers of one namespace must all write the same one."""
+    return json.dumps({"hidden_size": layout.hidden_size, "scorers": list(layout.scorers),
+                       "preference_dim": layout.preference_dim})
+
+
+def _meta_fields(layout: RecordLayout) -> list[pa.Field]:
+    return [pa.field(name, dtype, nullable=False) for name, dtype in layout.scalar_types.items()]
 
 
 @dataclass(frozen=True)
@@ -51,7 +63,7 @@ def _digest(head: bytes) -> str:
     return hashlib.blake2b(head, digest_size=16).hexdigest()
 
 
-def encode_chunk(columns: Columns) -> tuple[bytes, bytes]:
+def encode_chunk(columns: Columns, *, layout: RecordLayout) -> tuple[bytes, bytes]:
     """(meta, states) Arrow IPC values for one chunk."""
     rows, hidden_size = columns.state.shape
     flat = pa.array(np.concatenate([columns.state.reshape(-1), np.zeros(hidden_size, dtype=columns.state.dtype)]))
@@ -65,24 +77,28 @@ def encode_chunk(columns: Columns) -> tuple[bytes, bytes]:
     info = dict(
         rows=rows, hidden_size=hidden_size, state_offset=offset, states_len=len(states), head_digest=_digest(states[:offset])
     )
-    schema = pa.schema(_META_FIELDS, metadata={f"tokenalign.{k}": str(v) for k, v in info.items()})
-    meta = pa.RecordBatch.from_arrays([pa.array(columns.scalars[f.name]) for f in _META_FIELDS], schema=schema)
+    fields = _meta_fields(layout)
+    schema = pa.schema(fields, metadata={**layout.metadata(), **{f"tokenalign.{k}": str(v) for k, v in info.items()}})
+    meta = pa.RecordBatch.from_arrays([pa.array(columns.scalars[f.name]) for f in fields], schema=schema)
     return to_ipc(meta), states
 
 
-def decode_meta(payload: bytes | None, *, key: str, hidden_size: int) -> ChunkMeta:
+def decode_meta(payload: bytes | None, *, key: str, layout: RecordLayout) -> ChunkMeta:
     """Parse a meta value, refusing (ForeignValueError) anything that is not a chunk meta of this buffer."""
     try:
         batch = from_ipc(payload)
     except RecordSchemaError as err:
         raise refusal(key, str(err)) from None
+    hidden_size = layout.hidden_size
+    if b"tokenalign.hidden_size" in (batch.schema.metadata or {}):  # ours, but maybe of an older version
+        check_version(batch.schema.metadata, what=f"Redis key {key!r}")
     metadata = {k.decode(): v.decode() for k, v in (batch.schema.metadata or {}).items()}
     try:
         info = {k: metadata[f"tokenalign.{k}"] for k in _INFO}
         ints = {k: int(info[k]) for k in _INFO if k != "head_digest"}
     except (KeyError, ValueError):
         raise refusal(key, "no chunk description in its Arrow metadata") from None
-    if [f.name for f in batch.schema] != [f.name for f in _META_FIELDS] or batch.num_rows != ints["rows"]:
+    if [f.name for f in batch.schema] != [f.name for f in _meta_fields(layout)] or batch.num_rows != ints["rows"]:
         raise refusal(key, f"its columns are {batch.schema.names}")
     if ints["hidden_size"] != hidden_size:
         raise ForeignValueError(
@@ -91,7 +107,7 @@ def decode_meta(payload: bytes | None, *, key: str, hidden_size: int) -> ChunkMe
         )
     scalars = {
         name: batch.column(name).to_numpy(zero_copy_only=False).astype(dtype, copy=False)
-        for name, dtype in SCALAR_DTYPES.items()
+        for name, dtype in layout.scalar_dtypes.items()
     }
     return ChunkMeta(scalars, ints["rows"], ints["state_offset"], ints["states_len"], info["head_digest"])
 
@@ -102,11 +118,13 @@ def check_states(meta: ChunkMeta, *, key: str, length: int, head: bytes) -> None
         raise refusal(key, f"not the states written there: {length} bytes, expected {meta.states_len}")
 
 
-def decode_episodes(payload: bytes, *, key: str, hidden_size: int) -> pa.RecordBatch:
+def decode_episodes(payload: bytes, *, key: str, layout: RecordLayout) -> pa.RecordBatch:
     """Parse a queued record batch of whole episodes, refusing (ForeignValueError) anything else."""
     try:
         batch = from_ipc(payload)
-        validate_record_batch(batch, hidden_size=hidden_size)
+        if b"tokenalign.schema_version" in (batch.schema.metadata or {}):
+            check_version(batch.schema.metadata, what=f"Redis key {key!r}")
+        validate_record_batch(batch, layout=layout)
     except RecordSchemaError as err:
         raise refusal(key, str(err)) from None
     return batch

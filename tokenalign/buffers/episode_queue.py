@@ -14,8 +14,8 @@ from tokenalign.buffers.errors import ForeignValueError
 from tokenalign.buffers.episode_store import EpisodeStore
 from tokenalign.buffers.rate_limiter import wait_until
 from tokenalign.buffers.redis_client import TRANSIENT
-from tokenalign.buffers.schema import Transitions, validate_record_batch
-from tokenalign.buffers.shard import Columns, make_transitions
+from tokenalign.buffers.schema import Decisions, RecordLayout, validate_record_batch
+from tokenalign.buffers.shard import Columns, make_decisions
 from tokenalign.buffers.sharded import route
 
 PULL_MAX = 1024
@@ -35,7 +35,7 @@ class EpisodeQueue:
         self,
         *,
         stores: Sequence[EpisodeStore],
-        hidden_size: int,
+        layout: RecordLayout,
         max_policy_lag: int,
         write_timeout_s: float = 30.0,
         sample_timeout_s: float = 60.0,
@@ -44,7 +44,7 @@ class EpisodeQueue:
         if not stores:
             raise ValueError("an EpisodeQueue needs at least one store")
         self.stores = list(stores)
-        self.hidden_size = hidden_size
+        self.layout = layout
         self.max_policy_lag = max_policy_lag
         self.write_timeout_s = write_timeout_s
         self.sample_timeout_s = sample_timeout_s
@@ -57,8 +57,8 @@ class EpisodeQueue:
 
     def add(self, record_batch: pa.RecordBatch) -> None:
         """Queue one or more whole episodes (validated before anything is written), routed by episode_id."""
-        validate_record_batch(record_batch, hidden_size=self.hidden_size)
-        columns = Columns.from_batch(record_batch)
+        validate_record_batch(record_batch, layout=self.layout)
+        columns = Columns.from_batch(record_batch, layout=self.layout)
         starts = columns.episode_starts()
         lengths = np.diff(np.r_[starts, len(columns)])
         episodes = [record_batch.slice(int(s), int(n)) for s, n in zip(starts, lengths)]
@@ -74,7 +74,7 @@ class EpisodeQueue:
 
     def get(
         self, num_groups: int, *, learner_version: int, group_size: int = 1, timeout_s: float | None = None
-    ) -> Transitions:
+    ) -> Decisions:
         """The oldest num_groups complete groups (group_size episodes of one prompt), rows in episode/step order."""
         if num_groups < 1 or group_size < 1:
             raise ValueError(f"num_groups and group_size must be positive, got {num_groups} and {group_size}")
@@ -128,13 +128,13 @@ class EpisodeQueue:
         if refusals:
             raise ForeignValueError(f"{len(refusals)} queued item(s) refused, the rest kept: {refusals[0]}")
 
-    def _transitions(self, episodes: list[pa.RecordBatch]) -> Transitions:
-        columns = Columns.from_batch(pa.Table.from_batches(episodes).combine_chunks().to_batches()[0])
+    def _transitions(self, episodes: list[pa.RecordBatch]) -> Decisions:
+        columns = Columns.from_batch(pa.Table.from_batches(episodes).combine_chunks().to_batches()[0], layout=self.layout)
         state = torch.from_numpy(np.array(columns.state)).to(self.state_dtype)
         next_state = torch.zeros_like(state)
         next_state[:-1] = state[1:]
         next_state[torch.from_numpy(columns.scalars["done"])] = 0.0
-        return make_transitions(columns.scalars, state, next_state, state_dtype=self.state_dtype)
+        return make_decisions(columns.scalars, state, next_state, layout=self.layout, state_dtype=self.state_dtype)
 
     def __len__(self) -> int:
         """Transitions waiting: in the stores and pulled but not yet delivered."""

@@ -10,7 +10,7 @@ import pyarrow as pa
 from tokenalign.buffers.chunk_codec import decode_episodes
 from tokenalign.buffers.errors import ForeignValueError
 from tokenalign.buffers.redis_client import connect, public_url, with_retry
-from tokenalign.buffers.schema import to_ipc
+from tokenalign.buffers.schema import RecordLayout, to_ipc
 
 TOKEN_TTL_S = 86_400
 
@@ -101,11 +101,11 @@ class RedisEpisodeStore:
     """Episodes as Arrow IPC items of a Redis list; pushes are idempotent under retry, pops atomic."""
 
     def __init__(
-        self, *, url: str, password: str | None, namespace: str, hidden_size: int, capacity: int,
+        self, *, url: str, password: str | None, namespace: str, layout: RecordLayout, capacity: int,
         write_timeout_s: float = 30.0, index: int = 0,
     ) -> None:
         self.name = f"redis queue shard {index} at {public_url(url)}"
-        self.hidden_size = hidden_size
+        self.layout = layout
         self.capacity = capacity
         self.write_timeout_s = write_timeout_s
         self._ns = namespace
@@ -127,7 +127,7 @@ class RedisEpisodeStore:
         episodes, refusals = [], []
         for payload in self._pop(args=[self._ns, max_items]):
             try:
-                episodes.append(decode_episodes(payload, key=f"{self._ns}:queue", hidden_size=self.hidden_size))
+                episodes.append(decode_episodes(payload, key=f"{self._ns}:queue", layout=self.layout))
             except ForeignValueError as err:
                 refusals.append(err)
         return episodes, refusals

@@ -5,22 +5,22 @@ import numpy as np
 import torch
 
 from tokenalign.buffers.ring import ChunkRing
-from tokenalign.buffers.schema import Transitions
-from tokenalign.buffers.shard import SCALAR_DTYPES, Columns, ShardCounters, make_transitions
+from tokenalign.buffers.schema import Decisions, RecordLayout
+from tokenalign.buffers.shard import Columns, ShardCounters, make_decisions
 
 
 class MemoryShard:
     """A shard in this process's memory: float16 states in a ring, next_state read from the chain at sampling."""
 
     def __init__(
-        self, *, hidden_size: int, capacity: int, name: str = "memory-0", state_dtype: torch.dtype = torch.float32
+        self, *, layout: RecordLayout, capacity: int, name: str = "memory-0", state_dtype: torch.dtype = torch.float32
     ) -> None:
         self.name = name
         self.state_dtype = state_dtype
-        self.hidden_size = hidden_size
+        self.layout = layout
         self.capacity = capacity
-        specs = {col: ((), dtype) for col, dtype in SCALAR_DTYPES.items()}
-        specs["state"] = ((hidden_size,), np.dtype(np.float16))
+        specs = {col: ((), dtype) for col, dtype in layout.scalar_dtypes.items()}
+        specs["state"] = ((layout.hidden_size,), np.dtype(np.float16))
         self._ring = ChunkRing(capacity=capacity, columns=specs)
         # torch's index_select gathers rows about twice as fast as numpy's fancy indexing (the ring never reallocates).
         self._states = torch.from_numpy(self._ring.columns["state"])
@@ -46,21 +46,21 @@ class MemoryShard:
     def episode_prompts(self) -> np.ndarray:
         return self._ring.episodes()[2]
 
-    def gather(self, offsets: np.ndarray) -> Transitions:
+    def gather(self, offsets: np.ndarray) -> Decisions:
         positions = self._ring.positions(offsets)
         self._counters.sampled += len(offsets)
         return self._assemble(positions)
 
-    def gather_episodes(self, indices: np.ndarray) -> Transitions:
+    def gather_episodes(self, indices: np.ndarray) -> Decisions:
         positions = self._ring.episode_positions(indices)
         self._counters.sampled += len(positions)
         return self._assemble(positions)
 
-    def _assemble(self, positions: np.ndarray) -> Transitions:
+    def _assemble(self, positions: np.ndarray) -> Decisions:
         state = self._states.index_select(0, torch.from_numpy(positions))
         next_state = self._states.index_select(0, torch.from_numpy(self._ring.successors(positions)))
-        scalars = {name: self._ring.columns[name][positions] for name in SCALAR_DTYPES}
-        return make_transitions(scalars, state, next_state, state_dtype=self.state_dtype)
+        scalars = {name: self._ring.columns[name][positions] for name in self.layout.scalar_dtypes}
+        return make_decisions(scalars, state, next_state, layout=self.layout, state_dtype=self.state_dtype)
 
     def counters(self) -> ShardCounters:
         return ShardCounters(**vars(self._counters))

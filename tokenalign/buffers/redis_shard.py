@@ -9,20 +9,21 @@ and fetch only the state bytes of the rows they sample.
 """
 from __future__ import annotations
 
+import json
 import uuid
 
 import numpy as np
 import redis
 import torch
 
-from tokenalign.buffers.chunk_codec import ChunkMeta, check_states, decode_meta, encode_chunk, refusal
+from tokenalign.buffers.chunk_codec import (
+    ChunkMeta, check_states, decode_meta, encode_chunk, layout_signature, refusal,
+)
 from tokenalign.buffers.range_reader import RangeReader, Ranges
 from tokenalign.buffers.redis_client import connect, public_url, with_retry
 from tokenalign.buffers.ring import ChunkRing
-from tokenalign.buffers.schema import RecordSchemaError, Transitions
-from tokenalign.buffers.shard import (
-    SCALAR_DTYPES, Columns, ShardCounters, ViewOutdated, episode_starts, make_transitions,
-)
+from tokenalign.buffers.schema import Decisions, RecordLayout, RecordSchemaError, check_version
+from tokenalign.buffers.shard import Columns, ShardCounters, ViewOutdated, episode_starts, make_decisions
 
 TOKEN_TTL_S = 86_400
 SYNC_BATCH = 256
@@ -33,9 +34,10 @@ local token_key = ns .. ':token:' .. ARGV[2]
 local applied = redis.call('GET', token_key)
 if applied then return tonumber(applied) end
 local rows, capacity = tonumber(ARGV[3]), tonumber(ARGV[4])
-local hidden = redis.call('GET', ns .. ':hidden_size')
-if hidden and hidden ~= ARGV[5] then return redis.error_reply('HIDDEN_SIZE ' .. hidden) end
-redis.call('SET', ns .. ':hidden_size', ARGV[5])
+if redis.call('EXISTS', ns .. ':hidden_size') == 1 then return redis.error_reply('OLD_SCHEMA') end
+local layout = redis.call('GET', ns .. ':layout')
+if layout and layout ~= ARGV[5] then return redis.error_reply('LAYOUT ' .. layout) end
+redis.call('SET', ns .. ':layout', ARGV[5])
 local id = redis.call('INCR', ns .. ':tail')
 redis.call('SET', ns .. ':meta:' .. id, ARGV[6])
 redis.call('SET', ns .. ':states:' .. id, ARGV[7])
@@ -77,12 +79,13 @@ class RedisShard:
     """One Redis server holding whole chunks, shared by writers in any process and sampled by learners."""
 
     def __init__(
-        self, *, url: str, password: str | None, namespace: str, hidden_size: int, capacity: int,
+        self, *, url: str, password: str | None, namespace: str, layout: RecordLayout, capacity: int,
         write_timeout_s: float = 30.0, index: int = 0, state_dtype: torch.dtype = torch.float32,
     ) -> None:
         self.name = f"redis shard {index} at {public_url(url)}"
         self.state_dtype = state_dtype
-        self.hidden_size = hidden_size
+        self.layout = layout
+        self.hidden_size = hidden_size = layout.hidden_size
         self.capacity = capacity
         self.write_timeout_s = write_timeout_s
         self._ns = namespace
@@ -98,7 +101,7 @@ class RedisShard:
     def _mirror(self) -> ChunkRing:
         """The scalar columns of the live chunks, allocated on first use: writers never need it."""
         if self._mirror_ring is None:
-            specs = {col: ((), dtype) for col, dtype in SCALAR_DTYPES.items()}
+            specs = {col: ((), dtype) for col, dtype in self.layout.scalar_dtypes.items()}
             specs.update({name: ((), np.dtype(np.int64)) for name in ("chunk_id", "row", "state_offset")})
             self._mirror_ring = ChunkRing(capacity=self.capacity, columns=specs)
         return self._mirror_ring
@@ -107,18 +110,26 @@ class RedisShard:
         return ":".join([self._ns, *map(str, parts)])
 
     def add(self, columns: Columns) -> None:
-        meta, states = encode_chunk(columns)
-        args = [self._ns, uuid.uuid4().hex, len(columns), self.capacity, self.hidden_size, meta, states, TOKEN_TTL_S]
+        meta, states = encode_chunk(columns, layout=self.layout)
+        args = [self._ns, uuid.uuid4().hex, len(columns), self.capacity, layout_signature(self.layout), meta, states,
+                TOKEN_TTL_S]
         try:
             with_retry(
                 lambda: self._add_script(args=args), shard=self.name, timeout_s=self.write_timeout_s, what="adding a chunk"
             )
         except redis.ResponseError as err:
-            if "HIDDEN_SIZE" not in str(err):
+            if "OLD_SCHEMA" in str(err):
+                check_version({}, what=f"{self.name} (namespace {self._ns!r})")
+            if "LAYOUT" not in str(err):
                 raise
+            theirs = json.loads(str(err).split(" ", 1)[1])
+            if theirs["hidden_size"] != self.hidden_size:
+                why = f"holds states of size {theirs['hidden_size']}, these are of size {self.hidden_size}: use the same LM"
+            else:
+                why = (f"holds records with scorers {theirs['scorers']} and preference size {theirs['preference_dim']}, "
+                       f"these have {list(self.layout.scorers)} and {self.layout.preference_dim}: use the same reward config")
             raise RecordSchemaError(
-                f"{self.name} holds states of size {str(err).split()[-1]} under namespace {self._ns!r}, "
-                f"these are of size {self.hidden_size}: use the same LM as the other writers, or another buffer.namespace"
+                f"{self.name} under namespace {self._ns!r} {why} as the other writers, or another buffer.namespace"
             ) from None
 
     def refresh(self) -> None:
@@ -146,7 +157,7 @@ class RedisShard:
         if missing:  # evicted since `head` was read; FIFO, so everything up to the last missing id is gone
             self._forget_before(missing[-1] + 1)
             ids, payloads = ids[ids.index(missing[-1]) + 1 :], payloads[ids.index(missing[-1]) + 1 :]
-        metas = [decode_meta(p, key=self._key("meta", cid), hidden_size=self.hidden_size) for cid, p in zip(ids, payloads)]
+        metas = [decode_meta(p, key=self._key("meta", cid), layout=self.layout) for cid, p in zip(ids, payloads)]
         pipe = self._client.pipeline(transaction=False)
         for cid, meta in zip(ids, metas):
             pipe.strlen(self._key("states", cid))
@@ -177,7 +188,7 @@ class RedisShard:
     def episode_prompts(self) -> np.ndarray:
         return self._mirror.episodes()[2]
 
-    def gather(self, offsets: np.ndarray) -> Transitions:
+    def gather(self, offsets: np.ndarray) -> Decisions:
         """Rows at `offsets`: each one GETRANGE of the state and its successor, read straight into one buffer."""
         cols = self._mirror.columns
         positions = self._mirror.positions(offsets)
@@ -192,11 +203,11 @@ class RedisShard:
         next_state = torch.empty_like(state)
         state.copy_(pairs[:, 0])
         next_state.copy_(pairs[:, 1])
-        scalars = {name: cols[name][positions] for name in SCALAR_DTYPES}
+        scalars = {name: cols[name][positions] for name in self.layout.scalar_dtypes}
         next_state[torch.from_numpy(scalars["done"])] = 0.0  # the chain ends: the successor row is another episode's
-        return make_transitions(scalars, state, next_state, state_dtype=self.state_dtype)
+        return make_decisions(scalars, state, next_state, layout=self.layout, state_dtype=self.state_dtype)
 
-    def gather_episodes(self, indices: np.ndarray) -> Transitions:
+    def gather_episodes(self, indices: np.ndarray) -> Decisions:
         """Whole episodes, each one GETRANGE of its contiguous state rows."""
         cols = self._mirror.columns
         starts, lengths, _ = self._mirror.episodes()
@@ -213,9 +224,9 @@ class RedisShard:
         next_state = torch.zeros_like(state)
         next_state[:-1] = state[1:]
         positions = self._mirror.episode_positions(indices)
-        scalars = {name: cols[name][positions] for name in SCALAR_DTYPES}
+        scalars = {name: cols[name][positions] for name in self.layout.scalar_dtypes}
         next_state[torch.from_numpy(scalars["done"])] = 0.0
-        return make_transitions(scalars, state, next_state, state_dtype=self.state_dtype)
+        return make_decisions(scalars, state, next_state, layout=self.layout, state_dtype=self.state_dtype)
 
     def _state_keys(self, chunk_ids: np.ndarray) -> list[str]:
         return [self._key("states", cid) for cid in chunk_ids.tolist()]

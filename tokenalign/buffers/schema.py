@@ -5,29 +5,64 @@ decisions form a chain (DESIGN.md, "Decision chain"): the state after decision t
 decision t+1, so each hidden state is stored once and `next_state` is assembled at sampling time.
 States are stored as float16 (half the bytes; the agent's LayerNorm makes fp16 rounding harmless).
 
+Records keep what was OBSERVED, never what was concluded: every scorer's raw score of the episode, the
+behaviour log-probabilities, per-token signals and the episode's conditioning vector. No reward or cost
+is stored; an Objective (tokenalign/objectives) turns these signals into per-decision rewards and costs
+where the learner samples, so a run can change its objective without new rollouts. What a run's records
+hold beyond the fixed columns (the scorer names, the preference size) is its `RecordLayout`, written
+into every batch's schema metadata.
+
 Records cross process and machine boundaries only as Arrow IPC streams, never pickles: a buffer that
 someone else can write to must not be able to run code in the learner.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, fields
+from functools import cached_property
 
 import numpy as np
 import pyarrow as pa
 import torch
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
+"""1: reward and cost concluded by the actors (before objectives); 2: raw observed signals."""
 
-_SCALAR_COLUMNS: dict[str, pa.DataType] = {
+_FIXED_COLUMNS: dict[str, pa.DataType] = {
     "episode_id": pa.int64(),
     "step": pa.int32(),
     "action": pa.int8(),
-    "reward": pa.float32(),
-    "cost": pa.float32(),
     "done": pa.bool_(),
     "logp": pa.float32(),
     "policy_version": pa.int32(),
     "prompt_id": pa.int64(),
+    "rank": pa.int16(),
+    "emit": pa.bool_(),
+    "agent_token_logp": pa.float32(),
+    "base_token_logp": pa.float32(),
+    "token_reward": pa.float32(),
+    "mara_kl_penalty": pa.float32(),
+    "accepts_to_end": pa.int32(),
+    "response_tokens": pa.int32(),
+}
+COLUMN_DOCS: dict[str, str] = {
+    "episode_id": "random 63-bit id of the episode",
+    "step": "decision index within the episode",
+    "action": "1 = accept, 0 = reject",
+    "done": "True on the episode's last decision",
+    "logp": "the behaviour agent's log-probability of `action`",
+    "policy_version": "version of the agent weights that decided",
+    "prompt_id": "stable id of the prompt",
+    "rank": "rank of the decided candidate among its step's candidates (0 = most probable)",
+    "emit": "this decision emitted a token (an accept, or the forced last rank)",
+    "agent_token_logp": "on emitting rows: the agent's log-probability of emitting that token, "
+                        "log[p_i·∏_{j<i}(1 − p_j)] (the forced last rank takes the remainder); 0 elsewhere",
+    "base_token_logp": "on emitting rows: the base LM's log-probability of that token under the warped sampling "
+                       "distribution; 0 elsewhere",
+    "token_reward": "on emitting rows: the per-token reward of token-level scorers (0 without one)",
+    "mara_kl_penalty": "MARA's kl_div shaping penalty of the decision, before −kl_ctl (0 without MARA shaping)",
+    "accepts_to_end": "accepts from this decision up to (not including) the episode's last one: postback's γ exponent",
+    "response_tokens": "tokens the episode's response has",
 }
 
 
@@ -35,29 +70,98 @@ class RecordSchemaError(ValueError):
     """A record batch does not match the decision schema; nothing of it was written."""
 
 
-def decision_schema(hidden_size: int) -> pa.Schema:
-    """The decision schema for an LM whose last hidden state has `hidden_size` features."""
-    if hidden_size <= 0:
-        raise ValueError(f"hidden_size must be positive, got {hidden_size}")
-    columns = [pa.field(name, dtype, nullable=False) for name, dtype in _SCALAR_COLUMNS.items()]
-    columns.insert(2, pa.field("state", pa.list_(pa.float16(), hidden_size), nullable=False))
-    return pa.schema(columns, metadata={"tokenalign.schema_version": SCHEMA_VERSION})
+@dataclass(frozen=True)
+class RecordLayout:
+    """What a run's decision records hold: the LM's hidden size, the scorers' names, the conditioning size.
+
+    Each scorer's raw score is a float32 column `score:<name>` (and, with an SFT baseline, the score of the
+    base LM's greedy response to the prompt in `baseline:<name>`); the episode's preference weights are
+    `pref:<i>`. Every row of an episode repeats them, so any sampled transition carries its episode's signals.
+    """
+
+    hidden_size: int
+    """Size of the LM's last hidden state."""
+    scorers: tuple[str, ...] = ()
+    """Scorer names, in the order of the run's reward config."""
+    preference_dim: int = 0
+    """Size of the per-episode preference vector w (0 = unconditioned agents)."""
+
+    def __post_init__(self) -> None:
+        if self.hidden_size <= 0:
+            raise ValueError(f"hidden_size must be positive, got {self.hidden_size}")
+        if self.preference_dim < 0:
+            raise ValueError(f"preference_dim must be ≥ 0, got {self.preference_dim}")
+        object.__setattr__(self, "scorers", tuple(self.scorers))
+        if len(set(self.scorers)) != len(self.scorers):
+            raise ValueError(f"scorer names must be unique, got {list(self.scorers)}")
+
+    @property
+    def score_columns(self) -> list[str]:
+        return [f"score:{name}" for name in self.scorers]
+
+    @property
+    def baseline_columns(self) -> list[str]:
+        return [f"baseline:{name}" for name in self.scorers]
+
+    @property
+    def preference_columns(self) -> list[str]:
+        return [f"pref:{i}" for i in range(self.preference_dim)]
+
+    @cached_property
+    def scalar_types(self) -> dict[str, pa.DataType]:
+        """Arrow type of every per-decision column except the state."""
+        dynamic = self.score_columns + self.baseline_columns + self.preference_columns
+        return {**_FIXED_COLUMNS, **{name: pa.float32() for name in dynamic}}
+
+    @cached_property
+    def scalar_dtypes(self) -> dict[str, np.dtype]:
+        """numpy dtype of every per-decision column except the state."""
+        return {name: np.dtype(t.to_pandas_dtype()) for name, t in self.scalar_types.items()}
+
+    def metadata(self) -> dict[str, str]:
+        return {
+            "tokenalign.schema_version": SCHEMA_VERSION,
+            "tokenalign.scorers": json.dumps(list(self.scorers)),
+            "tokenalign.preference_dim": str(self.preference_dim),
+        }
+
+    @cached_property
+    def schema(self) -> pa.Schema:
+        columns = [pa.field(name, dtype, nullable=False) for name, dtype in self.scalar_types.items()]
+        columns.insert(2, pa.field("state", pa.list_(pa.float16(), self.hidden_size), nullable=False))
+        return pa.schema(columns, metadata=self.metadata())
 
 
-def validate_record_batch(batch: pa.RecordBatch, *, hidden_size: int) -> None:
-    """Raise RecordSchemaError naming the first mismatch between `batch` and the decision schema."""
-    expected = decision_schema(hidden_size)
+def check_version(metadata: dict[bytes, bytes] | None, *, what: str) -> None:
+    """Refuse records of another schema version with the one message that says what to do."""
+    version = (metadata or {}).get(b"tokenalign.schema_version", b"1").decode()
+    if version != SCHEMA_VERSION:
+        raise RecordSchemaError(
+            f"{what} holds decision records of schema version {version}, this tokenalign writes and reads version "
+            f"{SCHEMA_VERSION} (raw scores instead of concluded rewards): it was written by an older tokenalign. "
+            "Start a new run (or give the buffer another buffer.namespace); the old buffer cannot be trained on"
+        )
+
+
+def validate_record_batch(batch: pa.RecordBatch, *, layout: RecordLayout) -> None:
+    """Raise RecordSchemaError naming the first mismatch between `batch` and the layout's schema."""
+    check_version(batch.schema.metadata, what="the record batch")
+    expected = layout.schema
     got = {f.name: f.type for f in batch.schema}
     for field in expected:
         if field.name not in got:
+            hint = ""
+            if field.name.startswith(("score:", "baseline:", "pref:")):
+                hint = (f" (the buffer's scorers are {list(layout.scorers)} and its preference size "
+                        f"{layout.preference_dim}: writers and learner must use the same reward and objective config)")
             raise RecordSchemaError(
-                f"record batch lacks column {field.name!r}; build batches with tokenalign.buffers.schema.make_record_batch"
+                f"record batch lacks column {field.name!r}{hint}; build batches with tokenalign.buffers.schema.make_record_batch"
             )
         if got[field.name] != field.type:
             if field.name == "state" and pa.types.is_fixed_size_list(got["state"]):
                 raise RecordSchemaError(
-                    f"record batch has state size {got['state'].list_size}, the buffer holds states of size {hidden_size}: "
-                    "the rollout LM's hidden size must match the buffer's (check the model path and buffer.hidden_size)"
+                    f"record batch has state size {got['state'].list_size}, the buffer holds states of size "
+                    f"{layout.hidden_size}: the rollout LM's hidden size must match the buffer's (check the model path)"
                 )
             raise RecordSchemaError(f"record batch column {field.name!r} has type {got[field.name]}, expected {field.type}")
     extra = set(got) - set(expected.names)
@@ -67,34 +171,46 @@ def validate_record_batch(batch: pa.RecordBatch, *, hidden_size: int) -> None:
 
 def make_record_batch(
     *,
-    episode_id: np.ndarray,
-    step: np.ndarray,
+    layout: RecordLayout,
     state: np.ndarray,
-    action: np.ndarray,
-    reward: np.ndarray,
-    cost: np.ndarray,
-    done: np.ndarray,
-    logp: np.ndarray,
-    policy_version: np.ndarray,
-    prompt_id: np.ndarray,
+    scores: np.ndarray,
+    baseline_scores: np.ndarray | None = None,
+    preference: np.ndarray | None = None,
+    **columns: np.ndarray,
 ) -> pa.RecordBatch:
-    """Build a decision record batch from per-decision arrays; `state` is (n, hidden) and becomes float16."""
+    """Build a decision record batch from per-decision arrays.
+
+    `state` is (n, hidden) and becomes float16; `scores` and `baseline_scores` are (n, scorers) and
+    `preference` (n, preference_dim), each row repeating its episode's values; every other column of
+    COLUMN_DOCS is an (n,) array (`token_reward` and `mara_kl_penalty` default to zeros).
+    """
     state = np.ascontiguousarray(state, dtype=np.float16)
-    if state.ndim != 2:
-        raise RecordSchemaError(f"state must be a 2-D array (decisions, hidden), got shape {state.shape}")
-    n, hidden_size = state.shape
-    schema = decision_schema(hidden_size)
-    scalars = dict(
-        episode_id=episode_id, step=step, action=action, reward=reward, cost=cost, done=done, logp=logp,
-        policy_version=policy_version, prompt_id=prompt_id,
-    )
+    if state.ndim != 2 or state.shape[1] != layout.hidden_size:
+        raise RecordSchemaError(f"state must have shape (decisions, {layout.hidden_size}), got {state.shape}")
+    n = state.shape[0]
+    for optional in ("token_reward", "mara_kl_penalty"):
+        columns.setdefault(optional, np.zeros(n, np.float32))
+    missing = sorted(set(_FIXED_COLUMNS) - set(columns))
+    unknown = sorted(set(columns) - set(_FIXED_COLUMNS))
+    if missing or unknown:
+        raise RecordSchemaError(f"make_record_batch: missing columns {missing}, unknown columns {unknown}")
+    wide = {"scores": (scores, layout.score_columns),
+            "baseline_scores": (np.zeros((n, len(layout.scorers))) if baseline_scores is None else baseline_scores,
+                                layout.baseline_columns),
+            "preference": (np.zeros((n, 0)) if preference is None else preference, layout.preference_columns)}
+    for what, (values, names) in wide.items():
+        values = np.asarray(values, dtype=np.float32)
+        if values.shape != (n, len(names)):
+            raise RecordSchemaError(f"{what} has shape {values.shape}, expected ({n}, {len(names)}) for this layout")
+        columns.update({name: values[:, i] for i, name in enumerate(names)})
     arrays = {}
-    for name, values in scalars.items():
-        values = np.asarray(values)
+    for name, dtype in layout.scalar_dtypes.items():
+        values = np.asarray(columns[name])
         if values.shape != (n,):
             raise RecordSchemaError(f"column {name!r} has shape {values.shape}, expected ({n},) to match state")
-        arrays[name] = pa.array(values.astype(_SCALAR_COLUMNS[name].to_pandas_dtype(), copy=False))
-    arrays["state"] = pa.FixedSizeListArray.from_arrays(pa.array(state.reshape(-1)), hidden_size)
+        arrays[name] = pa.array(values.astype(dtype, copy=False))
+    arrays["state"] = pa.FixedSizeListArray.from_arrays(pa.array(state.reshape(-1)), layout.hidden_size)
+    schema = layout.schema
     return pa.RecordBatch.from_arrays([arrays[name] for name in schema.names], schema=schema)
 
 
@@ -116,21 +232,86 @@ def from_ipc(payload: bytes) -> pa.RecordBatch:
     return batches[0] if len(batches) == 1 else table.combine_chunks().to_batches()[0]
 
 
-@dataclass
-class Transitions:
-    """A sampled batch of decisions as torch tensors: what every learner's `update` consumes.
+def _moved(batch, device: torch.device | str):
+    """A copy of a tensor dataclass on `device`; float16-handed states become float32 there."""
+    moved = {f.name: None if getattr(batch, f.name) is None else getattr(batch, f.name).to(device) for f in fields(batch)}
+    moved["state"], moved["next_state"] = moved["state"].float(), moved["next_state"].float()
+    return type(batch)(**moved)
 
-    Rows are transitions (s, a, r, c, s', d). For on-policy data, rows are whole episodes in step order,
-    so `episode_id` and `done` delimit the chains that GAE and RLOO need.
+
+@dataclass
+class Decisions:
+    """Sampled decisions as the buffer hands them over: what was observed, as torch tensors.
+
+    An Objective turns them into `Transitions` (rewards and costs). Rows are transitions (s, a, s', d);
+    for on-policy data rows are whole episodes in step order, so `episode_id` and `done` delimit chains.
     """
 
     state: torch.Tensor
-    """(B, hidden) hidden state of the candidate being decided: float16 as the buffer hands it over (buffer.state_dtype),
-    float32 after `to(device)`."""
+    """(B, hidden) hidden state of the candidate being decided: float16 as the buffer hands it over
+    (buffer.state_dtype), float32 after `to(device)`."""
+    next_state: torch.Tensor
+    """(B, hidden) state of the next decision in the chain (zeros where done), dtype as `state`."""
+    action: torch.Tensor
+    """(B,) int64, 1 = accept, 0 = reject."""
+    done: torch.Tensor
+    """(B,) float32, 1.0 on the episode's last decision."""
+    logp: torch.Tensor
+    """(B,) float32 log-probability of `action` under the behaviour policy."""
+    episode_id: torch.Tensor
+    """(B,) int64 episode identifier."""
+    step: torch.Tensor
+    """(B,) int64 decision index within its episode."""
+    prompt_id: torch.Tensor
+    """(B,) int64 prompt identifier."""
+    policy_version: torch.Tensor
+    """(B,) int64 version of the agent weights that took the decision."""
+    rank: torch.Tensor
+    """(B,) int64 rank of the decided candidate."""
+    emit: torch.Tensor
+    """(B,) bool: the decision emitted a token."""
+    agent_token_logp: torch.Tensor
+    """(B,) float32 the agent's log-probability of the emitted token (0 on non-emitting rows)."""
+    base_token_logp: torch.Tensor
+    """(B,) float32 the base LM's warped log-probability of the emitted token (0 on non-emitting rows)."""
+    token_reward: torch.Tensor
+    """(B,) float32 per-token reward of token-level scorers (0 on non-emitting rows)."""
+    mara_kl_penalty: torch.Tensor
+    """(B,) float32 MARA's kl_div shaping penalty before −kl_ctl."""
+    accepts_to_end: torch.Tensor
+    """(B,) int64 accepts from the decision up to (not including) its episode's last."""
+    response_tokens: torch.Tensor
+    """(B,) int64 length of the episode's response in tokens."""
+    scores: torch.Tensor
+    """(B, scorers) float32 each scorer's raw score of the episode's response (layout.scorers order)."""
+    baseline_scores: torch.Tensor
+    """(B, scorers) float32 raw scores of the base LM's greedy response to the prompt (zeros without sft_baseline)."""
+    preference: torch.Tensor
+    """(B, preference_dim) float32 the episode's preference weights w."""
+
+    def __len__(self) -> int:
+        return int(self.action.shape[0])
+
+    def to(self, device: torch.device | str) -> "Decisions":
+        """Every tensor on `device`; states handed over as float16 become float32 there."""
+        return _moved(self, device)
+
+
+@dataclass
+class Transitions:
+    """A batch of decisions with rewards and costs: what every learner's `update` consumes.
+
+    Rows are transitions (s, a, r, c, s', d). For on-policy data, rows are whole episodes in step order,
+    so `episode_id` and `done` delimit the chains that GAE and RLOO need. Objectives build them from
+    `Decisions`; tests and benchmarks may build them directly.
+    """
+
+    state: torch.Tensor
+    """(B, hidden) hidden state of the candidate being decided (float16 as handed over, float32 after `to`)."""
     action: torch.Tensor
     """(B,) int64, 1 = accept, 0 = reject."""
     reward: torch.Tensor
-    """(B,) float32 per-decision reward (final sequence reward on the episode's last decision)."""
+    """(B,) float32 per-decision reward."""
     cost: torch.Tensor
     """(B,) float32 per-decision cost (sequence cost on the episode's last decision)."""
     next_state: torch.Tensor
@@ -147,12 +328,38 @@ class Transitions:
     """(B,) int64 prompt identifier (RLOO groups the k episodes of one prompt by it)."""
     policy_version: torch.Tensor
     """(B,) int64 version of the agent weights that took the decision."""
+    preference: torch.Tensor | None = None
+    """(B, preference_dim) float32 the episode's preference weights, for preference-conditioned agents."""
 
     def __len__(self) -> int:
         return int(self.action.shape[0])
 
     def to(self, device: torch.device | str) -> "Transitions":
         """Move every tensor to `device`; states handed over as float16 (buffer.state_dtype) become float32 there."""
-        moved = {f.name: getattr(self, f.name).to(device) for f in fields(self)}
-        moved["state"], moved["next_state"] = moved["state"].float(), moved["next_state"].float()
-        return Transitions(**moved)
+        return _moved(self, device)
+
+
+def select_rows(batch, rows: torch.Tensor):
+    """The rows `rows` of a Decisions or Transitions batch, in that order."""
+    return type(batch)(**{f.name: None if getattr(batch, f.name) is None else getattr(batch, f.name)[rows]
+                          for f in fields(batch)})
+
+
+def concat_rows(parts: list):
+    """Rows of several Decisions (or Transitions) batches, one after another."""
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    return type(first)(**{f.name: None if getattr(first, f.name) is None else torch.cat([getattr(p, f.name) for p in parts])
+                          for f in fields(first)})
+
+
+def with_rewards(decisions: Decisions, *, reward: torch.Tensor, cost: torch.Tensor, conditioned: bool) -> Transitions:
+    """The Transitions of `decisions` with the given per-decision reward and cost (what objectives return)."""
+    return Transitions(
+        state=decisions.state, action=decisions.action, reward=reward, cost=cost, next_state=decisions.next_state,
+        done=decisions.done, logp=decisions.logp, episode_id=decisions.episode_id, step=decisions.step,
+        prompt_id=decisions.prompt_id, policy_version=decisions.policy_version,
+        preference=decisions.preference if conditioned else None,
+    )
+

@@ -1,19 +1,14 @@
 """The interface every shard offers, and the column conversions shards share."""
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 import pyarrow as pa
 import torch
 
-from tokenalign.buffers.schema import RecordSchemaError, Transitions, decision_schema
-
-SCALAR_DTYPES: dict[str, np.dtype] = {
-    f.name: np.dtype(f.type.to_pandas_dtype()) for f in decision_schema(1) if f.name != "state"
-}
-"""numpy dtype of every per-decision column except the state."""
+from tokenalign.buffers.schema import Decisions, RecordLayout, RecordSchemaError
 
 
 def episode_starts(episode_id: np.ndarray) -> np.ndarray:
@@ -47,9 +42,9 @@ class Columns:
     """(n, hidden) float16 states, a view of the record batch's memory."""
 
     @classmethod
-    def from_batch(cls, batch: pa.RecordBatch) -> "Columns":
-        """View a record batch (already validated against the schema) as numpy columns, checking episode order."""
-        scalars = {name: batch.column(name).to_numpy(zero_copy_only=False) for name in SCALAR_DTYPES}
+    def from_batch(cls, batch: pa.RecordBatch, *, layout: RecordLayout) -> "Columns":
+        """View a record batch (already validated against `layout`) as numpy columns, checking episode order."""
+        scalars = {name: batch.column(name).to_numpy(zero_copy_only=False) for name in layout.scalar_dtypes}
         flat = batch.column("state").flatten().to_numpy(zero_copy_only=False)
         columns = cls(scalars=scalars, state=flat.reshape(batch.num_rows, -1))
         columns.check_whole_episodes()
@@ -87,22 +82,41 @@ class Columns:
         return Columns(scalars={k: v[rows] for k, v in self.scalars.items()}, state=self.state[rows])
 
 
-def make_transitions(
-    scalars: dict[str, np.ndarray], state: torch.Tensor, next_state: torch.Tensor, *, state_dtype: torch.dtype
-) -> Transitions:
-    """Assemble learner-ready tensors from gathered scalar columns and state rows (converted to state_dtype)."""
-    return Transitions(
+def make_decisions(
+    scalars: dict[str, np.ndarray], state: torch.Tensor, next_state: torch.Tensor, *, layout: RecordLayout,
+    state_dtype: torch.dtype,
+) -> Decisions:
+    """Assemble learner-side tensors from gathered scalar columns and state rows (converted to state_dtype)."""
+
+    def column(name: str, dtype: type) -> torch.Tensor:
+        return torch.from_numpy(scalars[name].astype(dtype))
+
+    def wide(names: list[str]) -> torch.Tensor:
+        n = len(scalars["action"])
+        return torch.from_numpy(np.stack([scalars[c] for c in names], axis=1).astype(np.float32)
+                                if names else np.zeros((n, 0), np.float32))
+
+    return Decisions(
         state=state.to(state_dtype),
-        action=torch.from_numpy(scalars["action"].astype(np.int64)),
-        reward=torch.from_numpy(scalars["reward"].astype(np.float32)),
-        cost=torch.from_numpy(scalars["cost"].astype(np.float32)),
         next_state=next_state.to(state_dtype),
-        done=torch.from_numpy(scalars["done"].astype(np.float32)),
-        logp=torch.from_numpy(scalars["logp"].astype(np.float32)),
-        episode_id=torch.from_numpy(scalars["episode_id"].astype(np.int64)),
-        step=torch.from_numpy(scalars["step"].astype(np.int64)),
-        prompt_id=torch.from_numpy(scalars["prompt_id"].astype(np.int64)),
-        policy_version=torch.from_numpy(scalars["policy_version"].astype(np.int64)),
+        action=column("action", np.int64),
+        done=column("done", np.float32),
+        logp=column("logp", np.float32),
+        episode_id=column("episode_id", np.int64),
+        step=column("step", np.int64),
+        prompt_id=column("prompt_id", np.int64),
+        policy_version=column("policy_version", np.int64),
+        rank=column("rank", np.int64),
+        emit=column("emit", np.bool_),
+        agent_token_logp=column("agent_token_logp", np.float32),
+        base_token_logp=column("base_token_logp", np.float32),
+        token_reward=column("token_reward", np.float32),
+        mara_kl_penalty=column("mara_kl_penalty", np.float32),
+        accepts_to_end=column("accepts_to_end", np.int64),
+        response_tokens=column("response_tokens", np.int64),
+        scores=wide(layout.score_columns),
+        baseline_scores=wide(layout.baseline_columns),
+        preference=wide(layout.preference_columns),
     )
 
 
@@ -127,11 +141,11 @@ class Shard(Protocol):
     def episode_prompts(self) -> np.ndarray:
         """prompt_id of every stored episode, oldest first; position i is episode index i."""
 
-    def gather(self, offsets: np.ndarray) -> Transitions:
+    def gather(self, offsets: np.ndarray) -> Decisions:
         """Transitions at `offsets` in [0, len) (oldest first), with next_state from the chain; rows whose
         chunk another process evicted since the last refresh are left out."""
 
-    def gather_episodes(self, indices: np.ndarray) -> Transitions:
+    def gather_episodes(self, indices: np.ndarray) -> Decisions:
         """Whole episodes at episode `indices`, rows in step order; ViewOutdated if one was evicted meanwhile."""
 
     def counters(self) -> ShardCounters:
@@ -148,15 +162,3 @@ class Shard(Protocol):
 
     def close(self) -> None:
         """Release connections; stored data stays."""
-
-
-def concat_transitions(parts: list[Transitions]) -> Transitions:
-    """Rows of `parts`, one after another."""
-    if len(parts) == 1:
-        return parts[0]
-    return Transitions(**{f.name: torch.cat([getattr(p, f.name) for p in parts]) for f in fields(Transitions)})
-
-
-def take_rows(batch: Transitions, rows: torch.Tensor) -> Transitions:
-    """The rows `rows` of `batch`, in that order."""
-    return Transitions(**{f.name: getattr(batch, f.name)[rows] for f in fields(Transitions)})

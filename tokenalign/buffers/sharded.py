@@ -12,8 +12,8 @@ import torch
 from tokenalign.buffers.errors import ShardUnavailableError
 from tokenalign.buffers.rate_limiter import SampleToInsertRatio, wait_until
 from tokenalign.buffers.redis_client import TRANSIENT
-from tokenalign.buffers.schema import Transitions, validate_record_batch
-from tokenalign.buffers.shard import Columns, Shard, ShardCounters, ViewOutdated, concat_transitions, take_rows
+from tokenalign.buffers.schema import Decisions, RecordLayout, concat_rows, select_rows, validate_record_batch
+from tokenalign.buffers.shard import Columns, Shard, ShardCounters, ViewOutdated
 
 REDRAWS = 20  # under heavy eviction a reader may lose a few races in a row; each redraw fetches only what was lost
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -37,7 +37,7 @@ class ShardedReplayBuffer:
         self,
         *,
         shards: Sequence[Shard],
-        hidden_size: int,
+        layout: RecordLayout,
         limiter: SampleToInsertRatio,
         write_timeout_s: float = 30.0,
         sample_timeout_s: float = 60.0,
@@ -46,7 +46,7 @@ class ShardedReplayBuffer:
         if not shards:
             raise ValueError("a ShardedReplayBuffer needs at least one shard")
         self.shards = list(shards)
-        self.hidden_size = hidden_size
+        self.layout = layout
         self.limiter = limiter
         self.write_timeout_s = write_timeout_s
         self.sample_timeout_s = sample_timeout_s
@@ -57,8 +57,8 @@ class ShardedReplayBuffer:
     # -- writers ---------------------------------------------------------------------------------------------
     def add(self, record_batch: pa.RecordBatch) -> None:
         """Store one or more whole episodes (validated before anything is written), each on its episode_id's shard."""
-        validate_record_batch(record_batch, hidden_size=self.hidden_size)
-        columns = Columns.from_batch(record_batch)
+        validate_record_batch(record_batch, layout=self.layout)
+        columns = Columns.from_batch(record_batch, layout=self.layout)
         starts = columns.episode_starts()
         lengths = np.diff(np.r_[starts, len(columns)])
         row_shard = np.repeat(route(columns.scalars["episode_id"][starts], len(self.shards)), lengths)
@@ -87,7 +87,7 @@ class ShardedReplayBuffer:
             )
 
     # -- learners --------------------------------------------------------------------------------------------
-    def sample(self, n: int, *, timeout_s: float | None = None) -> Transitions:
+    def sample(self, n: int, *, timeout_s: float | None = None) -> Decisions:
         """n transitions drawn uniformly (with replacement) over all stored ones, as tensors."""
         if n < 1:
             raise ValueError(f"sample size must be positive, got {n}")
@@ -106,19 +106,19 @@ class ShardedReplayBuffer:
             except TRANSIENT:
                 pass  # a shard died since the refresh: the next one marks it down and the draw goes to the others
             if not missing:
-                return concat_transitions(parts)
+                return concat_rows(parts)
             self._refresh()  # writers evicted some drawn rows meanwhile, or a shard died: draw replacements afresh
         raise RuntimeError(f"writers evicted sampled chunks {REDRAWS} times in a row; raise buffer.capacity")
 
-    def sample_episodes(self, n: int) -> Transitions:
+    def sample_episodes(self, n: int) -> Decisions:
         """n distinct episodes drawn uniformly, rows of each in step order."""
         return self._with_fresh_view(lambda: self._draw_episodes(n))
 
-    def sample_prompt_groups(self, n: int) -> Transitions:
+    def sample_prompt_groups(self, n: int) -> Decisions:
         """Every stored episode of n distinct prompts drawn uniformly; a prompt's episodes are adjacent."""
         return self._with_fresh_view(lambda: self._draw_prompt_groups(n))
 
-    def _draw_episodes(self, n: int) -> Transitions:
+    def _draw_episodes(self, n: int) -> Decisions:
         prompts = self._episode_prompts()
         total = sum(len(p) for _, p in prompts)
         if not 1 <= n <= total:
@@ -129,16 +129,16 @@ class ShardedReplayBuffer:
             [(i, chosen[(chosen >= lo) & (chosen < hi)] - lo) for (i, _), lo, hi in zip(prompts, bounds[:-1], bounds[1:])]
         )
 
-    def _draw_prompt_groups(self, n: int) -> Transitions:
+    def _draw_prompt_groups(self, n: int) -> Decisions:
         prompts = self._episode_prompts()
         distinct = np.unique(np.concatenate([p for _, p in prompts]))
         if not 1 <= n <= len(distinct):
             raise ValueError(f"cannot sample {n} distinct prompts: the buffer holds episodes of {len(distinct)}")
         chosen = self._rng.choice(distinct, n, replace=False)
         batch = self._gather_episodes([(i, np.flatnonzero(np.isin(p, chosen))) for i, p in prompts])
-        return take_rows(batch, torch.from_numpy(np.argsort(batch.prompt_id.numpy(), kind="stable")))
+        return select_rows(batch, torch.from_numpy(np.argsort(batch.prompt_id.numpy(), kind="stable")))
 
-    def _with_fresh_view(self, draw: Callable[[], Transitions]) -> Transitions:
+    def _with_fresh_view(self, draw: Callable[[], Decisions]) -> Decisions:
         for _ in range(REDRAWS):
             self._refresh()
             try:
@@ -161,13 +161,13 @@ class ShardedReplayBuffer:
             + self.limiter.describe(counters=self._totals(), size=self._size()),
         )
 
-    def _gather_episodes(self, picks: list[tuple[int, np.ndarray]]) -> Transitions:
+    def _gather_episodes(self, picks: list[tuple[int, np.ndarray]]) -> Decisions:
         picks = [(i, idx) for i, idx in picks if len(idx)]
-        return concat_transitions(self._gather_all(picks, lambda shard, indices: shard.gather_episodes(indices)))
+        return concat_rows(self._gather_all(picks, lambda shard, indices: shard.gather_episodes(indices)))
 
     def _gather_all(
-        self, picks: list[tuple[int, np.ndarray]], gather: Callable[[Shard, np.ndarray], Transitions]
-    ) -> list[Transitions]:
+        self, picks: list[tuple[int, np.ndarray]], gather: Callable[[Shard, np.ndarray], Decisions]
+    ) -> list[Decisions]:
         """Run the shards' reads side by side: each waits on its own server, so the waits overlap."""
         if len(picks) == 1:
             return [gather(self.shards[picks[0][0]], picks[0][1])]

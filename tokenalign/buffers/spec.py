@@ -14,6 +14,7 @@ from tokenalign.buffers.errors import BufferSpecError
 from tokenalign.buffers.memory import MemoryShard
 from tokenalign.buffers.rate_limiter import SampleToInsertRatio
 from tokenalign.buffers.redis_shard import RedisShard
+from tokenalign.buffers.schema import RecordLayout
 from tokenalign.buffers.sharded import ShardedReplayBuffer
 from tokenalign.cluster.redis_fleet import RedisFleet
 
@@ -26,8 +27,8 @@ class BufferSpec:
 
     data_mode: str
     """"replay" opens a ShardedReplayBuffer (SAC); "on_policy" an EpisodeQueue (PPO, RLOO)."""
-    hidden_size: int
-    """Size of the LM's last hidden state; every record batch must match it."""
+    layout: RecordLayout
+    """What every record batch holds (hidden size, scorer names, preference size); each must match it."""
     config: BufferConfig
     """The buffer section of the run config."""
     redis_urls: tuple[str, ...] = ()
@@ -56,7 +57,7 @@ class BufferSpec:
             )
         if self.data_mode == "on_policy":
             return EpisodeQueue(
-                stores=self._stores(), hidden_size=self.hidden_size, max_policy_lag=cfg.max_policy_lag,
+                stores=self._stores(), layout=self.layout, max_policy_lag=cfg.max_policy_lag,
                 write_timeout_s=cfg.write_timeout_s, sample_timeout_s=cfg.sample_timeout_s, state_dtype=self._state_dtype,
             )
         limiter = SampleToInsertRatio(
@@ -64,7 +65,7 @@ class BufferSpec:
             error_buffer=cfg.error_buffer,
         )
         return ShardedReplayBuffer(
-            shards=self._shards(), hidden_size=self.hidden_size, limiter=limiter,
+            shards=self._shards(), layout=self.layout, limiter=limiter,
             write_timeout_s=cfg.write_timeout_s, sample_timeout_s=cfg.sample_timeout_s, seed=cfg.seed,
         )
 
@@ -73,14 +74,14 @@ class BufferSpec:
         if self.config.backend == "memory":
             return [
                 MemoryShard(
-                    hidden_size=self.hidden_size, capacity=cfg.shard_capacity, name=f"memory shard {i}",
+                    layout=self.layout, capacity=cfg.shard_capacity, name=f"memory shard {i}",
                     state_dtype=self._state_dtype,
                 )
                 for i in range(cfg.num_shards)
             ]
         return [
             RedisShard(
-                url=url, password=self.password, namespace=cfg.namespace, hidden_size=self.hidden_size,
+                url=url, password=self.password, namespace=cfg.namespace, layout=self.layout,
                 capacity=cfg.shard_capacity, write_timeout_s=cfg.write_timeout_s, index=i, state_dtype=self._state_dtype,
             )
             for i, url in enumerate(self.redis_urls)
@@ -96,7 +97,7 @@ class BufferSpec:
             return [MemoryEpisodeStore(capacity=cfg.shard_capacity, name=f"memory queue {i}") for i in range(cfg.num_shards)]
         return [
             RedisEpisodeStore(
-                url=url, password=self.password, namespace=cfg.namespace, hidden_size=self.hidden_size,
+                url=url, password=self.password, namespace=cfg.namespace, layout=self.layout,
                 capacity=cfg.shard_capacity, write_timeout_s=cfg.write_timeout_s, index=i,
             )
             for i, url in enumerate(self.redis_urls)
@@ -104,14 +105,14 @@ class BufferSpec:
 
 
 def launch_buffer(
-    config: BufferConfig, *, hidden_size: int, data_mode: str, run_dir: str | Path, on_ray: bool = False
+    config: BufferConfig, *, layout: RecordLayout, data_mode: str, run_dir: str | Path, on_ray: bool = False
 ) -> tuple[BufferSpec, RedisFleet | None]:
     """The run's BufferSpec, starting embedded Redis servers (in run_dir, or from Ray actors) when none are given.
 
     The caller owns the returned fleet and stops it at the end of the run (its data stays in run_dir).
     """
     if config.backend == "memory" or config.redis_urls:
-        return BufferSpec(data_mode, hidden_size, config, tuple(config.redis_urls)), None
+        return BufferSpec(data_mode, layout, config, tuple(config.redis_urls)), None
     start = RedisFleet.start_on_ray if on_ray else RedisFleet.start
     fleet = start(num_servers=config.num_shards, run_dir=Path(run_dir) / "buffer", appendfsync=config.appendfsync)
-    return BufferSpec(data_mode, hidden_size, config, tuple(fleet.urls), fleet.password), fleet
+    return BufferSpec(data_mode, layout, config, tuple(fleet.urls), fleet.password), fleet

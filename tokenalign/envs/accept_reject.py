@@ -1,7 +1,7 @@
 """`AcceptRejectEnv`: MARA's token-level accept/reject decoding as a single Gymnasium environment."""
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import gymnasium as gym
 import numpy as np
@@ -11,7 +11,58 @@ from tokenalign.data import Prompt, prompt_id
 from tokenalign.envs.candidates import SamplingConfig
 from tokenalign.envs.task import DecodingTask, ModelArg, ScorersArg
 
+if TYPE_CHECKING:  # imported when a preference is given, so the unconditioned env needs no objectives package
+    from tokenalign.objectives.base import RunningMoments
+
 _MAX_PROMPT_DRAWS = 100
+
+
+def check_preference(value: Any, names: Sequence[str]) -> np.ndarray:
+    """`value` as weights w on the probability simplex, one per scorer in `names` (float32, summing to 1).
+
+    Raises one ValueError naming `preference` unless `value` is len(names) finite, non-negative numbers
+    with a positive sum.
+    """
+    expected = (f"preference must be {len(names)} non-negative weights, one per scorer in order {list(names)}, "
+                f"with a positive sum (e.g. {[round(1 / len(names), 3)] * len(names)})")
+    try:
+        w = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{expected}; got {value!r}") from None
+    if w.shape != (len(names),) or not np.isfinite(w).all() or bool((w < 0).any()) or not w.sum() > 0:
+        raise ValueError(f"{expected}; got {value!r}")
+    return (w / w.sum()).astype(np.float32)
+
+
+def preference_observation_space(hidden_size: int, preference_dim: int) -> gym.spaces.Box:
+    """Box of [hidden state ; w]: the hidden state unbounded, each weight of w in [0, 1]."""
+    low = np.concatenate([np.full(hidden_size, -np.inf), np.zeros(preference_dim)]).astype(np.float32)
+    high = np.concatenate([np.full(hidden_size, np.inf), np.ones(preference_dim)]).astype(np.float32)
+    return gym.spaces.Box(low, high, dtype=np.float32)
+
+
+def new_moments(columns: int) -> RunningMoments:
+    """Running mean / variance of `columns` objective values (the objectives' own `RunningMoments`)."""
+    from tokenalign.objectives.base import RunningMoments
+
+    return RunningMoments(columns)
+
+
+def preference_rewards(task: DecodingTask, moments: RunningMoments, raw: dict[str, np.ndarray],
+                       w: np.ndarray) -> np.ndarray:
+    """Σ_i w_i·z_i of n finished episodes with raw scores `raw` (scorer name → (n,)) and weights w (n, P).
+
+    v_i = multiplier_i·score_i is recorded in `moments` first, then z-normalised by the rule of
+    `tokenalign.objectives.normalizer.EpisodeNormalizer` (the `preference` objective's): before two
+    episodes have been counted the values are left as they are.
+    """
+    terms = task.combiner.terms
+    multiplier = np.array([t.multiplier for t in terms], dtype=np.float64)
+    values = np.stack([np.asarray(raw[t.scorer.name], dtype=np.float64) for t in terms], axis=1) * multiplier
+    moments.update(values)
+    if moments.count >= 2:
+        values = (values - moments.mean) / moments.std
+    return (values * np.asarray(w, dtype=np.float64)).sum(axis=1)
 
 
 class AcceptRejectEnv(gym.Env):
@@ -29,6 +80,11 @@ class AcceptRejectEnv(gym.Env):
     context + candidate, i.e. what the LLM "thinks" right after the candidate. After the episode ends the
     observation is all zeros.
 
+    With `preference`, `Box(low, high, (hidden_size + P,), float32)`: `[hidden state ; w]`, the episode's
+    preference weights w (P = number of scorers, each in [0, 1], summing to 1) appended, as a RiC
+    preference-conditioned agent sees them. After the episode ends the hidden-state part is zeros and w
+    stays: `[0, …, 0 ; w]`.
+
     ## Action Space
     `Discrete(2)`: 0 = reject the candidate, 1 = accept it.
 
@@ -37,6 +93,12 @@ class AcceptRejectEnv(gym.Env):
     Σ_k multiplier_k · score_k − baseline over the configured scorers (the demo: 2 × VADER sentiment
     − 1 × profanity probability). Per-decision KL shaping needs the agent's probabilities over all
     candidates, so only the rollout actors, which own the agent, apply it.
+
+    With `preference` the final reward is instead that of the `preference` objective (RiC's linear
+    scalarisation): Σ_i w_i · z_i over the scorers, where z_i = (v_i − μ_i) / σ_i z-normalises
+    v_i = multiplier_i · score_i with the running mean μ and population standard deviation σ of v over the
+    env's finished episodes, this one included (`env.preference_moments`, a `RunningMoments`); until two
+    episodes have finished, z_i = v_i. The configured baseline is not used (normalising centres each v_i).
 
     ## Cost
     `info["cost"]` is 0 until the last decision, which carries the sequence cost (sum of the cost-role
@@ -49,6 +111,7 @@ class AcceptRejectEnv(gym.Env):
     `text` (response so far), `token_id` and `rank` of the decided candidate, `num_candidates` of the
     step, `emitted` (whether the decision emitted a token), `num_tokens`, `cost`, and at the end
     `reward_terms` (each scorer's raw score) and `reward` / `cost` apart for Lagrangian learners.
+    With `preference`, every info also holds `preference`, the episode's w (float32 array of P).
 
     ## Arguments
     - `model`: `"builtin:tiny"` (default, bundled), a local HF directory, or a `(model, tokenizer)` pair.
@@ -61,8 +124,14 @@ class AcceptRejectEnv(gym.Env):
     - `candidate_block`: candidates whose states are computed per forward (0 = all).
     - `device`: torch device of the LLM.
     - `render_mode`: `"ansi"` returns the prompt and text so far.
+    - `preference`: None (default, unconditioned) or the default preference weights w, one non-negative
+      weight per scorer in the order of `scorers` (e.g. `[0.5, 0.5]` for the demo's VADER / profanity);
+      normalised to sum 1. Makes the env preference-conditioned (see Observation Space and Reward);
+      `preference_dim` is then P, else 0.
 
     `reset(options={"prompt": "..."})` decodes that prompt; otherwise a prompt is drawn with `np_random`.
+    `reset(options={"preference": [...]})` sets w for that episode (checked as the argument is); otherwise
+    the episode uses the constructor's w. Without `preference` in the constructor the option is an error.
     """
 
     metadata = {"render_modes": ["ansi"]}
@@ -78,6 +147,7 @@ class AcceptRejectEnv(gym.Env):
         candidate_block: int = 8,
         device: str = "cpu",
         render_mode: str | None = None,
+        preference: Sequence[float] | None = None,
     ) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode {render_mode!r} is not supported; use one of {self.metadata['render_modes']}")
@@ -85,14 +155,23 @@ class AcceptRejectEnv(gym.Env):
                                        max_new_tokens=max_new_tokens, candidate_block=candidate_block, device=device)
         self.engine = self.task.engine
         self.render_mode = render_mode
-        self.observation_space = gym.spaces.Box(-np.inf, np.inf, shape=(self.task.hidden_size,), dtype=np.float32)
+        self.scorer_names = [t.scorer.name for t in self.task.combiner.terms]
+        self.preference = None if preference is None else check_preference(preference, self.scorer_names)
+        self.preference_dim = 0 if self.preference is None else len(self.scorer_names)
+        self.preference_moments = new_moments(self.preference_dim) if self.preference_dim else None
+        if self.preference_dim:
+            self.observation_space = preference_observation_space(self.task.hidden_size, self.preference_dim)
+        else:
+            self.observation_space = gym.spaces.Box(-np.inf, np.inf, shape=(self.task.hidden_size,), dtype=np.float32)
         self.action_space = gym.spaces.Discrete(2)
         self._batch = None
         self._prompt: Prompt | None = None
+        self._w = self.preference
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
         fixed = (options or {}).get("prompt")
+        self._w = self._episode_preference(options)
         for _ in range(_MAX_PROMPT_DRAWS):
             self._prompt = Prompt(id=prompt_id(fixed), text=fixed, source="options") if fixed is not None else self.task.pick_prompt(self.np_random)
             self._batch = self.engine.start([self._prompt.text])
@@ -121,6 +200,8 @@ class AcceptRejectEnv(gym.Env):
             reward, cost = float(scores.final[0]), float(scores.cost[0])
             info.update(reward_terms={k: float(v[0]) for k, v in scores.raw.items()},
                         reward=float(scores.reward[0]))
+            if self._w is not None:
+                reward = float(preference_rewards(self.task, self.preference_moments, scores.raw, self._w[None])[0])
         info["cost"] = cost
         eos = finished and batch.response_tokens(0)[-1:] == [self.engine.eos_token_id]
         return self._observation(), reward, finished and eos, finished and not eos, info
@@ -130,15 +211,32 @@ class AcceptRejectEnv(gym.Env):
             return None
         return f"{self._prompt.text}{self._text()}"
 
+    def _episode_preference(self, options: dict[str, Any] | None) -> np.ndarray | None:
+        """The w of the episode `reset(options=...)` starts: the option's, else the constructor's."""
+        value = (options or {}).get("preference")
+        if value is None:
+            return self.preference
+        if self.preference is None:
+            raise ValueError("reset(options={'preference': ...}) needs a preference-conditioned env; construct it "
+                             f"with preference=[...], one weight per scorer {self.scorer_names}")
+        return check_preference(value, self.scorer_names)
+
     def _observation(self) -> np.ndarray:
         if bool(self._batch.done[0]):
-            return np.zeros(self.observation_space.shape, dtype=np.float32)
-        return self.engine.observe(self._batch)[0].cpu().numpy().astype(np.float32)
+            obs = np.zeros(self.task.hidden_size, dtype=np.float32)
+        else:
+            obs = self.engine.observe(self._batch)[0].cpu().numpy().astype(np.float32)
+        if self._w is None:
+            return obs
+        return np.concatenate([obs, self._w]).astype(np.float32)
 
     def _text(self) -> str:
         return self.engine.tokenizer.decode(self._batch.response_tokens(0), skip_special_tokens=True)
 
     def _info(self, *, decided: tuple[int, int, int] | None, emitted: bool) -> dict[str, Any]:
         rank, token_id, count = decided if decided is not None else (-1, -1, int(self._batch.cand.count[0]))
-        return dict(prompt=self._prompt.text, text=self._text(), token_id=token_id, rank=rank,
+        info = dict(prompt=self._prompt.text, text=self._text(), token_id=token_id, rank=rank,
                     num_candidates=count, emitted=emitted, num_tokens=int(self._batch.n_new[0]), cost=0.0)
+        if self._w is not None:
+            info["preference"] = self._w.copy()
+        return info

@@ -15,6 +15,9 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from tokenalign.data import Prompt
+from tokenalign.envs.accept_reject import (
+    check_preference, new_moments, preference_observation_space, preference_rewards,
+)
 from tokenalign.envs.candidates import SamplingConfig
 from tokenalign.envs.task import DecodingTask, ModelArg, ScorersArg
 
@@ -26,6 +29,14 @@ class AcceptRejectVectorEnv(VectorEnv):
 
     Observations, actions, rewards and `info["cost"]` are as in `AcceptRejectEnv`, batched along the
     first axis. `info` also holds per-row `emitted`, `rank` and `num_tokens`.
+
+    With `preference` (the default w, one weight per scorer) each row is preference-conditioned as
+    `AcceptRejectEnv` is: its observation is `[hidden state ; w_row]` (`[0, …, 0 ; w_row]` on the step that
+    ends its episode), its final reward Σ_i w_row,i · z_i, with one running normaliser
+    (`preference_moments`) over every row's finished episodes (the rows ending on a step are counted
+    together, then normalised), and `info["preference"]` is the (num_envs, P) weights. `reset(options=
+    {"preference": w})` sets the weights of all rows: one w (P,) for every row or one per row
+    (num_envs, P); otherwise every row gets the constructor's w. A row keeps its w when it autoresets.
     """
 
     metadata = {"autoreset_mode": AutoresetMode.NEXT_STEP}
@@ -41,6 +52,7 @@ class AcceptRejectVectorEnv(VectorEnv):
         max_new_tokens: int = 32,
         candidate_block: int = 8,
         device: str = "cpu",
+        preference: Sequence[float] | None = None,
     ) -> None:
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
@@ -48,22 +60,32 @@ class AcceptRejectVectorEnv(VectorEnv):
                                        max_new_tokens=max_new_tokens, candidate_block=candidate_block, device=device)
         self.engine = self.task.engine
         self.num_envs = num_envs
-        self.single_observation_space = gym.spaces.Box(-np.inf, np.inf, shape=(self.task.hidden_size,), dtype=np.float32)
+        self.scorer_names = [t.scorer.name for t in self.task.combiner.terms]
+        self.preference = None if preference is None else check_preference(preference, self.scorer_names)
+        self.preference_dim = 0 if self.preference is None else len(self.scorer_names)
+        self.preference_moments = new_moments(self.preference_dim) if self.preference_dim else None
+        if self.preference_dim:
+            self.single_observation_space = preference_observation_space(self.task.hidden_size, self.preference_dim)
+        else:
+            self.single_observation_space = gym.spaces.Box(-np.inf, np.inf, shape=(self.task.hidden_size,),
+                                                           dtype=np.float32)
         self.single_action_space = gym.spaces.Discrete(2)
         self.observation_space = batch_space(self.single_observation_space, num_envs)
         self.action_space = batch_space(self.single_action_space, num_envs)
         self._batch = None
         self._prompts: list[Prompt] = []
         self._autoreset = np.zeros(num_envs, dtype=bool)
+        self._w = None if self.preference is None else np.tile(self.preference, (num_envs, 1))
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         if seed is not None:
             self._np_random, self._np_random_seed = gym.utils.seeding.np_random(seed)
+        self._w = self._row_preferences(options)
         self._prompts = [self.task.pick_prompt(self.np_random) for _ in range(self.num_envs)]
         self._batch = self.engine.start([p.text for p in self._prompts])
         self._restart(~self._batch.awaiting.cpu().numpy())
         self._autoreset[:] = False
-        return self._observations(), {}
+        return self._observations(), ({} if self._w is None else {"preference": self._w.copy()})
 
     def step(self, actions):
         if self._batch is None:
@@ -82,6 +104,8 @@ class AcceptRejectVectorEnv(VectorEnv):
             rows = np.flatnonzero(finished)
             scores = self.task.score([self._prompts[r] for r in rows], [self._text(r) for r in rows])
             rewards[rows], costs[rows] = scores.final, scores.cost
+            if self._w is not None:
+                rewards[rows] = preference_rewards(self.task, self.preference_moments, scores.raw, self._w[rows])
         eos = np.array([finished[r] and batch.response_tokens(r)[-1:] == [self.engine.eos_token_id]
                         for r in range(self.num_envs)])
         n_tokens = batch.n_new.cpu().numpy().copy()
@@ -90,6 +114,8 @@ class AcceptRejectVectorEnv(VectorEnv):
             self._restart(self._autoreset)
         self._autoreset = finished
         infos = {"cost": costs, "emitted": emitted, "rank": np.where(emitted | ~finished, ranks, -1), "num_tokens": n_tokens}
+        if self._w is not None:
+            infos["preference"] = self._w.copy()
         return self._observations(), rewards, eos, finished & ~eos, infos
 
     def _restart(self, rows: np.ndarray) -> None:
@@ -108,7 +134,24 @@ class AcceptRejectVectorEnv(VectorEnv):
     def _observations(self) -> np.ndarray:
         obs = self.engine.observe(self._batch).cpu().numpy().astype(np.float32)
         obs[self._batch.done.cpu().numpy()] = 0.0
-        return obs
+        if self._w is None:
+            return obs
+        return np.concatenate([obs, self._w], axis=1).astype(np.float32)
+
+    def _row_preferences(self, options: dict[str, Any] | None) -> np.ndarray | None:
+        """Each row's w for the episodes `reset(options=...)` starts: the option's, else the constructor's."""
+        value = (options or {}).get("preference")
+        if value is None:
+            return None if self.preference is None else np.tile(self.preference, (self.num_envs, 1))
+        if self.preference is None:
+            raise ValueError("reset(options={'preference': ...}) needs a preference-conditioned env; construct it "
+                             f"with preference=[...], one weight per scorer {self.scorer_names}")
+        rows = np.asarray(value, dtype=object)
+        if rows.ndim == 2 and len(rows) != self.num_envs:
+            raise ValueError(f"preference has {len(rows)} rows for {self.num_envs} envs; give one w, or one per env")
+        if rows.ndim == 2:
+            return np.stack([check_preference(list(row), self.scorer_names) for row in rows])
+        return np.tile(check_preference(value, self.scorer_names), (self.num_envs, 1))
 
     def _text(self, row: int) -> str:
         return self.engine.tokenizer.decode(self._batch.response_tokens(row), skip_special_tokens=True)

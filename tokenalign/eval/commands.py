@@ -49,6 +49,24 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None,
                         help="output directory (default: <agent run dir>/eval, else <run.runs_dir>/eval-<time>)")
     parser.add_argument("--device", default="auto", help="torch device of the LM and agent (auto = cuda if present)")
+    add_preference_argument(parser)
+
+
+def add_preference_argument(parser: argparse.ArgumentParser) -> None:
+    """`--preference w1,w2,...`: the weights a preference-conditioned agent decodes with (RiC: the user picks w)."""
+    parser.add_argument("--preference", type=preference_weights, default=None, metavar="W1,W2[,...]",
+                        help="weights over the objectives for a preference-conditioned agent, e.g. 0.3,0.7")
+
+
+def preference_weights(text: str) -> list[float]:
+    """Comma-separated non-negative floats, as `--preference` takes them."""
+    try:
+        weights = [float(w) for w in _names(text)]
+    except ValueError:
+        weights = []
+    if not weights or any(w < 0 for w in weights):
+        raise argparse.ArgumentTypeError(f"expected comma-separated non-negative weights such as 0.3,0.7, got {text!r}")
+    return weights
 
 
 def _names(text: str) -> list[str]:
@@ -85,7 +103,7 @@ def run_eval_command(args: argparse.Namespace, config: TrainConfig) -> int:
         for mode in modes:
             for n in args.best_of if mode == "best-of-n" else [DEFAULT_BEST_OF]:
                 result = evaluate(task, mode, prompts, policy=policy, n=n, seed=seed, batch_size=args.batch_size,
-                                  cost_threshold=args.cost_threshold)
+                                  cost_threshold=args.cost_threshold, preference=args.preference)
                 write_generations(out / f"generations-{result.label}.jsonl", result.records)
                 summaries[result.label] = result.summary
                 write_summary(out / "summary.json", summaries)  # after each mode, so an interruption keeps them

@@ -23,7 +23,7 @@ import torch
 
 from tokenalign.data import Prompt
 from tokenalign.envs.engine import DecodingEngine
-from tokenalign.envs.rollout import AcceptPolicy, as_accept_prob
+from tokenalign.envs.rollout import AcceptPolicy, conditioned
 from tokenalign.envs.task import DecodingTask
 from tokenalign.eval.errors import EvalError
 from tokenalign.eval.forward_tokens import ForwardTokenCounter
@@ -67,15 +67,19 @@ def evaluate(
     seed: int = 0,
     batch_size: int = 16,
     cost_threshold: float = DEFAULT_COST_THRESHOLD,
+    preference: Sequence[float] | None = None,
 ) -> EvalResult:
-    """Decode `prompts` in `mode` with `task`'s LM and settings, score them with `task`'s reward."""
+    """Decode `prompts` in `mode` with `task`'s LM and settings, score them with `task`'s reward.
+
+    A preference-conditioned agent decodes with the weights `preference` (RiC: the user picks w).
+    """
     _check_arguments(task, mode, prompts, policy=policy, n=n, batch_size=batch_size)
     engine = task.engine
     label = mode_label(mode, n)
     samples = n if mode == "best-of-n" else 1
     rows = [p for p in prompts for _ in range(samples)]
     generator = torch.Generator(device=engine.device).manual_seed(seed)
-    decode = _decoder(task, mode, policy, generator)
+    decode = _decoder(task, mode, policy, generator, preference)
 
     token_ids: list[list[int]] = []
     seconds = np.empty(len(rows))
@@ -106,11 +110,15 @@ def evaluate(
     return EvalResult(label=label, records=records, summary=summary)
 
 
-def _decoder(task: DecodingTask, mode: str, policy: AcceptPolicy | None, generator: torch.Generator) -> Decoder:
+def _decoder(task: DecodingTask, mode: str, policy: AcceptPolicy | None, generator: torch.Generator,
+             preference: Sequence[float] | None) -> Decoder:
     engine = task.engine
     if mode in ("base", "best-of-n", "greedy"):
         return lambda texts: sample_responses(engine, texts, greedy=mode == "greedy", generator=generator)
-    accept_prob = as_accept_prob(policy)
+    try:
+        accept_prob = conditioned(policy, preference)
+    except ValueError as err:
+        raise EvalError(str(err)) from None
     if mode != "serial":
         # The all-candidate strategies need every candidate's state at each step; the LM is shared, not copied.
         engine = DecodingEngine(model=engine.model, tokenizer=engine.tokenizer,

@@ -21,8 +21,12 @@ def evaluate_run(task: DecodingTask, policy: AcceptPolicy, *, config: TrainConfi
     """{"agent": ..., "base": ..., "best_of_<N>": ...} on the first `num_prompts` held-out prompts."""
     prompts = load_prompts(config.data.test, prompt_field=config.data.prompt_field, seed=config.data.seed)[:num_prompts]
     batch_size = config.rollout.episodes_per_batch
+    # A preference-conditioned agent is summarised at equal weights; `tokenalign eval --preference` picks others.
+    dim = int(getattr(policy, "preference_dim", 0))
+    preference = [1.0 / dim] * dim if dim else None
     return {
-        "agent": evaluate(task, "serial", prompts, policy=policy, seed=seed, batch_size=batch_size).summary,
+        "agent": evaluate(task, "serial", prompts, policy=policy, seed=seed, batch_size=batch_size,
+                          preference=preference).summary,
         "base": evaluate(task, "base", prompts, seed=seed, batch_size=batch_size).summary,
         f"best_of_{best_of}": evaluate(task, "best-of-n", prompts, n=best_of, seed=seed, batch_size=batch_size).summary,
     }

@@ -1,15 +1,18 @@
 """The Learner API every algorithm implements (DESIGN.md, "Learners").
 
-A learner owns the agent and everything trained beside it. The trainer feeds it `Transitions`
-(`data_mode` says whether they come from replay sampling or from whole on-policy rollouts), publishes
-`policy_state()` to the rollout actors and checkpoints `state_dict()`, which covers networks,
-optimizers, multipliers, counters and the RNG so that a resumed run continues bit-identically.
+A learner owns the agent and everything trained beside it. It declares what it needs from the runtime
+in a `LearnerContract` (built from its config, before any network exists), which the driver and the
+learner actor read instead of config field names. The trainer feeds it `Transitions` labelled by the
+run's Objective, publishes `policy_state()` to the rollout actors and checkpoints `state_dict()`, which
+covers networks, optimizers, multipliers, counters and the RNG so that a resumed run continues
+bit-identically. With `preference_dim` > 0 every network sees [hidden state ; w] (RiC's conditioning).
 """
 from __future__ import annotations
 
 import abc
 import contextlib
 import dataclasses
+from dataclasses import dataclass
 from typing import Any, ClassVar, Iterable, Iterator, Literal
 
 import torch
@@ -19,6 +22,29 @@ from tokenalign.agents.policy import AcceptRejectPolicy
 from tokenalign.buffers.schema import Transitions
 
 DataMode = Literal["replay", "on_policy"]
+Signal = Literal["reward", "cost"]
+
+
+@dataclass(frozen=True)
+class LearnerContract:
+    """What a learner needs from the runtime; the driver reads this, never the learner's config fields."""
+
+    data_mode: DataMode
+    """"replay": one update = one gradient step on a sampled batch; "on_policy": one update = one rollout."""
+    gamma: float
+    """Discount along the decision chain (the objective's postback uses it)."""
+    signals: tuple[Signal, ...] = ("reward",)
+    """Per-decision signals the learner trains on apart: ("reward",), or ("reward", "cost") for Lagrangian ones."""
+    batch_size: int = 0
+    """Replay: transitions sampled per update."""
+    updates_per_episode: int = 1
+    """Replay: gradient steps per collected episode (MARA's update_time)."""
+    learning_starts: int = 0
+    """Replay: buffer size (transitions) before the first update."""
+    group_size: int = 1
+    """On-policy: episodes collected per prompt (RLOO's k)."""
+    groups_per_update: int = 1
+    """On-policy: prompt groups per update."""
 
 
 @contextlib.contextmanager
@@ -63,10 +89,20 @@ class Learner(abc.ABC):
 
     policy: AcceptRejectPolicy
 
-    def __init__(self, *, hidden_size: int, config: Any, device: torch.device | str = "cpu") -> None:
+    @classmethod
+    @abc.abstractmethod
+    def contract(cls, config: Any) -> LearnerContract:
+        """What this learner, with `config`, needs from the runtime."""
+
+    def __init__(
+        self, *, hidden_size: int, config: Any, device: torch.device | str = "cpu", preference_dim: int = 0
+    ) -> None:
         if hidden_size <= 0:
             raise ValueError(f"hidden_size must be the LM's positive hidden size, got {hidden_size}")
+        if preference_dim < 0:
+            raise ValueError(f"preference_dim must be ≥ 0, got {preference_dim}")
         self.hidden_size = hidden_size
+        self.preference_dim = preference_dim
         self.config = config
         self.device = torch.device(device)
         self.num_updates = 0
@@ -101,6 +137,7 @@ class Learner(abc.ABC):
         return {
             "learner": self.name,
             "hidden_size": self.hidden_size,
+            "preference_dim": self.preference_dim,
             "config": dataclasses.asdict(self.config),
             "networks": {name: net.state_dict() for name, net in self.networks().items()},
             "optimizers": {name: opt.state_dict() for name, opt in self.optimizers().items()},
@@ -120,6 +157,11 @@ class Learner(abc.ABC):
             raise ValueError(
                 f"checkpoint agent has input size {state['hidden_size']}, the LM's hidden size is {self.hidden_size}: "
                 "the checkpoint was trained on another LM"
+            )
+        if state.get("preference_dim", 0) != self.preference_dim:
+            raise ValueError(
+                f"checkpoint agent is conditioned on {state.get('preference_dim', 0)} preference weights, this learner on "
+                f"{self.preference_dim}: resume with the objective the run was trained with (objective.name)"
             )
         mine = dataclasses.asdict(self.config)
         shape_keys = [k for k in mine if k.endswith("widths") and list(mine[k]) != list(state["config"][k])]
@@ -145,4 +187,13 @@ class Learner(abc.ABC):
                 f"{self.name}: batch states have size {batch.state.shape[-1]}, the agent's input size is "
                 f"{self.hidden_size}: the rollout LM differs from the one this learner was built for"
             )
-        return batch.to(self.device)
+        batch = batch.to(self.device)
+        if not self.preference_dim:
+            return batch
+        if batch.preference is None or batch.preference.shape[-1] != self.preference_dim:
+            got = None if batch.preference is None else batch.preference.shape[-1]
+            raise ValueError(f"{self.name}: the agent is conditioned on {self.preference_dim} preference weights, "
+                             f"the batch carries {got}; label batches with the run's preference objective")
+        # The networks see [hidden state ; w]; next_state belongs to the same episode, so it shares w.
+        return dataclasses.replace(batch, state=torch.cat([batch.state, batch.preference], -1),
+                                   next_state=torch.cat([batch.next_state, batch.preference], -1))

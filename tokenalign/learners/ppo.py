@@ -23,7 +23,7 @@ from tokenalign.agents.policy import AcceptRejectPolicy
 from tokenalign.agents.value import ValueHead
 from tokenalign.buffers.schema import Transitions
 from tokenalign.learners.advantages import gae
-from tokenalign.learners.base import Learner, adam, approx_kl, gradient_step, seeded
+from tokenalign.learners.base import Learner, LearnerContract, adam, approx_kl, gradient_step, seeded
 from tokenalign.learners.episodes import Episodes
 from tokenalign.learners.registry import register
 
@@ -94,26 +94,25 @@ class PPOLearner(Learner):
     signals: tuple[str, ...] = ("reward",)
     """Per-decision signals that get a value head and GAE; each names a Transitions column."""
 
+    @classmethod
+    def contract(cls, config: PPOConfig) -> LearnerContract:
+        return LearnerContract(data_mode="on_policy", gamma=config.gamma, signals=cls.signals,
+                               groups_per_update=config.episodes_per_update)
+
     def __init__(
-        self, *, hidden_size: int, config: PPOConfig | None = None, device: torch.device | str = "cpu"
+        self, *, hidden_size: int, config: PPOConfig | None = None, device: torch.device | str = "cpu",
+        preference_dim: int = 0,
     ) -> None:
         config = config or PPOConfig()
-        super().__init__(hidden_size=hidden_size, config=config, device=device)
+        super().__init__(hidden_size=hidden_size, config=config, device=device, preference_dim=preference_dim)
+        shape = dict(hidden_size=hidden_size, widths=config.widths, preference_dim=preference_dim)
         with seeded(config.seed):
-            self.policy = AcceptRejectPolicy(hidden_size=hidden_size, widths=config.widths).to(self.device)
-            self.critics = {
-                signal: ValueHead(hidden_size=hidden_size, widths=config.widths).to(self.device)
-                for signal in self.signals
-            }
+            self.policy = AcceptRejectPolicy(**shape).to(self.device)
+            self.critics = {signal: ValueHead(**shape).to(self.device) for signal in self.signals}
         self.actor_optimizer = adam(self.policy.parameters(), lr=config.actor_lr)
         self.critic_optimizers = {
             signal: adam(critic.parameters(), lr=config.critic_lr) for signal, critic in self.critics.items()
         }
-
-    @property
-    def episodes_per_update(self) -> int:
-        """Episodes the trainer collects per `update`."""
-        return self.config.episodes_per_update
 
     def networks(self) -> dict[str, nn.Module]:
         return {"policy": self.policy, **{f"{signal}_critic": critic for signal, critic in self.critics.items()}}

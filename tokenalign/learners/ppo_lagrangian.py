@@ -44,10 +44,11 @@ class PPOLagrangianLearner(PPOLearner):
     signals = ("reward", "cost")
 
     def __init__(
-        self, *, hidden_size: int, config: PPOLagrangianConfig | None = None, device: torch.device | str = "cpu"
+        self, *, hidden_size: int, config: PPOLagrangianConfig | None = None, device: torch.device | str = "cpu",
+        preference_dim: int = 0,
     ) -> None:
         config = config or PPOLagrangianConfig()
-        super().__init__(hidden_size=hidden_size, config=config, device=device)
+        super().__init__(hidden_size=hidden_size, config=config, device=device, preference_dim=preference_dim)
         self.multiplier = LagrangeMultiplier(config=config)
         self.cost_window = CostWindow(size=config.episode_cost_window_size)
 

@@ -42,25 +42,28 @@ def config_class(name: str) -> type:
 
 
 def make_config(name: str, config: dict[str, Any] | None = None) -> Any:
-    """Learner `name`'s config dataclass with `config`'s overrides; an unknown key is a ValueError naming it."""
+    """Learner `name`'s config dataclass with `config`'s overrides, each checked against its field's type;
+    an unknown key or a wrong type is a ValueError naming `learner.params.<key>`."""
+    from tokenalign.config import from_dict  # config composes every section, this one included
+
     config_cls = _lookup(name)[1]
     known = [f.name for f in dataclasses.fields(config_cls)]
     overrides = dict(config or {})
     for key in overrides:
         if key not in known:
-            raise ValueError(f"unknown config key {key!r} for learner {name!r}; known keys: {', '.join(known)}")
-    for key, value in overrides.items():
-        if key.endswith("widths") and isinstance(value, list):
-            overrides[key] = tuple(value)
-    return config_cls(**overrides)
+            raise ValueError(f"unknown config key {key!r} for learner {name!r} (learner.params.{key}); "
+                             f"known keys: {', '.join(known)}")
+    return from_dict(config_cls, overrides, where="learner.params")
 
 
 def make_learner(
-    name: str, *, hidden_size: int, config: dict[str, Any] | None = None, device: torch.device | str = "cpu"
+    name: str, *, hidden_size: int, config: dict[str, Any] | None = None, device: torch.device | str = "cpu",
+    preference_dim: int = 0,
 ) -> Learner:
-    """Build learner `name` for an LM of `hidden_size` with config overrides `config` on `device`."""
+    """Build learner `name` for an LM of `hidden_size` (agents conditioned on `preference_dim` weights) with
+    config overrides `config` on `device`."""
     cls = _lookup(name)[0]
-    return cls(hidden_size=hidden_size, config=make_config(name, config), device=device)
+    return cls(hidden_size=hidden_size, config=make_config(name, config), device=device, preference_dim=preference_dim)
 
 
 def _lookup(name: str) -> tuple[type[Learner], type]:

@@ -24,7 +24,7 @@ from torch import nn
 from tokenalign.agents.mlp import check_widths
 from tokenalign.agents.policy import AcceptRejectPolicy
 from tokenalign.buffers.schema import Transitions
-from tokenalign.learners.base import Learner, adam, approx_kl, gradient_step, seeded
+from tokenalign.learners.base import Learner, LearnerContract, adam, approx_kl, gradient_step, seeded
 from tokenalign.learners.confidence import cost_surrogate, kappa, upper_bound
 from tokenalign.learners.episodes import Episodes
 from tokenalign.learners.lagrange import CostWindow, LagrangeConfig, LagrangeMultiplier
@@ -93,28 +93,26 @@ class RLOOLagrangianLearner(Learner):
 
     data_mode = "on_policy"
 
+    @classmethod
+    def contract(cls, config: RLOOLagrangianConfig) -> LearnerContract:
+        # HC-RLHF's sequence reward is undiscounted: γ = 1 along the chain.
+        return LearnerContract(data_mode="on_policy", gamma=1.0, signals=("reward", "cost"),
+                               group_size=config.samples_per_prompt, groups_per_update=config.prompts_per_update)
+
     def __init__(
-        self, *, hidden_size: int, config: RLOOLagrangianConfig | None = None, device: torch.device | str = "cpu"
+        self, *, hidden_size: int, config: RLOOLagrangianConfig | None = None, device: torch.device | str = "cpu",
+        preference_dim: int = 0,
     ) -> None:
         config = config or RLOOLagrangianConfig()
-        super().__init__(hidden_size=hidden_size, config=config, device=device)
+        super().__init__(hidden_size=hidden_size, config=config, device=device, preference_dim=preference_dim)
         with seeded(config.seed):
-            self.policy = AcceptRejectPolicy(hidden_size=hidden_size, widths=config.widths).to(self.device)
+            self.policy = AcceptRejectPolicy(hidden_size=hidden_size, widths=config.widths,
+                                             preference_dim=preference_dim).to(self.device)
         self.actor_optimizer = adam(self.policy.parameters(), lr=config.actor_lr)
         self.multiplier = LagrangeMultiplier(config=config)
         self.cost_window = CostWindow(size=config.episode_cost_window_size)
         self.baseline = 0.0
         self.returns_seen = 0
-
-    @property
-    def samples_per_prompt(self) -> int:
-        """k, episodes the trainer collects per prompt."""
-        return self.config.samples_per_prompt
-
-    @property
-    def episodes_per_update(self) -> int:
-        """Episodes the trainer collects per `update`."""
-        return self.config.prompts_per_update * self.config.samples_per_prompt
 
     def networks(self) -> dict[str, nn.Module]:
         return {"policy": self.policy}

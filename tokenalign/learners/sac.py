@@ -24,7 +24,7 @@ from tokenalign.agents.critics import TwinQCritic
 from tokenalign.agents.mlp import check_widths
 from tokenalign.agents.policy import AcceptRejectPolicy
 from tokenalign.buffers.schema import Transitions
-from tokenalign.learners.base import Learner, adam, gradient_step, seeded
+from tokenalign.learners.base import Learner, LearnerContract, adam, gradient_step, seeded
 from tokenalign.learners.registry import register
 
 
@@ -110,35 +110,28 @@ class SACLearner(Learner):
 
     data_mode = "replay"
 
+    @classmethod
+    def contract(cls, config: SACConfig) -> LearnerContract:
+        return LearnerContract(data_mode="replay", gamma=config.gamma, batch_size=config.batch_size,
+                               updates_per_episode=config.update_time,
+                               learning_starts=config.batch_size * config.learning_starts_factor)
+
     def __init__(
-        self, *, hidden_size: int, config: SACConfig | None = None, device: torch.device | str = "cpu"
+        self, *, hidden_size: int, config: SACConfig | None = None, device: torch.device | str = "cpu",
+        preference_dim: int = 0,
     ) -> None:
         config = config or SACConfig()
-        super().__init__(hidden_size=hidden_size, config=config, device=device)
+        super().__init__(hidden_size=hidden_size, config=config, device=device, preference_dim=preference_dim)
+        shape = dict(hidden_size=hidden_size, widths=config.widths, preference_dim=preference_dim)
         with seeded(config.seed):
-            self.policy = AcceptRejectPolicy(hidden_size=hidden_size, widths=config.widths).to(self.device)
-            self.critic = TwinQCritic(hidden_size=hidden_size, widths=config.widths).to(self.device)
+            self.policy = AcceptRejectPolicy(**shape).to(self.device)
+            self.critic = TwinQCritic(**shape).to(self.device)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.log_alpha = nn.Parameter(torch.tensor(math.log(config.alpha_init), device=self.device))
         self.target_entropy = config.target_entropy_factor * math.log(2)
         self.actor_optimizer = adam(self.policy.parameters(), lr=config.actor_lr)
         self.critic_optimizer = adam(self.critic.parameters(), lr=config.critic_lr)
         self.alpha_optimizer = adam([self.log_alpha], lr=config.alpha_lr)
-
-    @property
-    def batch_size(self) -> int:
-        """Transitions the trainer samples per `update`."""
-        return self.config.batch_size
-
-    @property
-    def update_time(self) -> int:
-        """`update` calls the trainer makes per collected episode."""
-        return self.config.update_time
-
-    @property
-    def learning_starts(self) -> int:
-        """Buffer size (transitions) the trainer waits for before the first `update`."""
-        return self.config.batch_size * self.config.learning_starts_factor
 
     def networks(self) -> dict[str, nn.Module]:
         return {"policy": self.policy, "critic": self.critic, "critic_target": self.critic_target}

@@ -2,7 +2,7 @@
 from tokenalign.rewards.base import Scorer, ScorerBase, ScorerError
 from tokenalign.rewards.combine import CombinedScores, RewardCombiner, RewardConfig, RewardTerm, demo_scorers
 from tokenalign.rewards.factory import SCORER_KINDS, ScorerConfig, make_scorer, parse_scorer_spec
-from tokenalign.rewards.shaping import ShapingConfig, add_final_reward, candidate_logprobs, kl_penalty, token_rewards
+from tokenalign.rewards.shaping import ShapingConfig, candidate_logprobs, kl_penalty, mara_kl_penalties
 
 __all__ = [
     "SCORER_KINDS",
@@ -15,11 +15,10 @@ __all__ = [
     "ScorerConfig",
     "ScorerError",
     "ShapingConfig",
-    "add_final_reward",
     "candidate_logprobs",
     "demo_scorers",
     "kl_penalty",
     "make_scorer",
     "parse_scorer_spec",
-    "token_rewards",
+    "mara_kl_penalties",
 ]

@@ -62,6 +62,8 @@ class CombinedScores:
     """Sum of the cost-role scorers' raw scores (zeros without cost scorers)."""
     raw: dict[str, np.ndarray]
     """Each scorer's raw score by scorer name."""
+    baseline_raw: dict[str, np.ndarray]
+    """With sft_baseline, each scorer's raw score of the base LM's greedy response to the same prompt (else zeros)."""
 
 
 class RewardCombiner:
@@ -114,6 +116,7 @@ class RewardCombiner:
     ) -> CombinedScores:
         """Score `responses` to `prompts`; with sft_baseline pass `prompt_ids` and the greedy responses
         of at least the ids `missing_baselines(prompt_ids)` lists, as {prompt_id: response}."""
+        baseline_raw = np.zeros((len(self.terms), len(responses)), dtype=np.float32)
         if self.sft_baseline:
             baseline_raw = self._baseline_scores(prompts, prompt_ids, baseline_responses)
             weighted_baseline = self._multiplier[:, None] * baseline_raw
@@ -129,6 +132,7 @@ class RewardCombiner:
             reward=(scale * (weighted[self._is_reward].sum(axis=0) - baseline_reward)).astype(np.float32),
             cost=raw[~self._is_reward].sum(axis=0).astype(np.float32),
             raw={t.scorer.name: raw[k] for k, t in enumerate(self.terms)},
+            baseline_raw={t.scorer.name: baseline_raw[k].astype(np.float32) for k, t in enumerate(self.terms)},
         )
 
     def _baseline_scores(

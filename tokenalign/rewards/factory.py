@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from tokenalign.rewards.base import Scorer, ScorerError
@@ -64,6 +65,16 @@ class ScorerConfig:
             raise ScorerError(f"template applies to hf-classifier and safe-rlhf-score only, not to {self.kind!r}")
 
 
+    @property
+    def resolved_name(self) -> str:
+        """The scorer's name in records and logs: `name`, else derived from kind and path (e.g. hf-classifier:rm)."""
+        if self.name:
+            return self.name
+        if self.kind in _HF_KINDS:
+            return f"{self.kind}:{Path(self.path).name}"
+        return f"python:{self.path}" if self.kind == "python" else self.kind
+
+
 _COERCE: dict[str, Callable[[str], object]] = {"multiplier": float, "batch_size": int, "max_length": int}
 _OPTION_KEYS = tuple(f.name for f in dataclasses.fields(ScorerConfig) if f.name not in ("kind", "path"))
 
@@ -102,21 +113,21 @@ def make_scorer(config: ScorerConfig | str) -> Scorer:
     if config.kind == "vader":
         from tokenalign.rewards.lexical import VaderScorer
 
-        return VaderScorer(name=config.name or "vader")
+        return VaderScorer(name=config.resolved_name)
     if config.kind == "profanity":
         from tokenalign.rewards.lexical import ProfanityScorer
 
-        return ProfanityScorer(name=config.name or "profanity")
+        return ProfanityScorer(name=config.resolved_name)
     if config.kind == "hf-classifier":
         from tokenalign.rewards.hf_classifier import HFClassifierScorer
 
         return HFClassifierScorer(
-            path=config.path, name=config.name, label=config.label, output=config.output, **hf_options
+            path=config.path, name=config.resolved_name, label=config.label, output=config.output, **hf_options
         )
     if config.kind == "safe-rlhf-score":
         from tokenalign.rewards.safe_rlhf import SafeRLHFScorer
 
-        return SafeRLHFScorer(path=config.path, name=config.name, **hf_options)
+        return SafeRLHFScorer(path=config.path, name=config.resolved_name, **hf_options)
     from tokenalign.rewards.python_callable import CallableScorer
 
-    return CallableScorer.from_target(config.path, name=config.name)
+    return CallableScorer.from_target(config.path, name=config.resolved_name)

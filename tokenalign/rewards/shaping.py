@@ -17,7 +17,9 @@ r_i = −kl_ctl · penalty(lp, ref) with the penalty kinds of MARA's --kl_penalt
 
 Postback (MARA's postback_reward). The final sequence reward R goes onto the episode's last decision,
 and a discounted copy onto each earlier one: decision i gets γ^a_i · R, where a_i counts the accepts
-from i up to (not including) the last decision, i.e. γ is applied once per emitted token crossed.
+from i up to (not including) the last decision, i.e. γ is applied once per emitted token crossed. The
+rollout records a_i (`accepts_to_end`); the objective applies it where the learner samples
+(tokenalign/objectives/base.py), so postback and γ never travel to the actors.
 """
 from __future__ import annotations
 
@@ -76,10 +78,11 @@ def kl_penalty(lp: torch.Tensor, ref: torch.Tensor, kind: KLPenalty) -> torch.Te
     raise ValueError(f"kl_penalty {kind!r} is unknown; use one of {', '.join(KL_PENALTIES)}")
 
 
-def token_rewards(
+def mara_kl_penalties(
     accept_prob: torch.Tensor, llm_logp: torch.Tensor, mask: torch.Tensor, *, config: ShapingConfig
 ) -> torch.Tensor:
-    """Per-candidate rewards r_i, shape (B, C), zero where `mask` (bool, True = real candidate) is False.
+    """Per-candidate penalties penalty(lp_i, ref_i), shape (B, C), zero where `mask` (bool, True = real
+    candidate) is False; the reward is r_i = −kl_ctl·penalty, applied by the objective in the learner.
 
     `accept_prob` is the agent's P(accept) of every candidate and `llm_logp` the LLM's warped log-prob,
     both (B, C) in the order the agent decides on them.
@@ -88,48 +91,4 @@ def token_rewards(
         return torch.zeros_like(accept_prob)
     lp = candidate_logprobs(accept_prob, mask, cond_prob=config.cond_prob).masked_fill(~mask, 0.0)
     ref = llm_logp.masked_fill(~mask, 0.0)
-    return (-config.kl_ctl * kl_penalty(lp, ref, config.kl_penalty)).masked_fill(~mask, 0.0)
-
-
-def add_final_reward(
-    reward: np.ndarray,
-    action: np.ndarray,
-    done: np.ndarray,
-    final: np.ndarray,
-    *,
-    gamma: float,
-    postback: bool,
-) -> np.ndarray:
-    """Per-decision rewards with each episode's final reward added, as a new float32 array.
-
-    `reward`, `action` (1 = accept) and `done` (True on an episode's last decision) are (n,) arrays of
-    whole episodes in decision order; `final` holds one reward per episode, in the same order. Pass the
-    learner's γ. Without `postback` only the last decisions get the final reward.
-    """
-    reward = np.asarray(reward, dtype=np.float32)
-    action = np.asarray(action)
-    done = np.asarray(done, dtype=bool)
-    final = np.asarray(final, dtype=np.float32)
-    n = reward.shape[0]
-    if reward.shape != (n,) or action.shape != (n,) or done.shape != (n,):
-        raise ValueError(
-            f"reward {reward.shape}, action {action.shape} and done {done.shape} must all have shape ({n},)"
-        )
-    if n and not done[-1]:
-        raise ValueError("the last decision is not done: pass whole episodes, each ending with done=True")
-    ends = np.flatnonzero(done)
-    if final.shape != ends.shape:
-        raise ValueError(
-            f"final has shape {final.shape} but the decisions hold {ends.size} episodes; pass one final reward each"
-        )
-    out = reward.copy()
-    if not postback:
-        out[ends] += final
-        return out
-    episode = np.concatenate(([0], np.cumsum(done[:-1]))).astype(np.int64) if n else np.zeros(0, np.int64)
-    accepts_from = np.cumsum((action == 1)[::-1])[::-1]
-    # Accepts in [i, end of i's episode): MARA's loop stops before decision 0 (an off-by-one), here
-    # every earlier decision gets its copy.
-    accepts_before_end = accepts_from - accepts_from[ends][episode]
-    out += final[episode] * np.power(np.float32(gamma), accepts_before_end).astype(np.float32)
-    return out
+    return kl_penalty(lp, ref, config.kl_penalty).masked_fill(~mask, 0.0)

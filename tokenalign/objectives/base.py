@@ -1,0 +1,183 @@
+"""The Objective API: observed signals → per-decision rewards and costs, in the learner process.
+
+Rollouts store raw signals (buffers/schema.py); an Objective labels each sampled batch of `Decisions`
+into the `Transitions` a learner trains on. Changing the objective, or resuming a run with another
+one, relabels stored data without a new rollout.
+
+Every objective computes, for each row, its episode's sequence reward R and cost C from the episode's
+raw scores (repeated on every row); the base class then places them as MARA does:
+
+    r_t = −kl_ctl·mara_kl_penalty_t              (MARA's kl_div shaping, when shaping.token_reward=kl_div)
+        + token_reward_t                          (token-level scorers)
+        + R·γ^accepts_to_end_t   (postback)   or   R·done_t
+    c_t = C·done_t
+
+so postback, shaping and token rewards mean the same under every objective. A new objective is one
+file with `@register`; its options are a dataclass checked at config load (`objective.params`).
+"""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, TypeVar
+
+import numpy as np
+import torch
+
+from tokenalign.buffers.schema import Decisions, Transitions, with_rewards
+from tokenalign.rewards.combine import RewardConfig
+from tokenalign.rewards.shaping import ShapingConfig
+
+
+@dataclass
+class ObjectiveSection:
+    """Which objective turns observed signals into rewards and costs, and its settings."""
+
+    name: str | None = None
+    """weighted, lagrangian, hierarchical or preference; None: lagrangian for learners that need a separate cost
+    signal (ppo_lagrangian, rloo_lagrangian), weighted otherwise."""
+    params: dict[str, Any] = field(default_factory=dict)
+    """Overrides of the objective's own config dataclass, e.g. {threshold: 0.6} for hierarchical."""
+
+
+def resolve_name(name: str | None, *, signals: tuple[str, ...]) -> str:
+    """The objective a run uses: `name`, or the default for a learner that needs `signals`."""
+    if name is not None:
+        return name
+    return "lagrangian" if "cost" in signals else "weighted"
+
+
+class RunningMoments:
+    """Running mean and variance of each of k columns (Chan et al.'s parallel update), for z-normalisation."""
+
+    def __init__(self, k: int) -> None:
+        self.count = 0
+        self.mean = np.zeros(k)
+        self.m2 = np.zeros(k)
+
+    def update(self, values: np.ndarray) -> None:
+        """Add rows (n, k) of new observations."""
+        n = len(values)
+        if not n:
+            return
+        batch_mean = values.mean(axis=0)
+        batch_m2 = ((values - batch_mean) ** 2).sum(axis=0)
+        total = self.count + n
+        delta = batch_mean - self.mean
+        self.mean = self.mean + delta * n / total
+        self.m2 = self.m2 + batch_m2 + delta**2 * self.count * n / total
+        self.count = total
+
+    @property
+    def std(self) -> np.ndarray:
+        """Population standard deviation, at least 1e-6 so that z-scores stay finite."""
+        return np.maximum(np.sqrt(self.m2 / max(self.count, 1)), 1e-6)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"count": self.count, "mean": self.mean.tolist(), "m2": self.m2.tolist()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.count, self.mean, self.m2 = int(state["count"]), np.array(state["mean"]), np.array(state["m2"])
+
+
+class Objective(abc.ABC):
+    """Base of all objectives; subclasses implement `episode_values`."""
+
+    name: ClassVar[str]
+    """Registry name, set by `@register`."""
+
+    def __init__(self, *, config: Any, reward: RewardConfig, shaping: ShapingConfig, gamma: float) -> None:
+        self.config = config
+        self.reward = reward
+        self.shaping = shaping
+        self.gamma = gamma
+        self.scorers = [s.resolved_name for s in reward.scorers]
+        self.multiplier = np.array([s.multiplier for s in reward.scorers], dtype=np.float64)
+        self.is_reward = np.array([s.role == "reward" for s in reward.scorers])
+
+    @property
+    def preference_dim(self) -> int:
+        """Size of the per-episode conditioning vector w the agent sees (0: unconditioned)."""
+        return 0
+
+    def sample_preferences(self, n: int, rng: np.random.Generator) -> np.ndarray | None:
+        """Weights w for n new episodes, drawn by the rollout actor (None for unconditioned objectives)."""
+        return None
+
+    def scorer_index(self, name: str, *, what: str) -> int:
+        """Column of scorer `name` in the records, or one error naming the dotted key and the choices."""
+        if name not in self.scorers:
+            raise ValueError(f"objective.params.{what} is {name!r}, not a scorer of this run; choose one of {self.scorers}")
+        return self.scorers.index(name)
+
+    @abc.abstractmethod
+    def episode_values(self, scores: np.ndarray, decisions: Decisions) -> tuple[np.ndarray, np.ndarray]:
+        """(R, C), each (B,) float64, for rows whose episodes have raw `scores` (B, scorers)."""
+
+    def label(self, decisions: Decisions) -> Transitions:
+        """The Transitions a learner trains on: per-decision rewards and costs for `decisions` (on the CPU)."""
+        scores = decisions.scores.double().numpy()
+        episode_reward, episode_cost = self.episode_values(scores, decisions)
+        done = decisions.done.double()
+        final = torch.from_numpy(np.asarray(episode_reward, dtype=np.float64))
+        if self.shaping.postback:
+            reward = final * torch.pow(torch.tensor(self.gamma, dtype=torch.float64), decisions.accepts_to_end.double())
+        else:
+            reward = final * done
+        reward = reward + decisions.token_reward.double()
+        if self.shaping.token_reward == "kl_div":
+            reward = reward - self.shaping.kl_ctl * decisions.mara_kl_penalty.double()
+        cost = torch.from_numpy(np.asarray(episode_cost, dtype=np.float64)) * done
+        return with_rewards(decisions, reward=reward.float(), cost=cost.float(), conditioned=self.preference_dim > 0)
+
+    def cost_of(self, scores: np.ndarray) -> np.ndarray:
+        """The sequence cost every objective reports: the sum of the cost-role scorers' raw scores (safe-rlhf)."""
+        return scores[:, ~self.is_reward].sum(axis=1)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Statistics the objective keeps (normalisers), checkpointed with the learner."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict` returned."""
+
+
+O = TypeVar("O", bound=type[Objective])
+_OBJECTIVES: dict[str, tuple[type[Objective], type]] = {}
+
+
+def register(name: str, *, config: type) -> Callable[[O], O]:
+    """Class decorator: make an Objective buildable as `make_objective(name, ...)` with `config` as its options."""
+
+    def decorate(cls: O) -> O:
+        if name in _OBJECTIVES:
+            raise ValueError(f"objective name {name!r} is already registered by {_OBJECTIVES[name][0].__qualname__}")
+        cls.name = name
+        _OBJECTIVES[name] = (cls, config)
+        return cls
+
+    return decorate
+
+
+def objective_names() -> list[str]:
+    """Registered objective names, sorted."""
+    return sorted(_OBJECTIVES)
+
+
+def objective_config_class(name: str) -> type:
+    """The config dataclass of objective `name`."""
+    if name not in _OBJECTIVES:
+        raise ValueError(f"objective.name is {name!r}; known objectives: {', '.join(objective_names())}")
+    return _OBJECTIVES[name][1]
+
+
+def make_objective(
+    section: ObjectiveSection, *, reward: RewardConfig, shaping: ShapingConfig, gamma: float, signals: tuple[str, ...]
+) -> Objective:
+    """Build the run's objective from its config section, for a learner with discount `gamma` needing `signals`."""
+    from tokenalign.config import from_dict
+
+    name = resolve_name(section.name, signals=signals)
+    config = from_dict(objective_config_class(name), section.params, where="objective.params")
+    return _OBJECTIVES[name][0](config=config, reward=reward, shaping=shaping, gamma=gamma)
+

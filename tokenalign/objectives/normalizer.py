@@ -1,0 +1,29 @@
+"""Z-normalisation of episode scores with statistics recorded from the run's own episodes."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from tokenalign.buffers.schema import Decisions
+from tokenalign.objectives.base import RunningMoments
+
+
+class EpisodeNormalizer:
+    """ẑ = (x − μ)/σ per column, μ and σ over every episode labelled so far (each counted on its done row)."""
+
+    def __init__(self, columns: int) -> None:
+        self.moments = RunningMoments(columns)
+
+    def __call__(self, values: np.ndarray, decisions: Decisions) -> np.ndarray:
+        """Record the episodes ending in this batch, then normalise every row's values (B, columns)."""
+        self.moments.update(values[decisions.done.numpy() > 0])
+        if self.moments.count < 2:  # nothing to estimate a spread from yet: leave the values as they are
+            return values
+        return (values - self.moments.mean) / self.moments.std
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.moments.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.moments.load_state_dict(state)
