@@ -101,3 +101,35 @@ def test_asking_for_more_gpus_than_exist_fails_before_starting_anything(ray_clus
     with pytest.raises(ClusterResourceError, match="asks for 8 GPUs"):
         trainer.run()
     assert not (trainer.run_dir / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("learner", ["sac", "ppo", "ppo_lagrangian", "rloo_lagrangian"])
+def test_a_preference_conditioned_agent_trains_end_to_end(ray_cluster, tmp_path, learner):
+    """RiC: the actors draw w per episode and store it, the agent sees [state ; w], evaluation picks w."""
+    import torch
+
+    trainer = Trainer.new_run(short_config(tmp_path, learner, "objective.name=preference"))
+    summary = trainer.run()
+    assert summary["agent"]["n"] == 4  # summarised at equal weights
+    latest = trainer.run_dir / "checkpoints" / (trainer.run_dir / "checkpoints" / "latest").read_text().strip()
+    policy = torch.load(latest / "policy_state.pt", weights_only=True)
+    state = torch.load(latest / "learner.pt", weights_only=True)
+    assert policy["preference_dim"] == 2 and state["learner"]["num_updates"] >= 1
+    assert state["objective"]["name"] == "preference" and state["objective"]["state"]["normalizer"]["count"] >= 2
+
+
+def test_a_run_resumes_with_another_objective_over_its_stored_data(ray_cluster, tmp_path):
+    import torch
+    import yaml
+
+    first = Trainer.new_run(short_config(tmp_path, "sac", "run.eval_prompts=0"))
+    first.run()
+    with pytest.raises(ValueError, match="cannot change a run being resumed"):
+        Trainer.from_run_dir(first.run_dir, ["learner.name=ppo"])
+    resumed = Trainer.from_run_dir(first.run_dir, ["objective.name=hierarchical", "run.total_episodes=48"])
+    assert yaml.safe_load((first.run_dir / "config.yaml").read_text())["objective"]["name"] == "hierarchical"
+    resumed.run()
+    latest = first.run_dir / "checkpoints" / (first.run_dir / "checkpoints" / "latest").read_text().strip()
+    state = torch.load(latest / "learner.pt", weights_only=True)
+    assert state["objective"]["name"] == "hierarchical" and state["objective"]["state"]["normalizer"]["count"] >= 2
+    assert resumed.progress.episodes >= 48
