@@ -156,6 +156,10 @@ def test_preference_weights_normalised_objectives_per_episode():
     assert pref.preference_dim == 2
     grid = pref.sample_preferences(500, np.random.default_rng(0))
     assert set(np.round(grid[:, 0].astype(np.float64), 1)) == set(RIC_GRID) and np.allclose(grid.sum(1), 1)
+    morlhf = objective("preference", weights=[3.0, 1.0])  # one fixed scalarisation, unconditioned
+    plain = records(raw, lengths=[2, 1, 1, 3])
+    assert morlhf.preference_dim == 0 and morlhf.sample_preferences(4, np.random.default_rng(0)) is None
+    np.testing.assert_allclose(at_done(morlhf.label(plain), plain), z @ [0.75, 0.25], rtol=1e-5)
     dirichlet = objective("preference", sampling="dirichlet").sample_preferences(100, np.random.default_rng(0))
     assert dirichlet.shape == (100, 2) and np.allclose(dirichlet.sum(1), 1) and len(np.unique(dirichlet[:, 0])) == 100
 

@@ -56,6 +56,13 @@ def test_profanity_costs_profane_responses():
     assert ((scores >= 0) & (scores <= 1)).all()
 
 
+def test_distinct_scores_lexical_diversity_by_hand():
+    texts = ["a b c d e f g h i j", "good time good time good time good time", "yes", "A b A b"]
+    scores = make_scorer("distinct").score(["q"] * 4, texts)
+    # 9 distinct of 9 bigrams; 2 distinct of 7 (floor 8); none; {(a,b), (b,a)} of 3 (floor 8), case-folded
+    np.testing.assert_allclose(scores, [9 / 9, 2 / 8, 0.0, 2 / 8])
+
+
 def test_scorers_check_their_inputs_and_accept_empty_batches():
     scorer = make_scorer("vader")
     assert scorer.score([], []).shape == (0,)

@@ -8,7 +8,8 @@ the agent sees [hidden state ; w], and the reward is the w-weighted sum of the n
     R   = Σ_i w_i·ẑ_i
 
 At inference the user picks w (`tokenalign eval --preference 0.3,0.7`). RiC samples w from an 11-point
-grid w₁ ∈ {0, 0.1, …, 1} for two objectives; MORL commonly from a flat Dirichlet.
+grid w₁ ∈ {0, 0.1, …, 1} for two objectives; MORL commonly from a flat Dirichlet. With fixed `weights`
+the objective is MORLHF's: one unconditioned agent per scalarisation, the same normalised sum.
 """
 from __future__ import annotations
 
@@ -36,10 +37,15 @@ class PreferenceConfig:
     """Concentration of the Dirichlet (1 = uniform on the simplex)."""
     normalize: bool = True  # RiC normalises each reward
     """z-normalise each objective with statistics recorded from the run's own episodes."""
+    weights: list[float] = field(default_factory=list)
+    """Fixed w for every episode (MORLHF: an unconditioned agent per weight); empty = w drawn per episode and
+    seen by the agent."""
 
     def __post_init__(self) -> None:
         if self.dirichlet_alpha <= 0:
             raise ValueError(f"objective.params.dirichlet_alpha must be > 0, got {self.dirichlet_alpha}")
+        if self.weights and (min(self.weights) < 0 or not sum(self.weights) > 0):
+            raise ValueError(f"objective.params.weights must be non-negative with a positive sum, got {self.weights}")
 
 
 @register("preference", config=PreferenceConfig)
@@ -53,17 +59,23 @@ class PreferenceObjective(Objective):
         self.columns = np.array([self.scorer_index(n, what="objectives") for n in names], dtype=np.int64)
         if len(self.columns) < 2:
             raise ValueError(f"the preference objective needs at least two objectives, got {list(names)}")
-        if cfg.sampling == "grid" and len(self.columns) != 2:
+        if cfg.weights and len(cfg.weights) != len(self.columns):
+            raise ValueError(f"objective.params.weights has {len(cfg.weights)} weights for {len(self.columns)} "
+                             f"objectives {list(names)}")
+        self.fixed = np.asarray(cfg.weights, dtype=np.float64) / sum(cfg.weights) if cfg.weights else None
+        if self.fixed is None and cfg.sampling == "grid" and len(self.columns) != 2:
             raise ValueError(f"objective.params.sampling=grid is RiC's grid for two objectives, this run has "
                              f"{len(self.columns)}; use sampling=dirichlet")
         self.normalizer = EpisodeNormalizer(len(self.columns))
 
     @property
     def preference_dim(self) -> int:
-        return len(self.columns)
+        return 0 if self.fixed is not None else len(self.columns)
 
-    def sample_preferences(self, n: int, rng: np.random.Generator) -> np.ndarray:
+    def sample_preferences(self, n: int, rng: np.random.Generator) -> np.ndarray | None:
         cfg: PreferenceConfig = self.config
+        if self.fixed is not None:
+            return None
         if cfg.sampling == "grid":
             w1 = rng.choice(RIC_GRID, size=n)
             return np.stack([w1, 1.0 - w1], axis=1).astype(np.float32)
@@ -77,7 +89,8 @@ class PreferenceObjective(Objective):
         values = self.objective_values(scores)
         if self.config.normalize:
             values = self.normalizer(values, decisions)
-        reward = (values * decisions.preference.double().numpy()).sum(axis=1)
+        w = self.fixed if self.fixed is not None else decisions.preference.double().numpy()
+        reward = (values * w).sum(axis=1)
         return reward, self.cost_of(scores)
 
     def state_dict(self) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from tokenalign.rewards.base import Scorer, ScorerError
 
 Role = Literal["reward", "cost"]
 ROLES: tuple[str, ...] = ("reward", "cost")
-SCORER_KINDS: tuple[str, ...] = ("vader", "profanity", "hf-classifier", "safe-rlhf-score", "python")
+SCORER_KINDS: tuple[str, ...] = ("vader", "profanity", "distinct", "hf-classifier", "safe-rlhf-score", "python")
 _HF_KINDS = ("hf-classifier", "safe-rlhf-score")
 
 
@@ -25,7 +25,7 @@ class ScorerConfig:
     """One reward or cost model and how its score enters the combined reward."""
 
     kind: str
-    """Scorer kind: vader, profanity, hf-classifier, safe-rlhf-score or python."""
+    """Scorer kind: vader, profanity, distinct, hf-classifier, safe-rlhf-score or python."""
     path: str | None = None
     """Local model directory (hf-classifier, safe-rlhf-score) or `module:callable` (python)."""
     role: Role = "reward"
@@ -118,6 +118,10 @@ def make_scorer(config: ScorerConfig | str) -> Scorer:
         from tokenalign.rewards.lexical import ProfanityScorer
 
         return ProfanityScorer(name=config.resolved_name)
+    if config.kind == "distinct":
+        from tokenalign.rewards.lexical import DistinctScorer
+
+        return DistinctScorer(name=config.resolved_name)
     if config.kind == "hf-classifier":
         from tokenalign.rewards.hf_classifier import HFClassifierScorer
 

@@ -1,0 +1,85 @@
+"""What the objective benchmarks (pareto.py, alarm.py) share: dataclass flags, training runs on one local Ray
+session with a decision budget, and mean ± SE over seeds."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+from tokenalign.cluster import ray_cluster
+from tokenalign.config import TrainConfig, load_config
+from tokenalign.data import load_prompts
+from tokenalign.envs.task import DecodingTask
+from tokenalign.eval.evaluate import evaluate
+from tokenalign.trainer import Trainer
+
+A = TypeVar("A")
+
+
+def parse_args(cls: type[A], doc: str, quick: dict[str, Any]) -> A:
+    """`cls`'s fields as --flags; --quick replaces the fields named in `quick`."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    for f in dataclasses.fields(cls):
+        flag = f"--{f.name.replace('_', '-')}"
+        if f.type == "bool":
+            parser.add_argument(flag, action="store_true")
+        else:
+            parser.add_argument(flag, type=type(f.default), default=f.default)
+    args = cls(**vars(parser.parse_args()))
+    return cls(**{**dataclasses.asdict(args), **quick}) if args.quick else args
+
+
+def command(script: str, args: Any, quick: dict[str, Any]) -> str:
+    """The command line that reproduces `args`."""
+    defaults = type(args)()
+    flags = [f"--{k.replace('_', '-')} {v}" for k, v in dataclasses.asdict(args).items()
+             if k != "quick" and v != getattr(defaults, k) and not (args.quick and k in quick)]
+    return " ".join([f"python benchmarks/{script}", *(["--quick"] if args.quick else []), *flags])
+
+
+def machine() -> dict[str, Any]:
+    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "gpus": 0}
+
+
+def budget_overrides(*, learner: str, decisions: int, seed: int, runs_dir: Path, name: str) -> list[str]:
+    """One training run of `learner` stopped by a decision budget, no end-of-run evaluation, no wandb."""
+    params = "{episodes_per_update: 32}" if learner.startswith("ppo") else "{}"  # the demo's 2 actors' rollout scale
+    return [f"learner.name={learner}", f"learner.params={params}", f"run.seed={seed}", f"buffer.seed={seed}",
+            f"run.total_decisions={decisions}", "run.total_episodes=1000000000", "run.max_minutes=null",
+            "run.eval_prompts=0", "run.wandb_mode=disabled", f"run.runs_dir={runs_dir}", f"run.name={name}-seed{seed}"]
+
+
+def train(overrides: list[str]) -> tuple[Path, dict[str, Any]]:
+    """Run one training to its budget; (run directory, training.json)."""
+    trainer = Trainer.new_run(load_config(None, overrides))
+    trainer.run()
+    return trainer.run_dir, json.loads((trainer.run_dir / "training.json").read_text())
+
+
+def held_out_task(overrides: list[str], num_prompts: int) -> tuple[TrainConfig, DecodingTask]:
+    """The demo config with `overrides`, its LM and reward over the first held-out prompts; starts local Ray."""
+    config = load_config(None, overrides)
+    prompts = load_prompts(config.data.test, prompt_field=config.data.prompt_field, seed=config.data.seed)[:num_prompts]
+    task = DecodingTask.build(model=config.lm.path, prompts=prompts, scorers=config.reward,
+                              sampling=config.engine.sampling, max_new_tokens=config.engine.max_new_tokens,
+                              candidate_block=config.engine.candidate_block, dtype=config.lm.dtype)
+    request = ray_cluster.ResourceRequest(num_actors=config.rollout.num_actors, gpus_per_actor=0,
+                                          cpus_per_actor=config.rollout.cpus_per_actor)
+    ray_cluster.connect(num_cpus=ray_cluster.local_cpus_for(request))
+    return config, task
+
+
+def serial(task: DecodingTask, policy: Any, *, seed: int, batch_size: int, preference: list[float] | None = None):
+    """The agent decoding alone (MARA's serial first-accept, greedy agent) on the task's prompts."""
+    return evaluate(task, "serial", task.prompts, policy=policy, seed=seed, batch_size=batch_size, preference=preference)
+
+
+def mean_se(values: list[float]) -> tuple[float, float]:
+    v = np.asarray(values, dtype=np.float64)
+    return float(v.mean()), (float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0.0)
