@@ -15,7 +15,7 @@ Methods, each evaluated on the same held-out prompts with the same seed, over Ri
   * conditioned  ONE preference-conditioned agent (objective=preference: w drawn per episode from RiC's
                  grid, the agent sees [state ; w]), decoded at every w of the grid;
   * morlhf       one unconditioned agent per weight w₁ ∈ {0, 0.5, 1} (objective=preference with fixed weights),
-                 each trained with the same decision budget as the conditioned agent (so 3× in total);
+                 each trained with about the conditioned agent's decision budget (so 3× in total);
   * soups        rewarded soups: the parameters of MORLHF's two extreme agents interpolated, θ = w₁·θ_vader +
                  (1 − w₁)·θ_distinct, at every w of the grid (no training of its own);
   * best-of-N    N base samples per prompt reranked by Σ_i w_i·ẑ_i (ẑ: z-scores over the samples), every w.
@@ -54,7 +54,7 @@ OBJECTIVES = ("vader", "distinct")
 REFERENCE = (-1.0, 0.0)
 """Hypervolume reference point: the worst value of each objective (VADER compound −1, no distinct bigram)."""
 GRID = [round(w, 1) for w in np.linspace(0.0, 1.0, 11)]  # RiC
-QUICK = {"seeds": 1, "decisions": 4000, "eval_prompts": 20, "best_of": 4}
+QUICK = {"seeds": 1, "decisions": 4000, "conditioned_decisions": 3800, "eval_prompts": 20, "best_of": 4}
 
 
 @dataclass
@@ -64,7 +64,10 @@ class Args:
     seeds: int = 3
     """Seeds (0, 1, ...): each trains every agent and redraws every sample."""
     decisions: int = 30_000
-    """Agent decisions each trained agent collects; MORLHF trains three agents, so 3× this in total."""
+    """Agent decisions each MORLHF agent collects (three agents: 3× this in total)."""
+    conditioned_decisions: int = 29_000
+    """Agent decisions of the one conditioned agent: under 1/3 of MORLHF's total even after each run's last
+    rollout overshoots its budget."""
     learner: str = "ppo"
     """Learner of every agent (PPO reached best-of-4's reward fastest in compare_algorithms)."""
     morlhf_weights: str = "0,0.5,1"
@@ -147,21 +150,22 @@ def main() -> None:
     def evaluate_agent(policy, seed: int, preference=None) -> dict[str, Any]:
         return point(serial(task, policy, seed=seed, batch_size=args.eval_batch_size, preference=preference))
 
-    def overrides(seed: int, run_name: str) -> list[str]:
+    def overrides(seed: int, run_name: str, decisions: int) -> list[str]:
         return [SCORERS, "objective.name=preference", *budget_overrides(
-            learner=args.learner, decisions=args.decisions, seed=seed, runs_dir=runs_dir, name=run_name)]
+            learner=args.learner, decisions=decisions, seed=seed, runs_dir=runs_dir, name=run_name)]
 
     for seed in range(args.seeds):
         row: dict[str, Any] = {"seed": seed, "training": {}}
         log(f"seed {seed}: conditioned agent")
-        run_dir, training = train(overrides(seed, "conditioned"))
+        run_dir, training = train(overrides(seed, "conditioned", args.conditioned_decisions))
         row["training"]["conditioned"] = training["decisions"]
         agent = load_agent(run_dir, hidden_size=task.hidden_size)
         row["conditioned"] = [{"w": w, **evaluate_agent(agent, seed, [w, 1 - w])} for w in GRID]
         row["morlhf"], states = [], {}
         for w in morlhf_w:
             log(f"seed {seed}: MORLHF agent w1={w}")
-            run_dir, training = train(overrides(seed, f"morlhf-{w}") + [f"objective.params.weights=[{w}, {1 - w}]"])
+            run_dir, training = train(overrides(seed, f"morlhf-{w}", args.decisions)
+                                      + [f"objective.params.weights=[{w}, {1 - w}]"])
             row["training"][f"morlhf_{w}"] = training["decisions"]
             states[w] = torch.load(find_checkpoint(run_dir), map_location="cpu", weights_only=True)
             row["morlhf"].append({"w": w, **evaluate_agent(load_agent(run_dir, hidden_size=task.hidden_size), seed)})

@@ -26,17 +26,21 @@ def mlp(in_features: int, widths: tuple[int, ...], out_features: int) -> nn.Sequ
 
 
 class ObservationNorm(nn.LayerNorm):
-    """LayerNorm over the LM hidden state, the conditioning features (preference weights w) passed through.
+    """LayerNorm over the LM hidden state; the conditioning features (preference weights w) centred and scaled.
 
-    Hidden-state scales differ wildly between LMs and layers, so the norm makes one learning rate fit all;
-    w in [0, 1] must reach the MLP as it is, not be folded into the hidden state's statistics. A LayerNorm
-    subclass, so unconditioned agents keep the parameter names of checkpoints written before conditioning.
+    Hidden-state scales differ wildly between LMs and layers, so the norm makes one learning rate fit all.
+    w must not be folded into the state's statistics, and it must not drown in it either: the normalised
+    state has norm √H, so w enters as (w − 1/P)·√(H/P), the same total norm for a one-hot w. Fed as raw
+    [0, 1] values beside H unit-variance features, w barely moved the first layer in training and the
+    agent decoded alike at every w (benchmarks/results/pareto_unscaled_w.md). A LayerNorm subclass, so
+    unconditioned agents keep the parameter names of checkpoints written before conditioning.
     """
 
     def __init__(self, hidden_size: int, preference_dim: int = 0) -> None:
         super().__init__(hidden_size)
         self.hidden_size = hidden_size
         self.preference_dim = preference_dim
+        self.preference_scale = (hidden_size / preference_dim) ** 0.5 if preference_dim else 0.0
 
     @property
     def out_features(self) -> int:
@@ -52,4 +56,6 @@ class ObservationNorm(nn.LayerNorm):
             )
         if not self.preference_dim:
             return super().forward(obs)
-        return torch.cat([super().forward(obs[..., : self.hidden_size]), obs[..., self.hidden_size:]], dim=-1)
+        w = obs[..., self.hidden_size:]
+        centred = (w - 1.0 / self.preference_dim) * self.preference_scale
+        return torch.cat([super().forward(obs[..., : self.hidden_size]), centred], dim=-1)
