@@ -144,17 +144,12 @@ class TrainConfig:
 
         try:
             contract = learner_class(self.learner.name).contract(make_config(self.learner.name, self.learner.params))
-        except ConfigError:
-            raise
-        except ValueError as err:
-            raise ConfigError(f"learner: {err}") from err
-        try:
             make_objective(self.objective, reward=self.reward, shaping=self.shaping, gamma=contract.gamma,
                            signals=contract.signals)
         except ConfigError:
             raise
         except ValueError as err:
-            raise ConfigError(f"objective: {err}") from err
+            raise ConfigError(str(err)) from err
 
 
 def to_dict(config: Any) -> Any:
