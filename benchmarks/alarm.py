@@ -10,8 +10,9 @@ scorers, learner and decision budget for every agent; only the objective differs
   * hierarchical   R = 5·ẑ_vader, plus (−profanity + distinct) once ẑ_vader ≥ 0.6;
                    −50 for answers of ≤ 2 tokens                                     (ALaRM's QA defaults)
   * holistic_only  R = 5·ẑ_vader (and the short-answer rule)
-Every agent decodes the same held-out prompts with the same seed (MARA's serial first-accept); the
-arena then plays each pair head to head. Judges: the full weighted reward (which the `weighted` agent
+Every agent decodes the same held-out prompts with the same seed, as a text distribution (sampled actions:
+the main rows) and as MARA evaluates it (serial first-accept, greedy agent: "@serial"); the arena then
+plays each pair head to head within each decoding. Judges: the full weighted reward (which the `weighted` agent
 optimises directly, so it favours it), the holistic reward alone, and lexical diversity alone. Beside
 the win rates, each agent's mean scores, distinct-2 and base-LM perplexity, against base sampling.
 
@@ -33,7 +34,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_runs import budget_overrides, command, held_out_task, machine, mean_se, parse_args, serial, train  # noqa: E402
+from bench_runs import (  # noqa: E402
+    AGENT_MODES, budget_overrides, command, decode, held_out_task, machine, mean_se, parse_args, train,
+)
 from tokenalign.eval.agent_source import load_agent  # noqa: E402
 from tokenalign.eval.arena import compare  # noqa: E402
 from tokenalign.eval.evaluate import evaluate  # noqa: E402
@@ -102,12 +105,15 @@ def main() -> None:
             print(f"[{(time.monotonic() - start) / 60:5.1f} min] seed {seed}: {objective}", flush=True)
             run_dir, training = train([SCORERS, *extra, *budget_overrides(
                 learner=args.learner, decisions=args.decisions, seed=seed, runs_dir=runs_dir, name=objective)])
-            result = serial(task, load_agent(run_dir, hidden_size=task.hidden_size), seed=seed,
-                            batch_size=args.eval_batch_size)
-            records[objective] = result.records
-            row["agents"][objective] = {**summary_row(result), "decisions": training["decisions"],
-                                        "sample": [r.response for r in result.records[:3]]}
-        for red, blue in [*combinations(OBJECTIVES, 2), *[("base", o) for o in OBJECTIVES]]:
+            policy = load_agent(run_dir, hidden_size=task.hidden_size)
+            for suffix, mode in AGENT_MODES.items():
+                result = decode(task, policy, mode, seed=seed, batch_size=args.eval_batch_size)
+                records[objective + suffix] = result.records
+                row["agents"][objective + suffix] = {**summary_row(result), "decisions": training["decisions"],
+                                                     "sample": [r.response for r in result.records[:3]]}
+        matches = [(red + suffix, blue + suffix) for suffix in AGENT_MODES for red, blue in combinations(OBJECTIVES, 2)]
+        matches += [("base", o + suffix) for suffix in AGENT_MODES for o in OBJECTIVES]
+        for red, blue in matches:
             row["arena"][f"{blue} vs {red}"] = {
                 judge: compare(judged(records[red], scorer), judged(records[blue], scorer), red_name=red,
                                blue_name=blue).rates
@@ -125,7 +131,7 @@ def write_report(data: dict[str, Any], out: Path, name: str) -> str:
              "CPU cores. Mean ± SE over seeds.", "",
              "| agent | weighted reward | vader | profanity | distinct | distinct-2 | base-LM perplexity |",
              "|---|---:|---:|---:|---:|---:|---:|"]
-    for agent in ["base", *OBJECTIVES]:
+    for agent in ["base", *[o + suffix for suffix in AGENT_MODES for o in OBJECTIVES]]:
         cells = []
         for key in ("reward", "vader", "profanity", "distinct", "distinct_2", "perplexity"):
             m, se = mean_se([s["agents"][agent][key] for s in seeds])
@@ -140,7 +146,7 @@ def write_report(data: dict[str, Any], out: Path, name: str) -> str:
             cells.append(f"{rates['win']:.2f} / {rates['tie']:.2f} / {rates['loss']:.2f}")
         lines.append(f"| {match} | " + " | ".join(cells) + " |")
     lines += ["", "Sample responses (seed 0):", ""]
-    for agent in OBJECTIVES:
+    for agent in [o + suffix for suffix in AGENT_MODES for o in OBJECTIVES]:
         lines += [f"- {agent}: " + " · ".join(repr(t) for t in seeds[0]["agents"][agent]["sample"])]
     (out / f"{name}.md").write_text("\n".join(lines) + "\n")
     return "\n".join(lines)

@@ -75,9 +75,15 @@ def held_out_task(overrides: list[str], num_prompts: int) -> tuple[TrainConfig, 
     return config, task
 
 
-def serial(task: DecodingTask, policy: Any, *, seed: int, batch_size: int, preference: list[float] | None = None):
-    """The agent decoding alone (MARA's serial first-accept, greedy agent) on the task's prompts."""
-    return evaluate(task, "serial", task.prompts, policy=policy, seed=seed, batch_size=batch_size, preference=preference)
+AGENT_MODES = {"": "sample", "@serial": "serial"}
+"""How agents are evaluated, by the suffix of their result keys: as a text distribution (sampled actions, the
+rollout's own decode loop), and as MARA evaluates them (serial first-accept with a greedy agent)."""
+
+
+def decode(task: DecodingTask, policy: Any, mode: str, *, seed: int, batch_size: int,
+           preference: list[float] | None = None):
+    """The agent decoding alone in evaluation `mode` on the task's prompts."""
+    return evaluate(task, mode, task.prompts, policy=policy, seed=seed, batch_size=batch_size, preference=preference)
 
 
 def mean_se(values: list[float]) -> tuple[float, float]:

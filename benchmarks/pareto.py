@@ -19,10 +19,11 @@ Methods, each evaluated on the same held-out prompts with the same seed, over Ri
   * soups        rewarded soups: the parameters of MORLHF's two extreme agents interpolated, θ = w₁·θ_vader +
                  (1 − w₁)·θ_distinct, at every w of the grid (no training of its own);
   * best-of-N    N base samples per prompt reranked by Σ_i w_i·ẑ_i (ẑ: z-scores over the samples), every w.
-All agents decode as in compare_algorithms (MARA's serial first-accept, greedy agent). Each point is the
-mean raw (vader, distinct) over the prompts; fronts are averaged over seeds (± SE). The hypervolume is of
-each method's non-dominated points in that plane with the reference point (−1, 0), the worst value each
-objective can take, computed per seed and reported as mean ± SE.
+Every agent is evaluated twice: as a text distribution (its actions sampled by the rollout's own decode
+loop: the main figures) and as MARA evaluates (serial first-accept with a greedy agent: "@serial"). Each
+point is the mean raw (vader, distinct) over the prompts; fronts are averaged over seeds (± SE). The
+hypervolume is of each method's non-dominated points in that plane with the reference point (−1, 0), the
+worst value each objective can take, computed per seed and reported as mean ± SE.
 
 Results: benchmarks/results/pareto[_quick].{json,md,png}.
 """
@@ -40,7 +41,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_runs import budget_overrides, command, held_out_task, machine, mean_se, parse_args, serial, train  # noqa: E402
+from bench_runs import (  # noqa: E402
+    AGENT_MODES, budget_overrides, command, decode, held_out_task, machine, mean_se, parse_args, train,
+)
 from tokenalign.agents.policy import AcceptRejectPolicy  # noqa: E402
 from tokenalign.envs.task import DecodingTask  # noqa: E402
 from tokenalign.eval.agent_source import find_checkpoint, load_agent  # noqa: E402
@@ -65,7 +68,7 @@ class Args:
     """Seeds (0, 1, ...): each trains every agent and redraws every sample."""
     decisions: int = 30_000
     """Agent decisions each MORLHF agent collects (three agents: 3× this in total)."""
-    conditioned_decisions: int = 29_000
+    conditioned_decisions: int = 28_500
     """Agent decisions of the one conditioned agent: under 1/3 of MORLHF's total even after each run's last
     rollout overshoots its budget."""
     learner: str = "ppo"
@@ -122,6 +125,11 @@ def best_of_n_front(task: DecodingTask, prompts, n: int, seed: int, batch_size: 
     return front
 
 
+def fronts_of(row: dict[str, Any]) -> list[str]:
+    """The result keys of a seed's row that hold fronts."""
+    return [k for k, v in row.items() if isinstance(v, list)]
+
+
 def hypervolume(points: list[tuple[float, float]], reference: tuple[float, float] = REFERENCE) -> float:
     """Area dominated by `points` (both objectives maximised) and bounded below by `reference`."""
     area, best_y = 0.0, reference[1]
@@ -147,8 +155,11 @@ def main() -> None:
     def log(message: str) -> None:
         print(f"[{(time.monotonic() - start) / 60:5.1f} min] {message}", flush=True)
 
-    def evaluate_agent(policy, seed: int, preference=None) -> dict[str, Any]:
-        return point(serial(task, policy, seed=seed, batch_size=args.eval_batch_size, preference=preference))
+    def evaluate_agent(row: dict[str, Any], method: str, policy, seed: int, w: float, conditioned: bool) -> None:
+        for suffix, mode in AGENT_MODES.items():
+            result = decode(task, policy, mode, seed=seed, batch_size=args.eval_batch_size,
+                            preference=[w, 1 - w] if conditioned else None)
+            row.setdefault(method + suffix, []).append({"w": w, **point(result)})
 
     def overrides(seed: int, run_name: str, decisions: int) -> list[str]:
         return [SCORERS, "objective.name=preference", *budget_overrides(
@@ -160,21 +171,22 @@ def main() -> None:
         run_dir, training = train(overrides(seed, "conditioned", args.conditioned_decisions))
         row["training"]["conditioned"] = training["decisions"]
         agent = load_agent(run_dir, hidden_size=task.hidden_size)
-        row["conditioned"] = [{"w": w, **evaluate_agent(agent, seed, [w, 1 - w])} for w in GRID]
-        row["morlhf"], states = [], {}
+        for w in GRID:
+            evaluate_agent(row, "conditioned", agent, seed, w, conditioned=True)
+        states = {}
         for w in morlhf_w:
             log(f"seed {seed}: MORLHF agent w1={w}")
             run_dir, training = train(overrides(seed, f"morlhf-{w}", args.decisions)
                                       + [f"objective.params.weights=[{w}, {1 - w}]"])
             row["training"][f"morlhf_{w}"] = training["decisions"]
             states[w] = torch.load(find_checkpoint(run_dir), map_location="cpu", weights_only=True)
-            row["morlhf"].append({"w": w, **evaluate_agent(load_agent(run_dir, hidden_size=task.hidden_size), seed)})
+            evaluate_agent(row, "morlhf", load_agent(run_dir, hidden_size=task.hidden_size), seed, w, conditioned=False)
         log(f"seed {seed}: rewarded soups and best-of-{args.best_of}")
         hi, lo = states[max(morlhf_w)], states[min(morlhf_w)]
-        row["soups"] = [{"w": w, **evaluate_agent(soup(hi, lo, w, task.hidden_size), seed)} for w in GRID]
+        for w in GRID:
+            evaluate_agent(row, "soups", soup(hi, lo, w, task.hidden_size), seed, w, conditioned=False)
         row["best_of_n"] = best_of_n_front(task, task.prompts, args.best_of, seed, args.eval_batch_size)
-        row["hypervolume"] = {m: hypervolume([(p["vader"], p["distinct"]) for p in row[m]])
-                              for m in ("conditioned", "morlhf", "soups", "best_of_n")}
+        row["hypervolume"] = {m: hypervolume([(p["vader"], p["distinct"]) for p in row[m]]) for m in fronts_of(row)}
         data["seeds"].append(row)
         data["wall_minutes"] = (time.monotonic() - start) / 60
         (out / f"{name}.json").write_text(json.dumps(data, indent=1) + "\n")
@@ -190,11 +202,14 @@ def write_report(data: dict[str, Any], out: Path, name: str) -> str:
     import matplotlib.pyplot as plt
 
     seeds = data["seeds"]
-    methods = {"conditioned": "one conditioned agent (RiC)", "morlhf": "MORLHF (one agent per weight)",
-               "soups": "rewarded soups", "best_of_n": f"best-of-{data['args']['best_of']}"}
-    budget = {"conditioned": np.mean([s["training"]["conditioned"] for s in seeds]),
-              "morlhf": np.mean([sum(v for k, v in s["training"].items() if k.startswith("morlhf")) for s in seeds])}
-    budget["soups"] = budget["morlhf"]
+    labels = {"conditioned": "one conditioned agent (RiC)", "morlhf": "MORLHF (one agent per weight)",
+              "soups": "rewarded soups"}
+    methods = {f"{m}{suffix}": f"{label}{', greedy serial' if suffix else ''}"
+               for suffix in AGENT_MODES for m, label in labels.items()}
+    methods["best_of_n"] = f"best-of-{data['args']['best_of']}"
+    morlhf_budget = np.mean([sum(v for k, v in s["training"].items() if k.startswith("morlhf")) for s in seeds])
+    budget = {m: morlhf_budget for m in methods if not m.startswith(("conditioned", "best_of_n"))}
+    budget.update({m: np.mean([s["training"]["conditioned"] for s in seeds]) for m in methods if m.startswith("conditioned")})
     hv = {m: mean_se([s["hypervolume"][m] for s in seeds]) for m in methods}
     lines = ["# Pareto fronts: vader (sentiment) vs distinct (lexical diversity)", "",
              f"`{data['command']}` — {len(seeds)} seed(s), {data['wall_minutes']:.1f} min on "
@@ -208,9 +223,11 @@ def write_report(data: dict[str, Any], out: Path, name: str) -> str:
         lines.append(f"| {label} | {hv[m][0]:.3f} ± {hv[m][1]:.3f} | {spent} | {len(seeds[0][m])} | "
                      + " | ".join(f"{a:.3f} – {b:.3f}" if k != "perplexity" else f"{a:.1f} – {b:.1f}"
                                   for k, (a, b) in rng.items()) + " |")
-    ratio = hv["conditioned"][0] / hv["morlhf"][0] if hv["morlhf"][0] else float("nan")
-    lines += ["", f"Conditioned / MORLHF hypervolume: {ratio:.2f} at {budget['conditioned'] / budget['morlhf']:.2f} of "
-              "MORLHF's training decisions.", "", "Per-w points (mean over seeds):", "",
+    for suffix, mode in AGENT_MODES.items():
+        c, m = f"conditioned{suffix}", f"morlhf{suffix}"
+        lines += ["", f"Conditioned / MORLHF hypervolume ({mode} decoding): {hv[c][0] / hv[m][0]:.2f} at "
+                  f"{budget[c] / budget[m]:.2f} of MORLHF's training decisions."]
+    lines += ["", "Per-w points, sampled decoding (mean over seeds):", "",
               "| w₁ (vader) | conditioned vader / distinct / distinct-2 / ppl | soups vader / distinct / distinct-2 / ppl "
               "| best-of-N vader / distinct / distinct-2 / ppl |", "|---:|---|---|---|"]
     for i, w in enumerate(data["grid"]):

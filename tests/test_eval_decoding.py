@@ -131,6 +131,22 @@ def test_agent_accepting_everything_is_greedy(task, mode):
     assert [r.token_ids for r in agent.records] == [r.token_ids for r in greedy.records]
 
 
+def test_sample_mode_is_the_rollout_decode_loop_with_sampled_actions(task, agent):
+    """The agent as a text distribution: the same tokens as the actors' generate_episodes for the same draws."""
+    from tokenalign.envs.rollout import generate_episodes
+
+    sampled = evaluate(task, "sample", PROMPTS, policy=agent, seed=3, batch_size=len(PROMPTS))
+    episodes = generate_episodes(task.engine, agent, TEXTS, generator=torch.Generator().manual_seed(3))
+    assert sampled.label == "agent-sample"
+    assert [r.token_ids for r in sampled.records] == [e.response_tokens for e in episodes]
+    assert not same_generations(sampled, evaluate(task, "sample", PROMPTS, policy=agent, seed=4, batch_size=len(PROMPTS)))
+    greedy = evaluate(task, "greedy", PROMPTS)
+    accepting = evaluate(task, "sample", PROMPTS, policy=accept_all)
+    assert [r.token_ids for r in accepting.records] == [r.token_ids for r in greedy.records]
+    rejecting = evaluate(task, "sample", PROMPTS, policy=reject_all)  # training's rule: the last candidate is forced
+    assert [r.token_ids for r in rejecting.records] != [r.token_ids for r in greedy.records]
+
+
 def test_serial_and_top1_emit_the_same_tokens_but_serial_computes_fewer_states(task, agent):
     serial = evaluate(task, "serial", PROMPTS, policy=agent)
     top1 = evaluate(task, "top1", PROMPTS, policy=agent)

@@ -4,8 +4,10 @@ Modes:
     base        sampling with the LLM alone (the engine's top-k / top-p / temperature)
     greedy      the LLM's argmax at every step
     best-of-n   n samples per prompt, keep the one with the highest combined reward (MARA's BON baseline)
+    sample      the agent as a text distribution: its actions sampled, the all-rejected step forcing the last
+                candidate, by the rollout actors' own decode loop (envs/rollout.py), labelled agent-sample
     serial, top1, random, max_prob
-                the agent's proxy strategies (tokenalign.eval.proxy), labelled agent-<strategy>
+                MARA's proxy strategies with a greedy agent (tokenalign.eval.proxy), labelled agent-<strategy>
 
 Every random draw comes from one generator seeded with `seed`, so the same seed, prompts and batch size
 give the same responses. Compute is measured as LM forward tokens (tokenalign.eval.forward_tokens).
@@ -23,7 +25,7 @@ import torch
 
 from tokenalign.data import Prompt
 from tokenalign.envs.engine import DecodingEngine
-from tokenalign.envs.rollout import AcceptPolicy, conditioned
+from tokenalign.envs.rollout import AcceptPolicy, conditioned, generate_episodes
 from tokenalign.envs.task import DecodingTask
 from tokenalign.eval.errors import EvalError
 from tokenalign.eval.forward_tokens import ForwardTokenCounter
@@ -33,7 +35,8 @@ from tokenalign.eval.proxy import STRATEGIES, proxy_decode
 from tokenalign.eval.records import Generation
 from tokenalign.eval.sampler import sample_responses
 
-MODES: tuple[str, ...] = ("base", "greedy", "best-of-n", *STRATEGIES)
+AGENT_MODES: tuple[str, ...] = ("sample", *STRATEGIES)
+MODES: tuple[str, ...] = ("base", "greedy", "best-of-n", *AGENT_MODES)
 DEFAULT_BEST_OF = 10  # MARA eval_executor.py --N
 Decoder = Callable[[list[str]], list[list[int]]]
 
@@ -54,7 +57,7 @@ def mode_label(mode: str, n: int = DEFAULT_BEST_OF) -> str:
     """The name a mode goes by in files and summaries."""
     if mode == "best-of-n":
         return f"best-of-{n}"
-    return f"agent-{mode}" if mode in STRATEGIES else mode
+    return f"agent-{mode}" if mode in AGENT_MODES else mode
 
 
 def evaluate(
@@ -119,6 +122,8 @@ def _decoder(task: DecodingTask, mode: str, policy: AcceptPolicy | None, generat
         accept_prob = conditioned(policy, preference)
     except ValueError as err:
         raise EvalError(str(err)) from None
+    if mode == "sample":
+        return lambda texts: [e.response_tokens for e in generate_episodes(engine, accept_prob, texts, generator=generator)]
     if mode != "serial":
         # The all-candidate strategies need every candidate's state at each step; the LM is shared, not copied.
         engine = DecodingEngine(model=engine.model, tokenizer=engine.tokenizer,
@@ -134,7 +139,7 @@ def _check_arguments(task: DecodingTask, mode: str, prompts: Sequence[Prompt], *
         raise EvalError("no prompts to evaluate; pass a non-empty prompt set (e.g. load_prompts('builtin:demo-test'))")
     if n < 1 or batch_size < 1:
         raise EvalError(f"n (best-of) and batch_size must be >= 1, got n={n}, batch_size={batch_size}")
-    if mode in STRATEGIES:
+    if mode in AGENT_MODES:
         if policy is None:
             raise EvalError(f"mode {mode!r} decodes with an agent: pass policy= (e.g. load_agent(run_dir, ...))")
         agent_size = getattr(policy, "hidden_size", task.hidden_size)
