@@ -41,3 +41,21 @@ def test_a_conditioned_agent_learns_an_optimum_that_flips_with_w(name, updates, 
         return float(learner.policy.accept_prob(torch.cat([state, torch.tensor([w1, 1 - w1]).expand(500, 2)], -1)).mean())
 
     assert accept(1.0) > 1 - margin and accept(0.0) < margin
+
+
+def test_a_conditioned_agent_decodes_with_the_weights_the_user_picks():
+    from tokenalign.agents import AcceptRejectPolicy
+    from tokenalign.envs.rollout import conditioned
+
+    torch.manual_seed(0)
+    agent = AcceptRejectPolicy(hidden_size=HIDDEN, widths=(8,), preference_dim=2).eval()
+    state = torch.randn(5, HIDDEN)
+    fixed = conditioned(agent, [3.0, 1.0])  # rescaled onto the simplex, as the envs do
+    torch.testing.assert_close(fixed(state), agent.accept_prob(torch.cat([state, torch.tensor([0.75, 0.25]).expand(5, 2)], -1)))
+    with pytest.raises(ValueError, match="conditioned on 2 preference weights: pick them, e.g. --preference 0.5,0.5"):
+        conditioned(agent, None)
+    with pytest.raises(ValueError, match="must be 2 non-negative weights"):
+        conditioned(agent, [1.0, -1.0])
+    plain = AcceptRejectPolicy(hidden_size=HIDDEN, widths=(8,))
+    with pytest.raises(ValueError, match="not preference-conditioned"):
+        conditioned(plain, [0.5, 0.5])

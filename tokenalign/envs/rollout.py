@@ -184,6 +184,9 @@ def conditioned(policy: AcceptPolicy | AcceptProbFn, preference: Sequence[float]
             raise ValueError(f"the agent is conditioned on {dim} preference weights: pick them, e.g. --preference "
                              + ",".join([f"{1 / dim:.2g}"] * dim))
         return fn
+    if not dim:
+        raise ValueError("the agent is not preference-conditioned (trained without objective.name=preference): "
+                         "decode it without a preference")
     w = torch.as_tensor(list(preference), dtype=torch.float32)
     if w.shape != (dim,) or bool((w < 0).any()) or not float(w.sum()) > 0:
         raise ValueError(f"preference {list(preference)} must be {dim} non-negative weights with a positive sum for "
