@@ -50,7 +50,7 @@ def test_registry_names_modes_and_config_overrides() -> None:
 
 
 def test_unknown_learner_and_unknown_config_key_are_clear_errors() -> None:
-    with pytest.raises(ValueError, match=r"unknown learner 'dqn'; known learners: ppo, ppo_lagrangian, rloo_lagrangian"):
+    with pytest.raises(ValueError, match=r"unknown learner 'dqn' \(learner.name\); known learners: ppo, ppo_lagrangian, rloo_lagrangian"):
         make_learner("dqn", hidden_size=HIDDEN)
     with pytest.raises(ValueError, match=r"unknown config key 'learning_rate' for learner 'ppo'.*actor_lr"):
         make_learner("ppo", hidden_size=HIDDEN, config={"learning_rate": 1e-3})
@@ -59,7 +59,7 @@ def test_unknown_learner_and_unknown_config_key_are_clear_errors() -> None:
 
 
 def test_a_new_algorithm_is_one_registered_class(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(registry, "_LEARNERS", dict(registry._LEARNERS))
+    monkeypatch.setattr(registry.LEARNERS, "entries", dict(registry.LEARNERS.entries))
 
     @dataclass
     class CountingConfig:

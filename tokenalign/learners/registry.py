@@ -2,43 +2,31 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, TypeVar
+from typing import Any
 
 import torch
 
 from tokenalign.learners.base import Learner
+from tokenalign.registry import Registry
 
-L = TypeVar("L", bound=type[Learner])
-
-_LEARNERS: dict[str, tuple[type[Learner], type]] = {}
-
-
-def register(name: str, *, config: type) -> Callable[[L], L]:
-    """Class decorator: make a Learner buildable as `make_learner(name, ...)` with `config` as its options."""
-
-    def decorate(cls: L) -> L:
-        if name in _LEARNERS:
-            raise ValueError(f"learner name {name!r} is already registered by {_LEARNERS[name][0].__qualname__}")
-        cls.name = name
-        _LEARNERS[name] = (cls, config)
-        return cls
-
-    return decorate
+LEARNERS: Registry[type[Learner]] = Registry(kind="learner", key="learner.name")
+register = LEARNERS.register
+"""Class decorator: make a Learner buildable as `make_learner(name, ...)` with `config` as its options."""
 
 
 def learner_names() -> list[str]:
     """Registered learner names, sorted."""
-    return sorted(_LEARNERS)
+    return LEARNERS.names()
 
 
 def learner_class(name: str) -> type[Learner]:
-    """The Learner class registered as `name` (its `data_mode` is readable without building it)."""
-    return _lookup(name)[0]
+    """The Learner class registered as `name` (its `contract` is readable without building it)."""
+    return LEARNERS.lookup(name)[0]
 
 
 def config_class(name: str) -> type:
     """The config dataclass of learner `name`."""
-    return _lookup(name)[1]
+    return LEARNERS.lookup(name)[1]
 
 
 def make_config(name: str, config: dict[str, Any] | None = None) -> Any:
@@ -46,7 +34,7 @@ def make_config(name: str, config: dict[str, Any] | None = None) -> Any:
     an unknown key or a wrong type is a ValueError naming `learner.params.<key>`."""
     from tokenalign.config import from_dict  # config composes every section, this one included
 
-    config_cls = _lookup(name)[1]
+    config_cls = LEARNERS.lookup(name)[1]
     known = [f.name for f in dataclasses.fields(config_cls)]
     overrides = dict(config or {})
     for key in overrides:
@@ -62,11 +50,5 @@ def make_learner(
 ) -> Learner:
     """Build learner `name` for an LM of `hidden_size` (agents conditioned on `preference_dim` weights) with
     config overrides `config` on `device`."""
-    cls = _lookup(name)[0]
+    cls = LEARNERS.lookup(name)[0]
     return cls(hidden_size=hidden_size, config=make_config(name, config), device=device, preference_dim=preference_dim)
-
-
-def _lookup(name: str) -> tuple[type[Learner], type]:
-    if name not in _LEARNERS:
-        raise ValueError(f"unknown learner {name!r}; known learners: {', '.join(learner_names())}")
-    return _LEARNERS[name]

@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
 from tokenalign.buffers.schema import Decisions, Transitions, with_rewards
 from tokenalign.rewards.combine import RewardConfig
+from tokenalign.registry import Registry
 from tokenalign.rewards.shaping import ShapingConfig
 
 
@@ -142,33 +143,19 @@ class Objective(abc.ABC):
         """Restore what `state_dict` returned."""
 
 
-O = TypeVar("O", bound=type[Objective])
-_OBJECTIVES: dict[str, tuple[type[Objective], type]] = {}
-
-
-def register(name: str, *, config: type) -> Callable[[O], O]:
-    """Class decorator: make an Objective buildable as `make_objective(name, ...)` with `config` as its options."""
-
-    def decorate(cls: O) -> O:
-        if name in _OBJECTIVES:
-            raise ValueError(f"objective name {name!r} is already registered by {_OBJECTIVES[name][0].__qualname__}")
-        cls.name = name
-        _OBJECTIVES[name] = (cls, config)
-        return cls
-
-    return decorate
+OBJECTIVES: Registry[type[Objective]] = Registry(kind="objective", key="objective.name")
+register = OBJECTIVES.register
+"""Class decorator: make an Objective buildable by name with `config` as its options."""
 
 
 def objective_names() -> list[str]:
     """Registered objective names, sorted."""
-    return sorted(_OBJECTIVES)
+    return OBJECTIVES.names()
 
 
 def objective_config_class(name: str) -> type:
     """The config dataclass of objective `name`."""
-    if name not in _OBJECTIVES:
-        raise ValueError(f"objective.name is {name!r}; known objectives: {', '.join(objective_names())}")
-    return _OBJECTIVES[name][1]
+    return OBJECTIVES.lookup(name)[1]
 
 
 def make_objective(
@@ -179,5 +166,5 @@ def make_objective(
 
     name = resolve_name(section.name, signals=signals)
     config = from_dict(objective_config_class(name), section.params, where="objective.params")
-    return _OBJECTIVES[name][0](config=config, reward=reward, shaping=shaping, gamma=gamma)
+    return OBJECTIVES.lookup(name)[0](config=config, reward=reward, shaping=shaping, gamma=gamma)
 
