@@ -147,6 +147,27 @@ def test_sample_mode_is_the_rollout_decode_loop_with_sampled_actions(task, agent
     assert [r.token_ids for r in rejecting.records] != [r.token_ids for r in greedy.records]
 
 
+def test_kl_to_the_base_lm_is_measured_while_decoding(task, agent):
+    """Sampled agents carry Σ log π/q per response; base sampling is q itself; best-of-N gets its analytic bound."""
+    from tokenalign.envs.rollout import generate_episodes
+
+    base = evaluate(task, "base", PROMPTS, seed=1)
+    assert all(r.log_ratio == 0.0 for r in base.records) and base.summary["kl_per_response"]["mean"] == 0.0
+    best = evaluate(task, "best-of-n", PROMPTS, n=4, seed=1)
+    assert all(r.log_ratio is None for r in best.records) and "kl_per_response" not in best.summary
+    assert best.summary["kl_per_response_bound"] == pytest.approx(np.log(4) - 3 / 4)
+    assert "kl_per_response" not in evaluate(task, "serial", PROMPTS, policy=agent).summary  # greedy: no distribution
+    # Accepting every candidate emits rank 0 with π = 1: the log-ratio is −Σ log q of the decided tokens.
+    accepting = evaluate(task, "sample", PROMPTS, policy=accept_all, seed=2, batch_size=len(PROMPTS))
+    episodes = generate_episodes(task.engine, accept_all, TEXTS, generator=torch.Generator().manual_seed(2))
+    expected = [-float(e.llm_logp[e.emit].sum()) for e in episodes]
+    np.testing.assert_allclose([r.log_ratio for r in accepting.records], expected, rtol=1e-5)
+    assert all(x > 0 for x in expected)
+    s = accepting.summary
+    assert s["kl_per_response"]["mean"] == pytest.approx(np.mean(expected), rel=1e-5)
+    assert s["kl_per_token"] == pytest.approx(np.sum(expected) / sum(r.tokens for r in accepting.records), rel=1e-5)
+
+
 def test_serial_and_top1_emit_the_same_tokens_but_serial_computes_fewer_states(task, agent):
     serial = evaluate(task, "serial", PROMPTS, policy=agent)
     top1 = evaluate(task, "top1", PROMPTS, policy=agent)

@@ -38,7 +38,8 @@ from tokenalign.eval.sampler import sample_responses
 AGENT_MODES: tuple[str, ...] = ("sample", *STRATEGIES)
 MODES: tuple[str, ...] = ("base", "greedy", "best-of-n", *AGENT_MODES)
 DEFAULT_BEST_OF = 10  # MARA eval_executor.py --N
-Decoder = Callable[[list[str]], list[list[int]]]
+Decoder = Callable[[list[str]], tuple[list[list[int]], list[float] | None]]
+"""Texts → (generated token ids, each response's log π/q summed over its tokens, or None where not measured)."""
 
 
 @dataclass
@@ -85,12 +86,15 @@ def evaluate(
     decode = _decoder(task, mode, policy, generator, preference)
 
     token_ids: list[list[int]] = []
+    log_ratios: list[float | None] = []
     seconds = np.empty(len(rows))
     with ForwardTokenCounter(model=engine.model) as counter:
         for lo in range(0, len(rows), batch_size):
             chunk = rows[lo: lo + batch_size]
             start = time.perf_counter()
-            token_ids += decode([p.text for p in chunk])
+            ids, ratios = decode([p.text for p in chunk])
+            token_ids += ids
+            log_ratios += ratios if ratios is not None and samples == 1 else [None] * len(ids)
             seconds[lo: lo + len(chunk)] = (time.perf_counter() - start) / len(chunk)
     responses = [engine.tokenizer.decode(ids, skip_special_tokens=True) for ids in token_ids]
     scores = task.score(rows, responses)
@@ -105,11 +109,13 @@ def evaluate(
         Generation(mode=label, prompt_id=p.id, prompt=p.text, response=responses[i], token_ids=kept_ids[j],
                    scores={name: float(raw[i]) for name, raw in scores.raw.items()}, final=float(scores.final[i]),
                    reward=float(scores.reward[i]), cost=float(scores.cost[i]), perplexity=float(perplexity[j]),
-                   decode_s=float(decode_s[j]))
+                   decode_s=float(decode_s[j]), log_ratio=log_ratios[i])
         for j, (p, i) in enumerate(zip(prompts, keep.tolist()))
     ]
     summary = summarize(records, mode=label, cost_threshold=cost_threshold, forward_tokens=counter.total,
                         eos_token_id=engine.eos_token_id, seed=seed)
+    if mode == "best-of-n":  # the analytic bound on best-of-N's KL to the base LM (Stiennon et al. 2020)
+        summary["kl_per_response_bound"] = float(np.log(n) - (n - 1) / n)
     return EvalResult(label=label, records=records, summary=summary)
 
 
@@ -117,18 +123,28 @@ def _decoder(task: DecodingTask, mode: str, policy: AcceptPolicy | None, generat
              preference: Sequence[float] | None) -> Decoder:
     engine = task.engine
     if mode in ("base", "best-of-n", "greedy"):
-        return lambda texts: sample_responses(engine, texts, greedy=mode == "greedy", generator=generator)
+        def lm_alone(texts: list[str]) -> tuple[list[list[int]], list[float] | None]:
+            ids = sample_responses(engine, texts, greedy=mode == "greedy", generator=generator)
+            return ids, None if mode == "greedy" else [0.0] * len(ids)  # sampling q itself: log q/q = 0
+
+        return lm_alone
     try:
         accept_prob = conditioned(policy, preference)
     except ValueError as err:
         raise EvalError(str(err)) from None
     if mode == "sample":
-        return lambda texts: [e.response_tokens for e in generate_episodes(engine, accept_prob, texts, generator=generator)]
+        def sampled(texts: list[str]) -> tuple[list[list[int]], list[float]]:
+            episodes = generate_episodes(engine, accept_prob, texts, generator=generator)
+            # Tokens emitted without a decision (a single survivor) have π = q = 1 and add nothing.
+            return ([e.response_tokens for e in episodes],
+                    [float((e.agent_token_logp - e.llm_logp)[e.emit].sum()) for e in episodes])
+
+        return sampled
     if mode != "serial":
         # The all-candidate strategies need every candidate's state at each step; the LM is shared, not copied.
         engine = DecodingEngine(model=engine.model, tokenizer=engine.tokenizer,
                                 config=dataclasses.replace(engine.config, candidate_block=0))
-    return lambda texts: proxy_decode(engine, accept_prob, texts, strategy=mode, generator=generator)
+    return lambda texts: (proxy_decode(engine, accept_prob, texts, strategy=mode, generator=generator), None)
 
 
 def _check_arguments(task: DecodingTask, mode: str, prompts: Sequence[Prompt], *, policy: AcceptPolicy | None,

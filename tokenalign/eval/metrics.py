@@ -56,7 +56,10 @@ def summarize(
     # Diversity counts words the reader sees, so a closing EOS is not an n-gram.
     texts = [r.token_ids[:-1] if r.token_ids and r.token_ids[-1] == eos_token_id else r.token_ids for r in records]
     generated = int(lengths.sum())
+    ratios = [r.log_ratio for r in records if r.log_ratio is not None]
+    kl = {"kl_per_response": mean_se(ratios), "kl_per_token": float(np.sum(ratios) / generated)} if ratios else {}
     return {
+        **kl,
         "mode": mode,
         "n": len(records),
         "reward": mean_se([r.final for r in records]),

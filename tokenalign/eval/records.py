@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
 from tokenalign.eval.errors import EvalError
@@ -35,6 +35,11 @@ class Generation:
     """The base LM's perplexity of the response given the prompt (temperature 1, no top-k/top-p)."""
     decode_s: float
     """Decoding wall time spent on this prompt (its share of each batch; all N samples for best-of-N)."""
+    log_ratio: float | None = None
+    """Σ over the response's tokens of log π(token) − log q(token), the decoding distribution against the base
+    LM's warped sampling distribution q, measured while decoding: its mean over prompts estimates the KL per
+    response. 0 for base sampling; None where no distribution was sampled (greedy, MARA's proxy modes,
+    best-of-N, whose KL the summary bounds instead)."""
 
     @property
     def tokens(self) -> int:
@@ -43,6 +48,7 @@ class Generation:
 
 
 _FIELDS = tuple(f.name for f in fields(Generation))
+_REQUIRED = tuple(f.name for f in fields(Generation) if f.default is MISSING)  # files written before log_ratio lack it
 
 
 def write_generations(path: str | Path, records: Iterable[Generation]) -> Path:
@@ -69,12 +75,12 @@ def read_generations(path: str | Path) -> list[Generation]:
             data = json.loads(line)
         except json.JSONDecodeError as err:
             raise EvalError(f"{path}:{lineno}: malformed JSON ({err.msg} at column {err.colno})") from None
-        missing = [name for name in _FIELDS if name not in data] if isinstance(data, dict) else list(_FIELDS)
+        missing = [name for name in _REQUIRED if name not in data] if isinstance(data, dict) else list(_REQUIRED)
         if missing:
             raise EvalError(
                 f"{path}:{lineno}: not a generation record, missing {missing}; use a file written by `tokenalign eval`"
             )
-        records.append(Generation(**{name: data[name] for name in _FIELDS}))
+        records.append(Generation(**{name: data[name] for name in _FIELDS if name in data}))
     if not records:
         raise EvalError(f"generations file {str(path)!r} holds no records")
     return records
