@@ -34,7 +34,7 @@ def test_passes_gymnasium_check_env(tiny_lm):
 
 def test_default_env_stays_unconditioned(tiny_lm):
     env = AcceptRejectEnv(model=tiny_lm, prompts=PROMPTS, max_new_tokens=4)
-    assert env.preference is None and env.preference_dim == 0 and env.preference_moments is None
+    assert env.preference is None and env.preference_dim == 0 and env.preference_normalizer is None
     assert env.observation_space.shape == (env.task.hidden_size,)
     obs, reward, info = run_episode(env, seed=0)
     assert "preference" not in info and not obs.any()
@@ -74,25 +74,25 @@ def test_reward_is_the_normalised_first_objective_for_w_1_0(tiny_lm):
     # LM's 4-token texts score 0 on VADER, so w = [0, 1] is the telling weight here.)
     _, reward, info = run_episode(env, options={"preference": [0, 1]}, seed=0)
     assert reward == pytest.approx(-1.0 * info["reward_terms"]["profanity"], abs=1e-12) and reward != 0
-    assert env.preference_moments.count == 1
+    assert env.preference_normalizer.moments.count == 1
 
     # Plant a known normaliser state, then check one episode's reward by hand.
     count, mean, m2 = 5, np.array([0.4, -0.1]), np.array([1.25, 0.02])
-    env.preference_moments.load_state_dict({"count": count, "mean": mean.tolist(), "m2": m2.tolist()})
+    env.preference_normalizer.moments.load_state_dict({"count": count, "mean": mean.tolist(), "m2": m2.tolist()})
     _, reward, info = run_episode(env, options={"preference": [1, 0]}, rng=np.random.default_rng(1))
     v = multiplier * np.array([info["reward_terms"]["vader"], info["reward_terms"]["profanity"]])
     new_mean = mean + (v - mean) / (count + 1)
     new_m2 = m2 + (v - mean) ** 2 * count / (count + 1)
     z = (v - new_mean) / np.sqrt(new_m2 / (count + 1))
     assert reward == pytest.approx(z[0], rel=1e-9, abs=1e-12) and abs(reward) > 1e-3
-    assert env.preference_moments.count == count + 1
-    np.testing.assert_allclose(env.preference_moments.mean, new_mean, rtol=1e-12)
-    np.testing.assert_allclose(env.preference_moments.m2, new_m2, rtol=1e-12)
+    assert env.preference_normalizer.moments.count == count + 1
+    np.testing.assert_allclose(env.preference_normalizer.moments.mean, new_mean, rtol=1e-12)
+    np.testing.assert_allclose(env.preference_normalizer.moments.m2, new_m2, rtol=1e-12)
     assert set(info["reward_terms"]) == {"vader", "profanity"}  # raw scores, untouched
     np.testing.assert_array_equal(info["preference"], [1.0, 0.0])
 
     # And the full scalarisation with the other weights, on the same planted state.
-    env.preference_moments.load_state_dict({"count": count, "mean": mean.tolist(), "m2": m2.tolist()})
+    env.preference_normalizer.moments.load_state_dict({"count": count, "mean": mean.tolist(), "m2": m2.tolist()})
     _, reward, info = run_episode(env, options={"preference": [0.25, 0.75]}, rng=np.random.default_rng(1))
     v = multiplier * np.array([info["reward_terms"]["vader"], info["reward_terms"]["profanity"]])
     z = (v - (mean + (v - mean) / (count + 1))) / np.sqrt((m2 + (v - mean) ** 2 * count / (count + 1)) / (count + 1))
@@ -133,7 +133,7 @@ def test_vector_env_rows_carry_their_w(tiny_lm):
         np.testing.assert_array_equal(obs[:, hidden:], w)  # kept across autoresets
         assert (obs[done, :hidden] == 0).all() and (rewards[~done] == 0).all()
         ends += int(done.sum())
-    assert venv.preference_moments.count == ends >= 6
+    assert venv.preference_normalizer.moments.count == ends >= 6
     obs, _ = venv.reset(options={"preference": [0.2, 0.8]})  # one w for every row
     np.testing.assert_allclose(obs[:, hidden:], np.tile([0.2, 0.8], (3, 1)))
     with pytest.raises(ValueError, match="preference"):
@@ -162,8 +162,8 @@ def test_vector_env_row_rewards_match_the_single_env(tiny_lm):
             obs, _ = env.reset()
             vobs, _, _, _, _ = venv.step(np.array([1]))  # NEXT_STEP autoreset: this step only restarts the row
     assert finished >= 3  # from the second episode on the rewards are normalised
-    assert venv.preference_moments.count == env.preference_moments.count == finished
-    np.testing.assert_allclose(venv.preference_moments.mean, env.preference_moments.mean)
+    assert venv.preference_normalizer.moments.count == env.preference_normalizer.moments.count == finished
+    np.testing.assert_allclose(venv.preference_normalizer.moments.mean, env.preference_normalizer.moments.mean)
 
 
 def test_stable_baselines3_ppo_trains_on_the_preference_env(tiny_lm):
@@ -175,4 +175,4 @@ def test_stable_baselines3_ppo_trains_on_the_preference_env(tiny_lm):
     obs, _ = env.reset(seed=0, options={"preference": [0.9, 0.1]})
     action, _ = model.predict(obs, deterministic=True)
     assert env.action_space.contains(int(action))
-    assert model.num_timesteps >= 256 and env.preference_moments.count >= 2
+    assert model.num_timesteps >= 256 and env.preference_normalizer.moments.count >= 2

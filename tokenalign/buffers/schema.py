@@ -232,28 +232,18 @@ def from_ipc(payload: bytes) -> pa.RecordBatch:
     return batches[0] if len(batches) == 1 else table.combine_chunks().to_batches()[0]
 
 
-def _moved(batch, device: torch.device | str):
-    """A copy of a tensor dataclass on `device`; float16-handed states become float32 there."""
-    moved = {f.name: None if getattr(batch, f.name) is None else getattr(batch, f.name).to(device) for f in fields(batch)}
-    moved["state"], moved["next_state"] = moved["state"].float(), moved["next_state"].float()
-    return type(batch)(**moved)
-
-
 @dataclass
-class Decisions:
-    """Sampled decisions as the buffer hands them over: what was observed, as torch tensors.
-
-    An Objective turns them into `Transitions` (rewards and costs). Rows are transitions (s, a, s', d);
-    for on-policy data rows are whole episodes in step order, so `episode_id` and `done` delimit chains.
-    """
+class DecisionChain:
+    """What every batch of decisions holds, observed or labelled. Rows are transitions (s, a, s', d); for
+    on-policy data rows are whole episodes in step order, so `episode_id` and `done` delimit the chains."""
 
     state: torch.Tensor
     """(B, hidden) hidden state of the candidate being decided: float16 as the buffer hands it over
     (buffer.state_dtype), float32 after `to(device)`."""
-    next_state: torch.Tensor
-    """(B, hidden) state of the next decision in the chain (zeros where done), dtype as `state`."""
     action: torch.Tensor
     """(B,) int64, 1 = accept, 0 = reject."""
+    next_state: torch.Tensor
+    """(B, hidden) state of the next decision in the chain (zeros where done), dtype as `state`."""
     done: torch.Tensor
     """(B,) float32, 1.0 on the episode's last decision."""
     logp: torch.Tensor
@@ -263,9 +253,25 @@ class Decisions:
     step: torch.Tensor
     """(B,) int64 decision index within its episode."""
     prompt_id: torch.Tensor
-    """(B,) int64 prompt identifier."""
+    """(B,) int64 prompt identifier (RLOO groups the k episodes of one prompt by it)."""
     policy_version: torch.Tensor
     """(B,) int64 version of the agent weights that took the decision."""
+
+    def __len__(self) -> int:
+        return int(self.action.shape[0])
+
+    def to(self, device: torch.device | str):
+        """Every tensor on `device`; states handed over as float16 (buffer.state_dtype) become float32 there."""
+        moved = {f.name: None if getattr(self, f.name) is None else getattr(self, f.name).to(device) for f in fields(self)}
+        moved["state"], moved["next_state"] = moved["state"].float(), moved["next_state"].float()
+        return type(self)(**moved)
+
+
+@dataclass
+class Decisions(DecisionChain):
+    """Sampled decisions as the buffer hands them over: what was observed. An Objective turns them into
+    `Transitions` (rewards and costs)."""
+
     rank: torch.Tensor
     """(B,) int64 rank of the decided candidate."""
     emit: torch.Tensor
@@ -289,54 +295,18 @@ class Decisions:
     preference: torch.Tensor
     """(B, preference_dim) float32 the episode's preference weights w."""
 
-    def __len__(self) -> int:
-        return int(self.action.shape[0])
-
-    def to(self, device: torch.device | str) -> "Decisions":
-        """Every tensor on `device`; states handed over as float16 become float32 there."""
-        return _moved(self, device)
-
 
 @dataclass
-class Transitions:
-    """A batch of decisions with rewards and costs: what every learner's `update` consumes.
+class Transitions(DecisionChain):
+    """A batch of decisions with rewards and costs: what every learner's `update` consumes. Objectives build
+    them from `Decisions`; tests and benchmarks may build them directly."""
 
-    Rows are transitions (s, a, r, c, s', d). For on-policy data, rows are whole episodes in step order,
-    so `episode_id` and `done` delimit the chains that GAE and RLOO need. Objectives build them from
-    `Decisions`; tests and benchmarks may build them directly.
-    """
-
-    state: torch.Tensor
-    """(B, hidden) hidden state of the candidate being decided (float16 as handed over, float32 after `to`)."""
-    action: torch.Tensor
-    """(B,) int64, 1 = accept, 0 = reject."""
     reward: torch.Tensor
     """(B,) float32 per-decision reward."""
     cost: torch.Tensor
     """(B,) float32 per-decision cost (sequence cost on the episode's last decision)."""
-    next_state: torch.Tensor
-    """(B, hidden) state of the next decision in the chain (zeros where done), dtype as `state`."""
-    done: torch.Tensor
-    """(B,) float32, 1.0 on the episode's last decision."""
-    logp: torch.Tensor
-    """(B,) float32 log-probability of `action` under the behaviour policy."""
-    episode_id: torch.Tensor
-    """(B,) int64 episode identifier."""
-    step: torch.Tensor
-    """(B,) int64 decision index within its episode."""
-    prompt_id: torch.Tensor
-    """(B,) int64 prompt identifier (RLOO groups the k episodes of one prompt by it)."""
-    policy_version: torch.Tensor
-    """(B,) int64 version of the agent weights that took the decision."""
     preference: torch.Tensor | None = None
     """(B, preference_dim) float32 the episode's preference weights, for preference-conditioned agents."""
-
-    def __len__(self) -> int:
-        return int(self.action.shape[0])
-
-    def to(self, device: torch.device | str) -> "Transitions":
-        """Move every tensor to `device`; states handed over as float16 (buffer.state_dtype) become float32 there."""
-        return _moved(self, device)
 
 
 def select_rows(batch, rows: torch.Tensor):
@@ -356,10 +326,5 @@ def concat_rows(parts: list):
 
 def with_rewards(decisions: Decisions, *, reward: torch.Tensor, cost: torch.Tensor, conditioned: bool) -> Transitions:
     """The Transitions of `decisions` with the given per-decision reward and cost (what objectives return)."""
-    return Transitions(
-        state=decisions.state, action=decisions.action, reward=reward, cost=cost, next_state=decisions.next_state,
-        done=decisions.done, logp=decisions.logp, episode_id=decisions.episode_id, step=decisions.step,
-        prompt_id=decisions.prompt_id, policy_version=decisions.policy_version,
-        preference=decisions.preference if conditioned else None,
-    )
-
+    chain = {f.name: getattr(decisions, f.name) for f in fields(DecisionChain)}
+    return Transitions(**chain, reward=reward, cost=cost, preference=decisions.preference if conditioned else None)

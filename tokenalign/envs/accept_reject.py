@@ -12,7 +12,7 @@ from tokenalign.envs.candidates import SamplingConfig
 from tokenalign.envs.task import DecodingTask, ModelArg, ScorersArg
 
 if TYPE_CHECKING:  # imported when a preference is given, so the unconditioned env needs no objectives package
-    from tokenalign.objectives.base import RunningMoments
+    from tokenalign.objectives.normalizer import EpisodeNormalizer
 
 _MAX_PROMPT_DRAWS = 100
 
@@ -34,35 +34,29 @@ def check_preference(value: Any, names: Sequence[str]) -> np.ndarray:
     return (w / w.sum()).astype(np.float32)
 
 
-def preference_observation_space(hidden_size: int, preference_dim: int) -> gym.spaces.Box:
-    """Box of [hidden state ; w]: the hidden state unbounded, each weight of w in [0, 1]."""
+def observation_space(hidden_size: int, preference_dim: int) -> gym.spaces.Box:
+    """Box of [hidden state ; w]: the hidden state unbounded, each weight of w in [0, 1] (w absent when dim 0)."""
     low = np.concatenate([np.full(hidden_size, -np.inf), np.zeros(preference_dim)]).astype(np.float32)
     high = np.concatenate([np.full(hidden_size, np.inf), np.ones(preference_dim)]).astype(np.float32)
     return gym.spaces.Box(low, high, dtype=np.float32)
 
 
-def new_moments(columns: int) -> RunningMoments:
-    """Running mean / variance of `columns` objective values (the objectives' own `RunningMoments`)."""
-    from tokenalign.objectives.base import RunningMoments
+def new_normalizer(columns: int) -> EpisodeNormalizer:
+    """The `preference` objective's own normaliser of `columns` objective values."""
+    from tokenalign.objectives.normalizer import EpisodeNormalizer
 
-    return RunningMoments(columns)
+    return EpisodeNormalizer(columns)
 
 
-def preference_rewards(task: DecodingTask, moments: RunningMoments, raw: dict[str, np.ndarray],
+def preference_rewards(task: DecodingTask, normalizer: EpisodeNormalizer, raw: dict[str, np.ndarray],
                        w: np.ndarray) -> np.ndarray:
-    """Σ_i w_i·z_i of n finished episodes with raw scores `raw` (scorer name → (n,)) and weights w (n, P).
-
-    v_i = multiplier_i·score_i is recorded in `moments` first, then z-normalised by the rule of
-    `tokenalign.objectives.normalizer.EpisodeNormalizer` (the `preference` objective's): before two
-    episodes have been counted the values are left as they are.
-    """
+    """Σ_i w_i·ẑ_i of n finished episodes with raw scores `raw` (scorer name → (n,)) and weights w (n, P):
+    the `preference` objective's reward, v_i = multiplier_i·score_i normalised over the env's finished episodes."""
     terms = task.combiner.terms
     multiplier = np.array([t.multiplier for t in terms], dtype=np.float64)
     values = np.stack([np.asarray(raw[t.scorer.name], dtype=np.float64) for t in terms], axis=1) * multiplier
-    moments.update(values)
-    if moments.count >= 2:
-        values = (values - moments.mean) / moments.std
-    return (values * np.asarray(w, dtype=np.float64)).sum(axis=1)
+    z = normalizer(values, np.ones(len(values), dtype=bool))
+    return (z * np.asarray(w, dtype=np.float64)).sum(axis=1)
 
 
 class AcceptRejectEnv(gym.Env):
@@ -97,7 +91,7 @@ class AcceptRejectEnv(gym.Env):
     With `preference` the final reward is instead that of the `preference` objective (RiC's linear
     scalarisation): Σ_i w_i · z_i over the scorers, where z_i = (v_i − μ_i) / σ_i z-normalises
     v_i = multiplier_i · score_i with the running mean μ and population standard deviation σ of v over the
-    env's finished episodes, this one included (`env.preference_moments`, a `RunningMoments`); until two
+    env's finished episodes, this one included (`env.preference_normalizer`, the `preference` objective's `EpisodeNormalizer`); until two
     episodes have finished, z_i = v_i. The configured baseline is not used (normalising centres each v_i).
 
     ## Cost
@@ -158,11 +152,8 @@ class AcceptRejectEnv(gym.Env):
         self.scorer_names = [t.scorer.name for t in self.task.combiner.terms]
         self.preference = None if preference is None else check_preference(preference, self.scorer_names)
         self.preference_dim = 0 if self.preference is None else len(self.scorer_names)
-        self.preference_moments = new_moments(self.preference_dim) if self.preference_dim else None
-        if self.preference_dim:
-            self.observation_space = preference_observation_space(self.task.hidden_size, self.preference_dim)
-        else:
-            self.observation_space = gym.spaces.Box(-np.inf, np.inf, shape=(self.task.hidden_size,), dtype=np.float32)
+        self.preference_normalizer = new_normalizer(self.preference_dim) if self.preference_dim else None
+        self.observation_space = observation_space(self.task.hidden_size, self.preference_dim)
         self.action_space = gym.spaces.Discrete(2)
         self._batch = None
         self._prompt: Prompt | None = None
@@ -201,7 +192,7 @@ class AcceptRejectEnv(gym.Env):
             info.update(reward_terms={k: float(v[0]) for k, v in scores.raw.items()},
                         reward=float(scores.reward[0]))
             if self._w is not None:
-                reward = float(preference_rewards(self.task, self.preference_moments, scores.raw, self._w[None])[0])
+                reward = float(preference_rewards(self.task, self.preference_normalizer, scores.raw, self._w[None])[0])
         info["cost"] = cost
         eos = finished and batch.response_tokens(0)[-1:] == [self.engine.eos_token_id]
         return self._observation(), reward, finished and eos, finished and not eos, info

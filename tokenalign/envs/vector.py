@@ -16,7 +16,7 @@ from gymnasium.vector.utils import batch_space
 
 from tokenalign.data import Prompt
 from tokenalign.envs.accept_reject import (
-    check_preference, new_moments, preference_observation_space, preference_rewards,
+    check_preference, new_normalizer, observation_space, preference_rewards,
 )
 from tokenalign.envs.candidates import SamplingConfig
 from tokenalign.envs.task import DecodingTask, ModelArg, ScorersArg
@@ -33,7 +33,7 @@ class AcceptRejectVectorEnv(VectorEnv):
     With `preference` (the default w, one weight per scorer) each row is preference-conditioned as
     `AcceptRejectEnv` is: its observation is `[hidden state ; w_row]` (`[0, …, 0 ; w_row]` on the step that
     ends its episode), its final reward Σ_i w_row,i · z_i, with one running normaliser
-    (`preference_moments`) over every row's finished episodes (the rows ending on a step are counted
+    (`preference_normalizer`) over every row's finished episodes (the rows ending on a step are counted
     together, then normalised), and `info["preference"]` is the (num_envs, P) weights. `reset(options=
     {"preference": w})` sets the weights of all rows: one w (P,) for every row or one per row
     (num_envs, P); otherwise every row gets the constructor's w. A row keeps its w when it autoresets.
@@ -63,12 +63,8 @@ class AcceptRejectVectorEnv(VectorEnv):
         self.scorer_names = [t.scorer.name for t in self.task.combiner.terms]
         self.preference = None if preference is None else check_preference(preference, self.scorer_names)
         self.preference_dim = 0 if self.preference is None else len(self.scorer_names)
-        self.preference_moments = new_moments(self.preference_dim) if self.preference_dim else None
-        if self.preference_dim:
-            self.single_observation_space = preference_observation_space(self.task.hidden_size, self.preference_dim)
-        else:
-            self.single_observation_space = gym.spaces.Box(-np.inf, np.inf, shape=(self.task.hidden_size,),
-                                                           dtype=np.float32)
+        self.preference_normalizer = new_normalizer(self.preference_dim) if self.preference_dim else None
+        self.single_observation_space = observation_space(self.task.hidden_size, self.preference_dim)
         self.single_action_space = gym.spaces.Discrete(2)
         self.observation_space = batch_space(self.single_observation_space, num_envs)
         self.action_space = batch_space(self.single_action_space, num_envs)
@@ -105,7 +101,7 @@ class AcceptRejectVectorEnv(VectorEnv):
             scores = self.task.score([self._prompts[r] for r in rows], [self._text(r) for r in rows])
             rewards[rows], costs[rows] = scores.final, scores.cost
             if self._w is not None:
-                rewards[rows] = preference_rewards(self.task, self.preference_moments, scores.raw, self._w[rows])
+                rewards[rows] = preference_rewards(self.task, self.preference_normalizer, scores.raw, self._w[rows])
         eos = np.array([finished[r] and batch.response_tokens(r)[-1:] == [self.engine.eos_token_id]
                         for r in range(self.num_envs)])
         n_tokens = batch.n_new.cpu().numpy().copy()

@@ -75,7 +75,7 @@ class HierarchicalObjective(Objective):
         cfg: HierarchicalConfig = self.config
         holistic = scores[:, self.holistic]
         if cfg.holistic_mean is None:
-            z = self.normalizer(holistic[:, None], decisions)[:, 0]
+            z = self.normalizer(holistic[:, None], decisions.done.numpy() > 0)[:, 0]
         else:
             z = (holistic - cfg.holistic_mean) / cfg.holistic_std
         short = decisions.response_tokens.numpy() <= cfg.short_response_tokens

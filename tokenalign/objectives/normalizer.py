@@ -5,19 +5,18 @@ from typing import Any
 
 import numpy as np
 
-from tokenalign.buffers.schema import Decisions
 from tokenalign.objectives.base import RunningMoments
 
 
 class EpisodeNormalizer:
-    """ẑ = (x − μ)/σ per column, μ and σ over every episode labelled so far (each counted on its done row)."""
+    """ẑ = (x − μ)/σ per column, μ and σ over every episode seen so far, each counted once when it finishes."""
 
     def __init__(self, columns: int) -> None:
         self.moments = RunningMoments(columns)
 
-    def __call__(self, values: np.ndarray, decisions: Decisions) -> np.ndarray:
-        """Record the episodes ending in this batch, then normalise every row's values (B, columns)."""
-        self.moments.update(values[decisions.done.numpy() > 0])
+    def __call__(self, values: np.ndarray, finished: np.ndarray) -> np.ndarray:
+        """Record the rows whose episode ends here (`finished`, bool (B,)), then normalise every row (B, columns)."""
+        self.moments.update(values[finished])
         if self.moments.count < 2:  # nothing to estimate a spread from yet: leave the values as they are
             return values
         return (values - self.moments.mean) / self.moments.std

@@ -88,7 +88,7 @@ class PreferenceObjective(Objective):
     def episode_values(self, scores: np.ndarray, decisions: Decisions) -> tuple[np.ndarray, np.ndarray]:
         values = self.objective_values(scores)
         if self.config.normalize:
-            values = self.normalizer(values, decisions)
+            values = self.normalizer(values, decisions.done.numpy() > 0)
         w = self.fixed if self.fixed is not None else decisions.preference.double().numpy()
         reward = (values * w).sum(axis=1)
         return reward, self.cost_of(scores)
