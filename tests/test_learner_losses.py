@@ -15,7 +15,10 @@ from tokenalign.learners.lagrange import CostWindow, LagrangeConfig, LagrangeMul
 from tokenalign.learners.ppo import clipped_surrogate_loss, clipped_value_loss
 from tokenalign.learners.ppo_lagrangian import lagrangian_advantages
 from tokenalign.learners.rloo_lagrangian import rloo_loss
-from tokenalign.learners.sac import actor_loss, critic_loss, soft_q_target, temperature_loss
+from tokenalign.learners.kl import (
+    KLConfig, KLController, action_log_ratio, decision_kl, kl_per_response, reference_log_probs,
+)
+from tokenalign.learners.sac import actor_loss, critic_loss, soft_q_target
 
 ln = math.log
 
@@ -24,19 +27,20 @@ def t(*values: float) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.float64)
 
 
-# --- SAC -------------------------------------------------------------------------------------------
+# --- SAC relative to π_ref ---------------------------------------------------------------------------
 
 
-def test_soft_q_target() -> None:
+def test_soft_q_target_pays_beta_times_the_kl_to_pi_ref() -> None:
     probs = torch.tensor([[0.25, 0.75], [0.5, 0.5]], dtype=torch.float64)
+    ref = torch.tensor([[0.5, 0.5], [0.9, 0.1]], dtype=torch.float64)
     target = soft_q_target(
-        reward=t(1.0, 0.5), done=t(0.0, 1.0), next_probs=probs, next_log_probs=probs.log(),
+        reward=t(1.0, 0.5), done=t(0.0, 1.0), next_log_probs=probs.log(), next_ref_log_probs=ref.log(),
         next_q1_target=torch.tensor([[1.0, 2.0], [3.0, 4.0]], dtype=torch.float64),
         next_q2_target=torch.tensor([[1.5, 1.0], [0.0, 0.0]], dtype=torch.float64),
-        alpha=0.1, gamma=0.9,
+        beta=0.1, gamma=0.9,
     )
-    # row 0: min Q̄ = (1, 1); row 1 is terminal, so its target is just its reward.
-    soft_value = 0.25 * (1.0 - 0.1 * ln(0.25)) + 0.75 * (1.0 - 0.1 * ln(0.75))
+    # row 0: min Q̄ = (1, 1), minus β·log(π/π_ref) per action; row 1 is terminal: its reward alone.
+    soft_value = 0.25 * (1.0 - 0.1 * ln(0.25 / 0.5)) + 0.75 * (1.0 - 0.1 * ln(0.75 / 0.5))
     assert target.tolist() == pytest.approx([1.0 + 0.9 * soft_value, 0.5])
 
 
@@ -46,25 +50,63 @@ def test_critic_loss_is_half_mse_per_head() -> None:
     assert q2_loss.item() == pytest.approx(0.5 * (2.25 + 0.25) / 2)
 
 
-def test_actor_loss_uses_min_q_and_alpha() -> None:
+def test_actor_loss_uses_min_q_and_beta_times_the_kl_to_pi_ref() -> None:
     probs = torch.tensor([[0.2, 0.8]], dtype=torch.float64)
+    ref = torch.tensor([[0.6, 0.4]], dtype=torch.float64)
     loss = actor_loss(
-        probs=probs, log_probs=probs.log(), q1=torch.tensor([[1.0, 3.0]], dtype=torch.float64),
-        q2=torch.tensor([[2.0, 2.0]], dtype=torch.float64), alpha=0.5,
+        log_probs=probs.log(), ref_log_probs=ref.log(), q1=torch.tensor([[1.0, 3.0]], dtype=torch.float64),
+        q2=torch.tensor([[2.0, 2.0]], dtype=torch.float64), beta=0.5,
     )
-    assert loss.item() == pytest.approx(0.2 * (0.5 * ln(0.2) - 1.0) + 0.8 * (0.5 * ln(0.8) - 2.0))
+    assert loss.item() == pytest.approx(0.2 * (0.5 * ln(0.2 / 0.6) - 1.0) + 0.8 * (0.5 * ln(0.8 / 0.4) - 2.0))
 
 
-def test_temperature_loss_raises_alpha_when_entropy_is_below_target() -> None:
-    log_alpha = torch.tensor(ln(0.02), dtype=torch.float64, requires_grad=True)
-    loss = temperature_loss(entropy=t(0.3, 0.5), target_entropy=0.6 * ln(2), log_alpha=log_alpha)
-    expected = ((0.3 - 0.6 * ln(2)) * 0.02 + (0.5 - 0.6 * ln(2)) * 0.02) / 2
-    assert loss.item() == pytest.approx(expected)
-    loss.backward()
-    assert log_alpha.grad.item() == pytest.approx(expected) and expected < 0  # SGD then raises log α
-    log_alpha.grad = None
-    temperature_loss(entropy=t(0.6), target_entropy=0.6 * ln(2), log_alpha=log_alpha).backward()
-    assert log_alpha.grad.item() > 0
+def test_sac_actor_loss_is_minimised_at_pi_ref_times_exp_q_over_beta() -> None:
+    """Soft RL relative to π_ref: the optimum is π ∝ π_ref·exp(Q/β), so with equal Q values it is π_ref."""
+    ref = torch.tensor([[0.7, 0.3]], dtype=torch.float64)
+    q = torch.tensor([[0.0, 1.0]], dtype=torch.float64)
+    optimum = ref * torch.exp(q / 0.5)
+    optimum = optimum / optimum.sum()
+    grid = torch.linspace(0.01, 0.99, 99, dtype=torch.float64)
+    losses = [actor_loss(log_probs=torch.stack([1 - p, p]).log().unsqueeze(0), ref_log_probs=ref.log(), q1=q, q2=q,
+                         beta=0.5).item() for p in grid]
+    assert grid[int(torch.tensor(losses).argmin())].item() == pytest.approx(optimum[0, 1].item(), abs=0.01)
+
+
+# --- the KL to the base LM -------------------------------------------------------------------------------
+
+
+def test_decision_kl_and_log_ratio_by_hand() -> None:
+    base_logit = t(0.0, ln(3.0))  # π_ref accepts with 1/2 and 3/4
+    ref = reference_log_probs(base_logit)
+    assert ref.exp().flatten().tolist() == pytest.approx([0.5, 0.5, 0.25, 0.75])
+    probs = torch.tensor([[0.9, 0.1], [0.5, 0.5]], dtype=torch.float64)
+    expected = [0.9 * ln(0.9 / 0.5) + 0.1 * ln(0.1 / 0.5), 0.5 * ln(0.5 / 0.25) + 0.5 * ln(0.5 / 0.75)]
+    assert decision_kl(probs.log(), ref).tolist() == pytest.approx(expected)
+    # the taken actions' log π − log π_ref: reject in row 0, accept in row 1
+    ratio = action_log_ratio(t(ln(0.9), ln(0.5)), torch.tensor([0, 1]), base_logit)
+    assert ratio.tolist() == pytest.approx([ln(0.9 / 0.5), ln(0.5 / 0.75)])
+
+
+def test_kl_per_response_from_uniformly_drawn_rows() -> None:
+    # two whole episodes, 3 and 1 decisions: Σ KL / episodes exactly
+    kl, decisions = t(0.1, 0.2, 0.3, 1.0), torch.tensor([3, 3, 3, 1])
+    assert kl_per_response(kl, decisions) == pytest.approx((0.6 + 1.0) / 2)
+
+
+def test_adaptive_controller_moves_beta_toward_the_target() -> None:
+    controller = KLController(config=KLConfig(kl_coef=0.1, kl_target=2.0, kl_horizon=100.0))
+    controller.update(3.0, episodes=10)  # error +0.5, clipped to +0.2: β·(1 + 0.2·10/100)
+    assert controller.value == pytest.approx(0.1 * 1.02)
+    controller.update(1.8, episodes=10)  # error −0.1
+    assert controller.value == pytest.approx(0.1 * 1.02 * 0.99)
+    fixed = KLController(config=KLConfig(kl_coef=0.1))
+    fixed.update(50.0, episodes=1000)
+    assert fixed.value == 0.1
+    # driven by a KL that responds to β, the controller settles where KL meets the target
+    controller = KLController(config=KLConfig(kl_coef=0.01, kl_target=2.0, kl_horizon=10.0))
+    for _ in range(2000):
+        controller.update(0.2 / controller.value, episodes=1)  # KL ∝ 1/β: the target needs β = 0.1
+    assert controller.value == pytest.approx(0.1, rel=0.02)
 
 
 # --- PPO -------------------------------------------------------------------------------------------
@@ -130,6 +172,7 @@ def rollout_rows(episode_id: list[int], done: list[int], *, step: list[int] | No
         cost=torch.zeros(n), next_state=torch.zeros(n, hidden), done=torch.tensor(done, dtype=torch.float32),
         logp=torch.zeros(n), episode_id=torch.tensor(episode_id), step=torch.tensor(step),
         prompt_id=torch.zeros(n, dtype=torch.long), policy_version=torch.zeros(n, dtype=torch.long),
+        base_logit=torch.zeros(n), next_base_logit=torch.zeros(n), episode_decisions=torch.ones(n, dtype=torch.long),
     )
 
 

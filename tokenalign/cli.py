@@ -21,7 +21,7 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_generate(args: argparse.Namespace, config: TrainConfig) -> int:
-    """Decode prompts with an agent (MARA's serial first-accept, greedy agent) and print scored responses."""
+    """Decode prompts with an agent (sampled: the agent is a text distribution) and print scored responses."""
     from tokenalign.agents.policy import AcceptRejectPolicy
     from tokenalign.data import load_prompts
     from tokenalign.envs.task import DecodingTask
@@ -38,12 +38,12 @@ def cmd_generate(args: argparse.Namespace, config: TrainConfig) -> int:
     else:
         torch.manual_seed(config.run.seed)
         policy = AcceptRejectPolicy(hidden_size=task.hidden_size).eval()
-    result = evaluate(task, "serial", task.prompts, policy=policy, seed=config.run.seed,
+    result = evaluate(task, "sample", task.prompts, policy=policy, seed=config.run.seed,
                       batch_size=config.rollout.episodes_per_batch, preference=args.preference)
     for record in result.records:
         print(f"{record.prompt!r} → {record.response!r}  (reward {record.final:.3f}, cost {record.cost:.3f})")
-    summary = {k: result.summary[k] for k in ("n", "reward", "cost", "distinct_2", "perplexity")}
-    print(json.dumps({"agent": args.agent or "untrained (random init)", **summary}, indent=2))
+    summary = {k: result.summary[k] for k in ("n", "reward", "cost", "kl_per_response", "distinct_2", "perplexity")}
+    print(json.dumps({"agent": args.agent or "untrained (decodes as the base LM)", **summary}, indent=2))
     return 0
 
 

@@ -122,8 +122,8 @@ class TrainConfig:
     """Training and evaluation prompts."""
     reward: RewardConfig = field(default_factory=RewardConfig)
     """Reward and cost scorers and how they combine."""
-    shaping: ShapingConfig = field(default_factory=lambda: ShapingConfig(token_reward="none"))
-    """Per-decision KL shaping and postback (the demo skips the KL term: it needs every candidate's state)."""
+    shaping: ShapingConfig = field(default_factory=ShapingConfig)
+    """Postback and MARA's per-decision shaping (off: the learners carry the exact KL, learner.params.kl_coef)."""
     objective: ObjectiveSection = field(default_factory=ObjectiveSection)
     """How the learner turns the recorded raw scores into rewards and costs (weighted: MARA's sum)."""
     learner: LearnerSection = field(default_factory=lambda: LearnerSection(

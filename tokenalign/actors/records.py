@@ -1,8 +1,8 @@
 """Turn finished episodes and their scores into the buffer's Arrow decision records.
 
 Nothing is concluded here: each decision row carries what the rollout observed (the behaviour
-log-probabilities, the emitted token's log-probabilities under the agent and the base LM, MARA's shaping
-penalty) and its episode's raw scores, baseline scores and preference weights. The learner's Objective
+log-probability, π_ref's accept logit, the decision's log-ratio and KL to π_ref, MARA's shaping penalty)
+and its episode's raw scores, baseline scores and preference weights. The learner's Objective
 turns them into rewards and costs. Episodes the agent made no decision in are skipped: they hold
 nothing to learn from.
 """
@@ -35,6 +35,14 @@ def accepts_to_end(action: np.ndarray, done: np.ndarray) -> np.ndarray:
     return (accepts_from - accepts_from[ends][episode]).astype(np.int32)
 
 
+def next_in_episode(values: np.ndarray, done: np.ndarray) -> np.ndarray:
+    """values[i + 1] for each decision i of whole episodes, 0 on each episode's last (the chain's next_state rule)."""
+    shifted = np.zeros_like(values)
+    shifted[:-1] = values[1:]
+    shifted[np.asarray(done, dtype=bool)] = 0
+    return shifted
+
+
 def episodes_to_records(
     episodes: Sequence[Episode],
     scores: CombinedScores,
@@ -60,6 +68,7 @@ def episodes_to_records(
     done[np.cumsum(lengths) - 1] = True
     action = np.concatenate([episodes[i].action for i in keep])
     emit = np.concatenate([episodes[i].emit for i in keep])
+    base_logit = np.concatenate([episodes[i].base_logit for i in keep])
 
     def per_row(values: dict[str, np.ndarray]) -> np.ndarray:
         return np.repeat(np.stack([values[name][keep] for name in layout.scorers], axis=1), lengths, axis=0)
@@ -78,8 +87,11 @@ def episodes_to_records(
         prompt_id=np.repeat(np.asarray(prompt_ids, dtype=np.int64)[keep], lengths),
         rank=np.concatenate([episodes[i].rank for i in keep]),
         emit=emit,
-        agent_token_logp=np.concatenate([episodes[i].agent_token_logp for i in keep]),
-        base_token_logp=np.where(emit, np.concatenate([episodes[i].llm_logp for i in keep]), 0.0),
+        base_logit=base_logit,
+        next_base_logit=next_in_episode(base_logit, done),
+        log_ratio=np.concatenate([episodes[i].log_ratio for i in keep]),
+        decision_kl=np.concatenate([episodes[i].decision_kl for i in keep]),
+        episode_decisions=np.repeat(lengths, lengths),
         mara_kl_penalty=np.concatenate([episodes[i].mara_kl_penalty for i in keep]),
         accepts_to_end=accepts_to_end(action, done),
         response_tokens=np.repeat([len(episodes[i].response_tokens) for i in keep], lengths),

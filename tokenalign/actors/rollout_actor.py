@@ -44,7 +44,7 @@ def torch_device(gpus: float) -> str:
 
 
 def build_task(config: TrainConfig, *, device: str, combiner: Any = None) -> DecodingTask:
-    """The actor's engine over the training prompts, with KL shaping forcing all-candidate blocks."""
+    """The actor's engine over the training prompts, with MARA's shaping forcing all-candidate blocks."""
     model, tokenizer = load_lm(config.lm.path, device=device, dtype=getattr(torch, config.lm.dtype))
     block = 0 if config.shaping.token_reward != "none" else config.engine.candidate_block
     engine_config = EngineConfig(sampling=config.engine.sampling, max_new_tokens=config.engine.max_new_tokens,
@@ -132,20 +132,21 @@ class RolloutActor:
             "reward_only": float(scores.reward.mean()),
             "cost": float(scores.cost.mean()),
             "accept_rate": float(sum(int(e.action.sum()) for e in episodes) / max(1, decisions.sum())),
+            "kl_per_response": float(np.mean([e.kl for e in episodes])),
             "policy_version": float(self.version),
             "seconds": time.perf_counter() - start,
         }
 
     def sample_generations(self, prompt_indices: list[int]) -> list[dict[str, Any]]:
-        """A few greedy-agent generations with their scores, for the run directory."""
+        """A few generations of the agent (sampled, as it is trained and evaluated) with their scores and KLs."""
         self._sync_weights()
         prompts = [self.task.prompts[i] for i in prompt_indices]
         dim = self.layout.preference_dim
         agent = conditioned(self.policy, [1.0 / dim] * dim if dim else None)  # equal weights for a conditioned agent
-        episodes = generate_episodes(self.task.engine, agent, [p.text for p in prompts], greedy=True)
+        episodes = generate_episodes(self.task.engine, agent, [p.text for p in prompts], generator=self.generator)
         scores = self.task.score(prompts, [e.response for e in episodes])
-        return [{"prompt": p.text, "response": e.response, "reward": float(scores.final[i]), "cost": float(scores.cost[i])}
-                for i, (p, e) in enumerate(zip(prompts, episodes))]
+        return [{"prompt": p.text, "response": e.response, "reward": float(scores.final[i]),
+                 "cost": float(scores.cost[i]), "kl": e.kl} for i, (p, e) in enumerate(zip(prompts, episodes))]
 
     def evaluate(self, *, num_prompts: int, best_of: int, seed: int) -> dict[str, Any]:
         """The end-of-run summary on held-out prompts: the agent alone, the base LM alone, best-of-N."""

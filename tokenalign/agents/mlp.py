@@ -25,15 +25,21 @@ def mlp(in_features: int, widths: tuple[int, ...], out_features: int) -> nn.Sequ
     return nn.Sequential(*layers)
 
 
-class ObservationNorm(nn.LayerNorm):
-    """LayerNorm over the LM hidden state; the conditioning features (preference weights w) centred and scaled.
+BASE_LOGIT_FEATURE_CLIP = 8.0
+"""π_ref's accept logit enters the networks as clip(l, ±8)/4: within the range of the normalised state's
+features, while the last candidate's ±30 and near-certain candidates do not dominate the first layer."""
 
-    Hidden-state scales differ wildly between LMs and layers, so the norm makes one learning rate fit all.
-    w must not be folded into the state's statistics, and it must not drown in it either: the normalised
-    state has norm √H, so w enters as (w − 1/P)·√(H/P), the same total norm for a one-hot w. Fed as raw
-    [0, 1] values beside H unit-variance features, w barely moved the first layer in training and the
-    agent decoded alike at every w (benchmarks/results/pareto_unscaled_w.md). A LayerNorm subclass, so
-    unconditioned agents keep the parameter names of checkpoints written before conditioning.
+
+class ObservationNorm(nn.LayerNorm):
+    """What every network makes of an observation [hidden state ; π_ref accept logit ; w].
+
+    Hidden-state scales differ wildly between LMs and layers, so a LayerNorm over the hidden state makes
+    one learning rate fit all. π_ref's accept logit (`tokenalign.envs.candidates.reference_accept_logits`)
+    follows as one clipped, scaled feature. The conditioning weights w must not be folded into the state's
+    statistics, and must not drown in it either: the normalised state has norm √H, so w enters as
+    (w − 1/P)·√(H/P), the same total norm for a one-hot w. Fed as raw [0, 1] values beside H unit-variance
+    features, w barely moved the first layer in training and the agent decoded alike at every w
+    (benchmarks/results/pareto_unscaled_w.md).
     """
 
     def __init__(self, hidden_size: int, preference_dim: int = 0) -> None:
@@ -43,19 +49,29 @@ class ObservationNorm(nn.LayerNorm):
         self.preference_scale = (hidden_size / preference_dim) ** 0.5 if preference_dim else 0.0
 
     @property
-    def out_features(self) -> int:
-        return self.hidden_size + self.preference_dim
+    def in_features(self) -> int:
+        """Size of an observation: hidden state, π_ref's accept logit, w."""
+        return self.hidden_size + 1 + self.preference_dim
+
+    out_features = in_features
+
+    def split(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(hidden state, π_ref accept logit (...,), w) of observations, checked for size, in the norm's dtype."""
+        obs = obs.to(self.weight.dtype)
+        if obs.shape[-1] != self.in_features:
+            raise ValueError(
+                f"agent input has {obs.shape[-1]} features, expected hidden size {self.hidden_size} + 1 (π_ref's accept "
+                f"logit) + preference size {self.preference_dim}: build observations with "
+                "tokenalign.envs.engine.observation and condition the agent with the preference size it was trained with"
+            )
+        h = self.hidden_size
+        return obs[..., :h], obs[..., h], obs[..., h + 1:]
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        """(..., hidden + preference_dim) observations (fp16/bf16 cast to the norm's dtype) → features."""
-        obs = obs.to(self.weight.dtype)
-        if obs.shape[-1] != self.out_features:
-            raise ValueError(
-                f"agent input has {obs.shape[-1]} features, expected hidden size {self.hidden_size} + preference "
-                f"size {self.preference_dim}: condition the agent with the same preference size it was trained with"
-            )
-        if not self.preference_dim:
-            return super().forward(obs)
-        w = obs[..., self.hidden_size:]
-        centred = (w - 1.0 / self.preference_dim) * self.preference_scale
-        return torch.cat([super().forward(obs[..., : self.hidden_size]), centred], dim=-1)
+        """(..., hidden + 1 + preference_dim) observations (fp16/bf16 cast to the norm's dtype) → features."""
+        hidden, base_logit, w = self.split(obs)
+        feature = base_logit.clamp(-BASE_LOGIT_FEATURE_CLIP, BASE_LOGIT_FEATURE_CLIP).unsqueeze(-1) / 4.0
+        parts = [super().forward(hidden), feature]
+        if self.preference_dim:
+            parts.append((w - 1.0 / self.preference_dim) * self.preference_scale)
+        return torch.cat(parts, dim=-1)

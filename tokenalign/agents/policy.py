@@ -13,10 +13,23 @@ ACCEPT = 1
 REJECT = 0
 
 
-class AcceptRejectPolicy(nn.Module):
-    """π(a|s) over a ∈ {reject, accept} for the LM's last hidden state s of "context + candidate".
+PARAMETERISATION = "base+residual"
+"""Written into every policy state: the accept logit is π_ref's plus a learned residual. Agents saved before
+it (a free accept logit over the hidden state alone) are refused with a message, never silently misread."""
 
-    A preference-conditioned agent (preference_dim > 0) sees s = [hidden state ; w] (RiC).
+
+class AcceptRejectPolicy(nn.Module):
+    """π(a|s) over a ∈ {reject, accept}, an agent that starts as the base LM.
+
+    The observation s is [h ; l_ref (; w)]: the LM's last hidden state h of "context + candidate", π_ref's
+    accept logit l_ref (the accept/reject policy that decodes exactly as base sampling,
+    `tokenalign.envs.candidates.reference_accept_logits`) and, for a preference-conditioned agent, the
+    weights w (RiC). The accept logit is
+
+        l(s) = l_ref + f_θ(s),    f_θ = LayerNorm → MLP → 1, its last layer initialised at zero,
+
+    so an untrained agent decodes exactly as base sampling (KL 0) and training moves it away from the base
+    LM only as far as the reward pays for against each learner's KL term.
     """
 
     def __init__(
@@ -29,32 +42,43 @@ class AcceptRejectPolicy(nn.Module):
         self.preference_dim = preference_dim
         self.widths = check_widths(widths, owner="AcceptRejectPolicy")
         self.norm = ObservationNorm(hidden_size, preference_dim)
-        self.body = mlp(self.norm.out_features, self.widths, 2)
+        self.body = mlp(self.norm.in_features, self.widths, 1)
+        nn.init.zeros_(self.body[-1].weight)
+        nn.init.zeros_(self.body[-1].bias)
 
-    def forward(self, state: torch.Tensor) -> torch.Tensor:
-        """Logits (..., 2) for observations (..., hidden + preference_dim); fp16/bf16 are cast to the agent's dtype."""
-        return self.body(self.norm(state))
+    def residual(self, obs: torch.Tensor) -> torch.Tensor:
+        """f_θ(s), shape (...,): how far the agent's accept logit moved from π_ref's."""
+        return self.body(self.norm(obs)).squeeze(-1)
 
-    def log_probs(self, state: torch.Tensor) -> torch.Tensor:
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        """Logits (..., 2) = [0, l_ref + f_θ(s)] (index 1 = accept) for observations (..., hidden + 1 + P)."""
+        logit = self.norm.split(obs)[1] + self.residual(obs)
+        return torch.stack([torch.zeros_like(logit), logit], dim=-1)
+
+    def log_probs(self, obs: torch.Tensor) -> torch.Tensor:
         """log π(·|s), shape (..., 2), differentiable (what learners train)."""
-        return F.log_softmax(self(state), dim=-1)
+        return F.log_softmax(self(obs), dim=-1)
 
     @torch.no_grad()
-    def accept_prob(self, state: torch.Tensor) -> torch.Tensor:
-        """P(accept | s), shape (...,); inference only."""
-        logits = self(state)
-        return torch.sigmoid(logits[..., ACCEPT] - logits[..., REJECT])
+    def accept_logit(self, obs: torch.Tensor) -> torch.Tensor:
+        """l(s) = l_ref + f_θ(s), shape (...,); inference only (what the decode loop samples from)."""
+        return self(obs)[..., ACCEPT]
+
+    @torch.no_grad()
+    def accept_prob(self, obs: torch.Tensor) -> torch.Tensor:
+        """P(accept | s) = σ(l(s)), shape (...,); inference only."""
+        return torch.sigmoid(self.accept_logit(obs))
 
     @torch.no_grad()
     def act(
-        self, state: torch.Tensor, *, deterministic: bool = False, generator: torch.Generator | None = None
+        self, obs: torch.Tensor, *, deterministic: bool = False, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Actions (...,) int64 and their log-probabilities (...,) float32 for a batch of states.
+        """Actions (...,) int64 and their log-probabilities (...,) float32 for a batch of observations.
 
         Sampling draws one Bernoulli per row from `generator` (which must live on the agent's device);
         `deterministic` takes the more probable action, rejecting on a tie as MARA's argmax does.
         """
-        log_probs = self.log_probs(state)
+        log_probs = self.log_probs(obs)
         if deterministic:
             action = (log_probs[..., ACCEPT] > log_probs[..., REJECT]).long()
         else:
@@ -64,6 +88,7 @@ class AcceptRejectPolicy(nn.Module):
     def policy_state(self) -> dict[str, Any]:
         """The plain dict actors load: sizes plus a CPU copy of the weights (independent of training)."""
         return {
+            "parameterisation": PARAMETERISATION,
             "hidden_size": self.hidden_size,
             "preference_dim": self.preference_dim,
             "widths": list(self.widths),
@@ -80,12 +105,21 @@ class AcceptRejectPolicy(nn.Module):
             raise ValueError(
                 f"not an agent policy state: missing {sorted(missing)}; pass the dict from learner.policy_state()"
             )
+        check_parameterisation(state)
         if state["hidden_size"] != hidden_size:
             raise ValueError(
                 f"agent input size {state['hidden_size']} does not match the LM's hidden size {hidden_size}: "
                 "the agent was trained on another LM; load an agent trained on this LM or train a new one"
             )
-        # Agents saved before preference conditioning carry no preference_dim: they are unconditioned.
-        policy = cls(hidden_size=hidden_size, widths=tuple(state["widths"]), preference_dim=int(state.get("preference_dim", 0)))
+        policy = cls(hidden_size=hidden_size, widths=tuple(state["widths"]), preference_dim=int(state["preference_dim"]))
         policy.load_state_dict(state["state_dict"])
         return policy.to(device)
+
+
+def check_parameterisation(state: dict[str, Any]) -> None:
+    """Refuse an agent (policy state or learner checkpoint) saved before agents started as the base LM."""
+    if state.get("parameterisation") != PARAMETERISATION:
+        raise ValueError(
+            "this agent was saved by an older tokenalign, whose accept logit did not start from the base LM's "
+            "(π_ref + residual); it cannot be loaded by this version: train it again (tokenalign train ...)"
+        )

@@ -25,8 +25,9 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-SCHEMA_VERSION = "2"
-"""1: reward and cost concluded by the actors (before objectives); 2: raw observed signals."""
+SCHEMA_VERSION = "3"
+"""1: reward and cost concluded by the actors (before objectives); 2: raw observed signals; 3: π_ref's accept
+logit and the KL terms of every decision (agents that start as the base LM)."""
 
 _FIXED_COLUMNS: dict[str, pa.DataType] = {
     "episode_id": pa.int64(),
@@ -38,8 +39,11 @@ _FIXED_COLUMNS: dict[str, pa.DataType] = {
     "prompt_id": pa.int64(),
     "rank": pa.int16(),
     "emit": pa.bool_(),
-    "agent_token_logp": pa.float32(),
-    "base_token_logp": pa.float32(),
+    "base_logit": pa.float32(),
+    "next_base_logit": pa.float32(),
+    "log_ratio": pa.float32(),
+    "decision_kl": pa.float32(),
+    "episode_decisions": pa.int32(),
     "token_reward": pa.float32(),
     "mara_kl_penalty": pa.float32(),
     "accepts_to_end": pa.int32(),
@@ -54,12 +58,16 @@ COLUMN_DOCS: dict[str, str] = {
     "policy_version": "version of the agent weights that decided",
     "prompt_id": "stable id of the prompt",
     "rank": "rank of the decided candidate among its step's candidates (0 = most probable)",
-    "emit": "this decision emitted a token (an accept, or the forced last rank)",
-    "agent_token_logp": "on emitting rows: the agent's log-probability of emitting that token, "
-                        "log[p_i·∏_{j<i}(1 − p_j)] (the forced last rank takes the remainder); 0 elsewhere",
-    "base_token_logp": "on emitting rows: the base LM's log-probability of that token under the warped sampling "
-                       "distribution; 0 elsewhere",
-    "token_reward": "on emitting rows: the per-token reward of token-level scorers (0 without one)",
+    "emit": "this decision ended its step: it accepted, or rejected the second-to-last candidate so that the last "
+            "was emitted without a decision",
+    "base_logit": "accept logit of π_ref, the accept/reject policy that decodes exactly as base sampling",
+    "next_base_logit": "base_logit of the next decision of the episode (0 on its last)",
+    "log_ratio": "log π(a) − log π_ref(a) of the action under the behaviour agent: summed over a token's decisions, "
+                 "the token's log π/q",
+    "decision_kl": "KL(π(·|s) ‖ π_ref(·|s)) of the behaviour agent's Bernoulli at the decision: summed over an "
+                   "episode, an unbiased estimate of its response's KL to base sampling",
+    "episode_decisions": "decisions the episode has",
+    "token_reward": "on step-ending rows: the per-token reward of token-level scorers (0 without one)",
     "mara_kl_penalty": "MARA's kl_div shaping penalty of the decision, before −kl_ctl (0 without MARA shaping)",
     "accepts_to_end": "accepts from this decision up to (not including) the episode's last one: postback's γ exponent",
     "response_tokens": "tokens the episode's response has",
@@ -138,7 +146,7 @@ def check_version(metadata: dict[bytes, bytes] | None, *, what: str) -> None:
     if version != SCHEMA_VERSION:
         raise RecordSchemaError(
             f"{what} holds decision records of schema version {version}, this tokenalign writes and reads version "
-            f"{SCHEMA_VERSION} (raw scores instead of concluded rewards): it was written by an older tokenalign. "
+            f"{SCHEMA_VERSION}: it was written by an older tokenalign. "
             "Start a new run (or give the buffer another buffer.namespace); the old buffer cannot be trained on"
         )
 
@@ -256,6 +264,12 @@ class DecisionChain:
     """(B,) int64 prompt identifier (RLOO groups the k episodes of one prompt by it)."""
     policy_version: torch.Tensor
     """(B,) int64 version of the agent weights that took the decision."""
+    base_logit: torch.Tensor
+    """(B,) float32 π_ref's accept logit at `state` (the agent's accept logit is it plus a residual)."""
+    next_base_logit: torch.Tensor
+    """(B,) float32 π_ref's accept logit at `next_state` (0 where done)."""
+    episode_decisions: torch.Tensor
+    """(B,) int64 decisions of the row's episode (turns per-decision KLs into KL per response)."""
 
     def __len__(self) -> int:
         return int(self.action.shape[0])
@@ -275,13 +289,13 @@ class Decisions(DecisionChain):
     rank: torch.Tensor
     """(B,) int64 rank of the decided candidate."""
     emit: torch.Tensor
-    """(B,) bool: the decision emitted a token."""
-    agent_token_logp: torch.Tensor
-    """(B,) float32 the agent's log-probability of the emitted token (0 on non-emitting rows)."""
-    base_token_logp: torch.Tensor
-    """(B,) float32 the base LM's warped log-probability of the emitted token (0 on non-emitting rows)."""
+    """(B,) bool: the decision ended its step (a token was emitted after it)."""
+    log_ratio: torch.Tensor
+    """(B,) float32 log π(a) − log π_ref(a) under the behaviour agent."""
+    decision_kl: torch.Tensor
+    """(B,) float32 KL(π(·|s) ‖ π_ref(·|s)) of the behaviour agent."""
     token_reward: torch.Tensor
-    """(B,) float32 per-token reward of token-level scorers (0 on non-emitting rows)."""
+    """(B,) float32 per-token reward of token-level scorers (0 on rows that do not end a step)."""
     mara_kl_penalty: torch.Tensor
     """(B,) float32 MARA's kl_div shaping penalty before −kl_ctl."""
     accepts_to_end: torch.Tensor

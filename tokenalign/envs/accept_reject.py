@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from tokenalign.data import Prompt, prompt_id
-from tokenalign.envs.candidates import SamplingConfig
+from tokenalign.envs.candidates import BASE_LOGIT_BOUND, SamplingConfig
 from tokenalign.envs.task import DecodingTask, ModelArg, ScorersArg
 
 if TYPE_CHECKING:  # imported when a preference is given, so the unconditioned env needs no objectives package
@@ -35,9 +35,11 @@ def check_preference(value: Any, names: Sequence[str]) -> np.ndarray:
 
 
 def observation_space(hidden_size: int, preference_dim: int) -> gym.spaces.Box:
-    """Box of [hidden state ; w]: the hidden state unbounded, each weight of w in [0, 1] (w absent when dim 0)."""
-    low = np.concatenate([np.full(hidden_size, -np.inf), np.zeros(preference_dim)]).astype(np.float32)
-    high = np.concatenate([np.full(hidden_size, np.inf), np.ones(preference_dim)]).astype(np.float32)
+    """Box of [hidden state ; π_ref accept logit ; w]: the hidden state unbounded, the logit within
+    ±BASE_LOGIT_BOUND, each weight of w in [0, 1] (w absent when dim 0)."""
+    low = np.concatenate([np.full(hidden_size, -np.inf), [-BASE_LOGIT_BOUND], np.zeros(preference_dim)])
+    high = np.concatenate([np.full(hidden_size, np.inf), [BASE_LOGIT_BOUND], np.ones(preference_dim)])
+    low, high = low.astype(np.float32), high.astype(np.float32)
     return gym.spaces.Box(low, high, dtype=np.float32)
 
 
@@ -65,19 +67,26 @@ class AcceptRejectEnv(gym.Env):
     ## Description
     At each generation step the LLM's next-token distribution is warped (temperature, top-k, top-p) and
     its survivors are shown to the agent in order, highest probability first (MARA, "Token-level Accept
-    or Reject"). Accepting a candidate emits it; rejecting moves on to the next candidate; rejecting the
-    last one emits it anyway. A step with a single survivor emits it without asking. The episode's text
-    is scored by reward (and cost) models when it ends.
+    or Reject"). Accepting a candidate emits it; rejecting moves on to the next candidate. The last
+    candidate of a step is never asked about: once every other is rejected it is emitted (so a step with
+    a single survivor emits it without asking). The episode's text is scored by reward (and cost) models
+    when it ends.
+
+    An agent that accepts candidate i with probability π_ref_i = q_i / Σ_{j≥i} q_j, q the warped
+    probabilities, decodes exactly as sampling from the LLM: the observation carries π_ref's accept logit
+    so that an agent can start there (tokenalign's agents are that logit plus a learned residual) and so
+    that a learner can measure the KL of its text to the LLM's, a sum of Bernoulli KLs to π_ref.
 
     ## Observation Space
-    `Box(-inf, inf, (hidden_size,), float32)`: the LLM's last-layer hidden state at the last position of
-    context + candidate, i.e. what the LLM "thinks" right after the candidate. After the episode ends the
-    observation is all zeros.
+    `Box(low, high, (hidden_size + 1,), float32)`: `[h ; l_ref]`, the LLM's last-layer hidden state h at
+    the last position of context + candidate (what the LLM "thinks" right after the candidate,
+    unbounded), then π_ref's accept logit l_ref = log q_i − log Σ_{j>i} q_j of the candidate (within ±30).
+    After the episode ends the observation is all zeros.
 
-    With `preference`, `Box(low, high, (hidden_size + P,), float32)`: `[hidden state ; w]`, the episode's
+    With `preference`, `Box(low, high, (hidden_size + 1 + P,), float32)`: `[h ; l_ref ; w]`, the episode's
     preference weights w (P = number of scorers, each in [0, 1], summing to 1) appended, as a RiC
-    preference-conditioned agent sees them. After the episode ends the hidden-state part is zeros and w
-    stays: `[0, …, 0 ; w]`.
+    preference-conditioned agent sees them. After the episode ends the first part is zeros and w stays:
+    `[0, …, 0 ; w]`.
 
     ## Action Space
     `Discrete(2)`: 0 = reject the candidate, 1 = accept it.
@@ -214,7 +223,7 @@ class AcceptRejectEnv(gym.Env):
 
     def _observation(self) -> np.ndarray:
         if bool(self._batch.done[0]):
-            obs = np.zeros(self.task.hidden_size, dtype=np.float32)
+            obs = np.zeros(self.task.hidden_size + 1, dtype=np.float32)
         else:
             obs = self.engine.observe(self._batch)[0].cpu().numpy().astype(np.float32)
         if self._w is None:

@@ -48,6 +48,44 @@ class Candidates:
     """(B, K) float32 log-probability of each candidate under the warped LLM distribution; -inf as padding."""
     count: torch.Tensor
     """(B,) int64 number of real candidates per row (>= 1)."""
+    base_logit: torch.Tensor
+    """(B, K) float32 accept logit of π_ref, the accept/reject policy that decodes exactly as base sampling
+    (`reference_accept_logits`); -BASE_LOGIT_BOUND as padding."""
+
+    def select(self, rows: torch.Tensor) -> "Candidates":
+        """The candidates of `rows` (an index tensor)."""
+        return Candidates(token_ids=self.token_ids[rows], logp=self.logp[rows], count=self.count[rows],
+                          base_logit=self.base_logit[rows])
+
+    def assign(self, rows: torch.Tensor, fresh: "Candidates") -> None:
+        """Overwrite `rows` with `fresh` (one row of `fresh` per index of `rows`)."""
+        self.token_ids[rows] = fresh.token_ids
+        self.logp[rows] = fresh.logp
+        self.count[rows] = fresh.count
+        self.base_logit[rows] = fresh.base_logit
+
+
+BASE_LOGIT_BOUND = 30.0
+"""|π_ref accept logits| are clipped here: the last candidate's is +∞ (it takes all the mass left), and
+σ(30) differs from 1 by 1e-13, far below anything a response's probability can resolve."""
+
+
+def reference_accept_logits(logp: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    """(B, K) accept logits of π_ref, the accept/reject policy whose emitted token is distributed exactly as q.
+
+    With q_i the warped probabilities in presentation order, π_ref accepts candidate i with probability
+    q_i / (1 − Σ_{j<i} q_j) = q_i / Σ_{j≥i} q_j, so its accept logit is log q_i − log Σ_{j>i} q_j; the
+    first-accept rule then emits candidate i with probability ∏_{j<i}(1 − π_ref_j)·π_ref_i = q_i. The tail
+    sum comes from a reversed log-cumsum-exp, never from 1 − Σ_{j<i} q_j, which cancels catastrophically.
+    """
+    k = logp.shape[-1]
+    suffix = torch.logcumsumexp(logp.flip(-1), dim=-1).flip(-1)  # log Σ_{j≥i} q_j
+    tail = torch.cat([suffix[..., 1:], torch.full_like(suffix[..., :1], float("-inf"))], dim=-1)  # log Σ_{j>i} q_j
+    real = torch.arange(k, device=logp.device) < count.unsqueeze(-1)
+    last = torch.arange(k, device=logp.device) == (count - 1).unsqueeze(-1)
+    logit = torch.where(real & ~last, logp - tail.masked_fill(~real | last, 0.0), 0.0)
+    logit = torch.where(last, BASE_LOGIT_BOUND, logit)
+    return torch.where(real, logit, -BASE_LOGIT_BOUND).clamp(-BASE_LOGIT_BOUND, BASE_LOGIT_BOUND)
 
 
 def propose(logits: torch.Tensor, config: SamplingConfig) -> Candidates:
@@ -69,4 +107,4 @@ def propose(logits: torch.Tensor, config: SamplingConfig) -> Candidates:
             source = torch.where(rank < count.unsqueeze(1) - 1, rank + 1, torch.zeros_like(rank))
         source = torch.where(rank < count.unsqueeze(1), source, rank)
         top_ids, logp = top_ids.gather(1, source), logp.gather(1, source)
-    return Candidates(token_ids=top_ids, logp=logp, count=count)
+    return Candidates(token_ids=top_ids, logp=logp, count=count, base_logit=reference_accept_logits(logp, count))

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
-from tokenalign.envs.candidates import Candidates, SamplingConfig, propose
+from tokenalign.envs.candidates import BASE_LOGIT_BOUND, Candidates, SamplingConfig, propose
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,12 @@ class DecodeBatch:
         return self.tokens[row, : int(self.n_new[row])].tolist()
 
 
+def observation(batch: DecodeBatch, rows: torch.Tensor, ranks: torch.Tensor) -> torch.Tensor:
+    """(N, H + 1) what the agent sees of candidate `ranks[n]` of row `rows[n]`: the LM's last hidden state of
+    context + candidate, then π_ref's accept logit (the agent's accept logit is it plus a learned residual)."""
+    return torch.cat([batch.cand_hidden[rows, ranks], batch.cand.base_logit[rows, ranks].unsqueeze(-1)], dim=-1)
+
+
 class DecodingEngine:
     """Batched MARA decoding over a frozen causal LM.
 
@@ -127,6 +133,7 @@ class DecodingEngine:
                 token_ids=torch.zeros(b, self.k, dtype=torch.long, device=dev),
                 logp=torch.full((b, self.k), float("-inf"), device=dev),
                 count=torch.zeros(b, dtype=torch.long, device=dev),
+                base_logit=torch.full((b, self.k), -BASE_LOGIT_BOUND, device=dev),
             ),
             cand_hidden=torch.zeros(b, self.k, self.hidden_size, device=dev),
             computed=torch.zeros(b, dtype=torch.long, device=dev),
@@ -189,24 +196,25 @@ class DecodingEngine:
         for name in ("attn", "n_real", "tokens", "n_new", "cand_hidden", "computed", "cursor", "commit",
                      "commit_valid", "needs_logits", "done", "row_ids"):
             setattr(batch, name, getattr(batch, name)[index])
-        batch.cand = Candidates(token_ids=batch.cand.token_ids[index], logp=batch.cand.logp[index],
-                                count=batch.cand.count[index])
+        batch.cand = batch.cand.select(index)
 
     # --------------------------------------------------------------------------------------- decisions
     def observe(self, batch: DecodeBatch) -> torch.Tensor:
-        """(B, H) state of the candidate under decision in every row (meaningful where `awaiting`)."""
+        """(B, H + 1) observation of the candidate under decision in every row (meaningful where `awaiting`):
+        its last hidden state and π_ref's accept logit (`observation`)."""
         rows = torch.arange(batch.size, device=self.device)
-        return batch.cand_hidden[rows, batch.cursor.clamp(max=self.k - 1)]
+        return observation(batch, rows, batch.cursor.clamp(max=self.k - 1))
 
     def apply(self, batch: DecodeBatch, action: torch.Tensor) -> torch.Tensor:
-        """Apply one decision per awaiting row (1 = accept) and settle. Returns (B,) rows that emitted."""
+        """Apply one decision per awaiting row (1 = accept) and settle. Returns (B,) rows whose step ended:
+        they accepted, or rejected the second-to-last candidate so that the last one was emitted."""
         awaiting = batch.awaiting
-        last = batch.cursor == batch.cand.count - 1
-        emit = awaiting & ((action == 1) | last)
-        batch.cursor = torch.where(awaiting & ~emit, batch.cursor + 1, batch.cursor)
-        self.emit(batch, emit, batch.cursor)
+        accept = awaiting & (action == 1)
+        ends_step = accept | (awaiting & (batch.cursor + 2 == batch.cand.count))
+        batch.cursor = torch.where(awaiting & ~accept, batch.cursor + 1, batch.cursor)
+        self.emit(batch, accept, batch.cursor)
         self.settle(batch)
-        return emit
+        return ends_step
 
     def emit(self, batch: DecodeBatch, rows: torch.Tensor, rank: torch.Tensor) -> None:
         """Emit candidate `rank` in each row of the bool mask `rows`; its hidden state gives the next logits."""
@@ -231,10 +239,16 @@ class DecodingEngine:
 
     # ---------------------------------------------------------------------------------------- forwards
     def settle(self, batch: DecodeBatch) -> None:
-        """Run forwards until every live row awaits a decision; single-survivor steps emit on their own."""
+        """Run forwards until every live row awaits a decision; the last candidate left emits on its own.
+
+        THE all-rejected rule, the one every face and mode shares: a candidate that is the last one left
+        (a single survivor, or the last after every other was rejected) is emitted without a decision.
+        π(last) = ∏_{j<last}(1 − p_j) then follows from the decisions alone, and π_ref reproduces q.
+        """
         while True:
-            single = ~batch.done & ~batch.needs_logits & (batch.cand.count == 1) & (batch.computed >= 1)
-            self.emit(batch, single, torch.zeros_like(batch.cursor))
+            last_left = (~batch.done & ~batch.needs_logits & (batch.cursor == batch.cand.count - 1)
+                         & (batch.computed > batch.cursor))
+            self.emit(batch, last_left, batch.cursor)
             if not bool(self._needs_forward(batch).any()):
                 return
             self._forward(batch)
@@ -302,10 +316,7 @@ class DecodingEngine:
         return logits
 
     def _set_candidates(self, batch: DecodeBatch, rows: torch.Tensor, logits: torch.Tensor) -> None:
-        fresh = propose(logits, self.config.sampling)
-        batch.cand.token_ids[rows] = fresh.token_ids
-        batch.cand.logp[rows] = fresh.logp
-        batch.cand.count[rows] = fresh.count
+        batch.cand.assign(rows, propose(logits, self.config.sampling))
         batch.computed[rows] = 0
         batch.cursor[rows] = 0
 

@@ -12,55 +12,82 @@ from typing import Callable, Protocol, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from tokenalign.envs.engine import DecodeBatch, DecodingEngine
+from tokenalign.envs.candidates import BASE_LOGIT_BOUND
+from tokenalign.envs.engine import DecodeBatch, DecodingEngine, observation
 from tokenalign.rewards.shaping import ShapingConfig, mara_kl_penalties
 
 
 class AcceptPolicy(Protocol):
-    """Anything that maps candidate states (N, H) to P(accept) (N,), e.g. agents.AcceptRejectPolicy."""
+    """Anything that maps observations (N, H + 1 [+ P]) to accept logits (N,), e.g. agents.AcceptRejectPolicy."""
 
-    def accept_prob(self, state: torch.Tensor) -> torch.Tensor: ...
+    def accept_logit(self, observation: torch.Tensor) -> torch.Tensor: ...
 
 
-AcceptProbFn = Callable[[torch.Tensor], torch.Tensor]
+AcceptLogitFn = Callable[[torch.Tensor], torch.Tensor]
+"""Observations (N, H + 1 [+ P]) → accept logits (N,)."""
 
 
 @dataclass
 class Episode:
-    """One finished sequence and the decisions that made it, in order."""
+    """One finished sequence and the decisions that made it, in order.
+
+    A token emitted at rank i after rejections of ranks < i has log π(token) = Σ of the step's decision
+    log-probabilities, and π_ref's decisions give log q(token) the same way, so per-token and per-response
+    log-ratios and KLs are sums over decisions. Tokens emitted without a decision (the last candidate left)
+    have π = π_ref given the decisions before them and add nothing.
+    """
 
     prompt: str
     prompt_index: int
     response: str
     response_tokens: list[int]
     state: np.ndarray
-    """(n, H) float16 candidate states, one per decision."""
+    """(n, H) float16 candidate hidden states, one per decision."""
     action: np.ndarray
     """(n,) int8, 1 = accept."""
     logp: np.ndarray
-    """(n,) float32 log-probability of the action under the behaviour policy."""
+    """(n,) float32 log-probability of the action under the agent (its stochastic policy, also when decoding greedily)."""
     rank: np.ndarray
     """(n,) int16 rank of the decided candidate in its step."""
-    llm_logp: np.ndarray
-    """(n,) float32 warped LLM log-probability of the decided candidate."""
+    base_logit: np.ndarray
+    """(n,) float32 π_ref's accept logit of the candidate (the policy that decodes as base sampling)."""
+    log_ratio: np.ndarray
+    """(n,) float32 log π(a) − log π_ref(a) of the action under the decoding rule (greedy: log π(a) = 0)."""
+    decision_kl: np.ndarray
+    """(n,) float32 KL(π(·|s) ‖ π_ref(·|s)) between the decoding rule's and π_ref's Bernoulli at the decision."""
+    token_kl: np.ndarray
+    """(n,) float32 on step-ending decisions, the exact KL of the step's token distribution to q's (the
+    full sum over its candidates), NaN where the step's candidates were not all decided in one block; 0 elsewhere."""
     token_index: np.ndarray
     """(n,) int32 index of the generated token the decision belongs to."""
     emit: np.ndarray
-    """(n,) bool: the decision emitted its candidate (an accept, or the forced last rank)."""
-    agent_token_logp: np.ndarray
-    """(n,) float32 on emitting decisions the agent's log-probability of emitting that token,
-    log[p_i·∏_{j<i}(1 − p_j)] (the forced last rank: log ∏_{j<i}(1 − p_j)); 0 elsewhere."""
+    """(n,) bool: the decision ended its step (it accepted, or it rejected the second-to-last candidate so
+    the last was emitted without a decision)."""
     mara_kl_penalty: np.ndarray
-    """(n,) float32 MARA's kl_div shaping penalty of each decision before −kl_ctl (zeros without shaping)."""
+    """(n,) float32 MARA's kl_div shaping penalty of each decision before −kl_ctl (zeros without it)."""
 
     @property
     def num_decisions(self) -> int:
         return int(self.action.shape[0])
 
+    @property
+    def kl(self) -> float:
+        """KL per response to base sampling, Rao–Blackwellised: Σ over decisions of the Bernoulli KLs, whose
+        expectation is KL(π‖q) of the response (the chain rule over decisions and tokens)."""
+        return float(self.decision_kl.astype(np.float64).sum())
 
-_TYPES = dict(state=np.float16, action=np.int8, logp=np.float32, rank=np.int16, llm_logp=np.float32,
-              token_index=np.int32, emit=np.bool_, agent_token_logp=np.float32, mara_kl_penalty=np.float32)
+    @property
+    def exact_kl(self) -> float | None:
+        """Σ over tokens of the exact per-token KL, where every step's candidates were computed (else None)."""
+        total = float(self.token_kl.astype(np.float64).sum())
+        return None if np.isnan(total) else total
+
+
+_TYPES = dict(state=np.float16, action=np.int8, logp=np.float32, rank=np.int16, base_logit=np.float32,
+              log_ratio=np.float32, decision_kl=np.float32, token_kl=np.float32, token_index=np.int32,
+              emit=np.bool_, mara_kl_penalty=np.float32)
 
 
 class _DecisionLog:
@@ -79,7 +106,6 @@ class _DecisionLog:
         cat = {k: torch.cat([p[k] for p in self.parts]).cpu() for k in self.parts[0]}
         order = torch.argsort(cat["row"], stable=True)  # blocks were appended in time order
         cat = {k: v[order] for k, v in cat.items()}
-        cat["agent_token_logp"] = _emission_logp(cat)
         bounds = torch.searchsorted(cat["row"], torch.arange(n + 1)).tolist()
         return [
             {k: cat[k][bounds[i]: bounds[i + 1]].numpy().astype(t) for k, t in _TYPES.items()}
@@ -87,27 +113,17 @@ class _DecisionLog:
         ]
 
 
-def _emission_logp(cat: dict[str, torch.Tensor]) -> torch.Tensor:
-    """log π(emitted token) = Σ_{j<i} log(1 − p_j) + [accepted]·log p_i on emitting rows, 0 elsewhere.
-
-    Rows are grouped by sequence and in decision order, so a step's decisions are one contiguous run
-    (same row, same token_index); the sum over earlier ranks is a cumulative sum restarted per run.
-    """
-    log_reject = cat["log_reject"].double()
-    step_key = cat["row"] * (1 << 20) + cat["token_index"]
-    starts = torch.ones_like(step_key, dtype=torch.bool)
-    starts[1:] = step_key[1:] != step_key[:-1]
-    total = torch.cumsum(log_reject, 0)
-    run_base = torch.cummax(torch.where(starts, torch.arange(len(total)), 0), 0).values
-    before = total - log_reject - (total[run_base] - log_reject[run_base])  # Σ over this run's earlier rows
-    own = torch.where(cat["action"].bool(), cat["log_accept"].double(), 0.0)
-    return torch.where(cat["emit"], before + own, 0.0).float()
+def bernoulli_kl(logit: torch.Tensor, base_logit: torch.Tensor) -> torch.Tensor:
+    """KL(Bern(σ(logit)) ‖ Bern(σ(base_logit))), elementwise, from logits (no log of a rounded probability)."""
+    p = torch.sigmoid(logit)
+    return (p * (F.logsigmoid(logit) - F.logsigmoid(base_logit))
+            + (1 - p) * (F.logsigmoid(-logit) - F.logsigmoid(-base_logit)))
 
 
 def decide_block(
     engine: DecodingEngine,
     batch: DecodeBatch,
-    accept_prob: AcceptProbFn,
+    accept_logit: AcceptLogitFn,
     *,
     generator: torch.Generator | None,
     greedy: bool = False,
@@ -117,67 +133,96 @@ def decide_block(
 ) -> None:
     """Decide every computed candidate from each awaiting row's cursor on, emit first accepts, settle.
 
-    With KL `shaping`, every candidate's P(accept) enters each decision's reward, so the engine must
-    compute all candidates at once (candidate_block=0): a step is then decided in a single call. With
-    `preference` (one row of weights w per sequence of the batch), the agent sees [state ; w].
+    The last candidate of a step is never decided: when all others are rejected the engine emits it
+    (`DecodingEngine.settle`). Sampled decoding draws each action from the agent; `greedy` takes the more
+    probable one (MARA's serial mode). With MARA's KL `shaping`, every candidate's P(accept) enters each
+    decision's penalty, so the engine must compute all candidates at once (candidate_block=0). With
+    `preference` (one row of weights w per sequence of the batch), the agent sees [observation ; w].
     """
     awaiting = batch.awaiting
     k = engine.k
     ranks = torch.arange(k, device=engine.device)
-    in_range = awaiting.unsqueeze(1) & (ranks >= batch.cursor.unsqueeze(1)) & (ranks < batch.computed.unsqueeze(1))
+    window_end = torch.minimum(batch.computed, batch.cand.count - 1)
+    in_range = awaiting.unsqueeze(1) & (ranks >= batch.cursor.unsqueeze(1)) & (ranks < window_end.unsqueeze(1))
     rows, cols = in_range.nonzero(as_tuple=True)
-    states = batch.cand_hidden[rows, cols]
-    observed = states if preference is None else torch.cat([states.to(preference.dtype), preference[batch.row_ids[rows]]], -1)
-    p_accept = accept_prob(observed).float().clamp(1e-6, 1 - 1e-6)
+    observed = observation(batch, rows, cols)
+    if preference is not None:
+        observed = torch.cat([observed.to(preference.dtype), preference[batch.row_ids[rows]]], -1)
+    logit = accept_logit(observed).float().clamp(-BASE_LOGIT_BOUND, BASE_LOGIT_BOUND)
     if greedy:
-        action = (p_accept > 0.5).long()
+        action = (logit > 0).long()
     else:
-        u = torch.rand(p_accept.shape, generator=generator, device=p_accept.device)
-        action = (u < p_accept).long()
+        u = torch.rand(logit.shape, generator=generator, device=logit.device)
+        action = (u < torch.sigmoid(logit)).long()
     accepts = torch.zeros(batch.size, k, dtype=torch.bool, device=engine.device)
     accepts[rows, cols] = action.bool()
     has_accept = accepts.any(dim=1)
-    first_accept = torch.where(has_accept, accepts.int().argmax(dim=1), batch.computed - 1)
-    exhausted = awaiting & ~has_accept & (batch.computed == batch.cand.count)
-    emit_rows = awaiting & (has_accept | exhausted)
-    # Decisions taken: up to the first accept, or all computed ones when none accepted.
-    last_decided = torch.where(has_accept, first_accept, batch.computed - 1)
-    taken = cols <= last_decided[rows]
+    # Without an accept the cursor moves past the block: onto the next block, or onto the last candidate.
+    stop = torch.where(has_accept, accepts.int().argmax(dim=1), window_end)
     if record is not None:
-        log_accept, log_reject = p_accept.log(), (1 - p_accept).log()
-        logp = torch.where(action.bool(), log_accept, log_reject)
-        penalty = torch.zeros_like(p_accept)
-        if shaping is not None and shaping.token_reward != "none":
-            if engine.block < k:
-                raise ValueError("KL shaping needs every candidate's P(accept) at each step: set candidate_block=0")
-            p_all = torch.zeros(batch.size, k, device=p_accept.device)
-            p_all[rows, cols] = p_accept
-            penalty = mara_kl_penalties(p_all, batch.cand.logp, in_range, config=shaping)[rows, cols]
-        emit = emit_rows[rows] & (cols == torch.where(has_accept, first_accept, batch.computed - 1)[rows])
-        record.add(row=batch.row_ids[rows[taken]], state=states[taken].half(), action=action[taken],
-                   logp=logp[taken], rank=cols[taken], llm_logp=batch.cand.logp[rows[taken], cols[taken]],
-                   token_index=batch.n_new[rows[taken]], emit=emit[taken], log_accept=log_accept[taken],
-                   log_reject=log_reject[taken], mara_kl_penalty=penalty[taken])
-    batch.cursor = torch.where(awaiting & ~emit_rows, batch.computed, batch.cursor)
-    batch.cursor = torch.where(emit_rows, first_accept, batch.cursor)
-    engine.emit(batch, emit_rows, batch.cursor)
+        _record(record, batch, rows, cols, logit, action, has_accept, stop, in_range, greedy=greedy,
+                shaping=shaping, engine=engine)
+    batch.cursor = torch.where(awaiting, stop, batch.cursor)
+    engine.emit(batch, awaiting & has_accept, batch.cursor)
     engine.settle(batch)
 
 
-def as_accept_prob(policy: AcceptPolicy | AcceptProbFn) -> AcceptProbFn:
-    """Accept either an agent (with `accept_prob`) or a bare function of states."""
-    fn = getattr(policy, "accept_prob", policy)
-    if not callable(fn):
-        raise TypeError(f"policy must have accept_prob(state) or be callable, got {type(policy).__name__}")
-    return fn
+def _record(record: _DecisionLog, batch: DecodeBatch, rows: torch.Tensor, cols: torch.Tensor, logit: torch.Tensor,
+            action: torch.Tensor, has_accept: torch.Tensor, stop: torch.Tensor, in_range: torch.Tensor, *,
+            greedy: bool, shaping: ShapingConfig | None, engine: DecodingEngine) -> None:
+    """Append the decisions taken in this block (up to each row's first accept) with their KL terms."""
+    taken = cols <= stop[rows]
+    base = batch.cand.base_logit[rows, cols]
+    accepted = action.bool()
+    logp = torch.where(accepted, F.logsigmoid(logit), F.logsigmoid(-logit))
+    base_logp = torch.where(accepted, F.logsigmoid(base), F.logsigmoid(-base))
+    # The decoding rule's own accept logit: greedy decoding is deterministic (an infinite logit of its sign).
+    rule_logit = torch.where(logit > 0, BASE_LOGIT_BOUND * 4, -BASE_LOGIT_BOUND * 4) if greedy else logit
+    kl = bernoulli_kl(rule_logit, base)
+    log_ratio = (0.0 if greedy else logp) - base_logp
+    # The exact KL of a step's token distribution: Σ_i P(reach i)·KL_i over its decided candidates, known
+    # when the whole step (rank 0 up to the last candidate) is decided in this block.
+    reach_log = torch.zeros(batch.size, engine.k, device=logit.device)
+    reach_log[rows, cols] = F.logsigmoid(-rule_logit)
+    reach = torch.exp(torch.cumsum(reach_log, dim=1) - reach_log)
+    kl_grid = torch.zeros_like(reach_log)
+    kl_grid[rows, cols] = kl
+    whole_step = (batch.cursor == 0) & (batch.computed >= batch.cand.count - 1)
+    step_kl = torch.where(whole_step, (reach * kl_grid * in_range).sum(dim=1), float("nan"))
+    # A step ends at its accept, or, when the block rejected up to the last candidate, at its last decision.
+    ends_step = torch.where(has_accept[rows], cols == stop[rows],
+                            (cols == stop[rows] - 1) & (stop[rows] == batch.cand.count[rows] - 1))
+    penalty = torch.zeros_like(logit)
+    if shaping is not None and shaping.token_reward != "none":
+        if engine.block < engine.k:
+            raise ValueError("MARA's kl_div shaping needs every candidate's P(accept) at each step: set candidate_block=0")
+        p_all = torch.zeros(batch.size, engine.k, device=logit.device)
+        p_all[rows, cols] = torch.sigmoid(logit)
+        penalty = mara_kl_penalties(p_all, batch.cand.logp, in_range, config=shaping)[rows, cols]
+    token_kl = torch.where(ends_step, step_kl[rows], 0.0)
+    record.add(row=batch.row_ids[rows[taken]], state=batch.cand_hidden[rows[taken], cols[taken]].half(),
+               action=action[taken], logp=logp[taken], rank=cols[taken], base_logit=base[taken],
+               log_ratio=log_ratio[taken], decision_kl=kl[taken], token_kl=token_kl[taken],
+               token_index=batch.n_new[rows[taken]], emit=ends_step[taken], mara_kl_penalty=penalty[taken])
 
 
-def conditioned(policy: AcceptPolicy | AcceptProbFn, preference: Sequence[float] | None) -> AcceptProbFn:
-    """The accept function of a preference-conditioned agent fixed to weights w: it sees [state ; w].
+def as_accept_logit(policy: AcceptPolicy | Callable[[torch.Tensor], torch.Tensor]) -> AcceptLogitFn:
+    """An agent's `accept_logit`, or a bare function of observations giving P(accept), as an accept-logit function."""
+    fn = getattr(policy, "accept_logit", None)
+    if fn is not None:
+        return fn
+    if not callable(policy):
+        raise TypeError(f"policy must have accept_logit(observation) or be a callable giving P(accept), got {type(policy).__name__}")
+    return lambda obs: torch.logit(policy(obs).float().clamp(0.0, 1.0))
 
-    Without `preference` the policy is returned as an accept function; a conditioned agent then needs one.
+
+def conditioned(policy: AcceptPolicy | Callable[[torch.Tensor], torch.Tensor],
+                preference: Sequence[float] | None) -> AcceptLogitFn:
+    """The accept logits of a preference-conditioned agent fixed to weights w: it sees [observation ; w].
+
+    Without `preference` the policy is returned as an accept-logit function; a conditioned agent then needs one.
     """
-    fn = as_accept_prob(policy)
+    fn = as_accept_logit(policy)
     dim = int(getattr(policy, "preference_dim", 0))
     if preference is None:
         if dim:
@@ -192,13 +237,13 @@ def conditioned(policy: AcceptPolicy | AcceptProbFn, preference: Sequence[float]
         raise ValueError(f"preference {list(preference)} must be {dim} non-negative weights with a positive sum for "
                          f"this agent (it was trained on {dim} objectives)")
     w = w / w.sum()  # the agent was trained on simplex weights, as the envs rescale them
-    return lambda state: fn(torch.cat([state.float(), w.to(state.device).expand(*state.shape[:-1], dim)], -1))
+    return lambda obs: fn(torch.cat([obs.float(), w.to(obs.device).expand(*obs.shape[:-1], dim)], -1))
 
 
 @torch.no_grad()
 def generate_episodes(
     engine: DecodingEngine,
-    policy: AcceptPolicy | AcceptProbFn,
+    policy: AcceptPolicy | Callable[[torch.Tensor], torch.Tensor],
     prompts: list[str],
     *,
     generator: torch.Generator | None = None,
@@ -210,7 +255,7 @@ def generate_episodes(
 
     `preference` (len(prompts), P) conditions a preference-conditioned agent: row i sees [state ; w_i].
     """
-    accept_prob = as_accept_prob(policy)
+    accept_logit = as_accept_logit(policy)
     if preference is not None:
         preference = torch.as_tensor(np.asarray(preference, dtype=np.float32), device=engine.device)
         if preference.shape[0] != len(prompts):
@@ -219,7 +264,7 @@ def generate_episodes(
     record = _DecisionLog()
     finished: dict[int, list[int]] = {}
     while batch.size:
-        decide_block(engine, batch, accept_prob, generator=generator, greedy=greedy, record=record, shaping=shaping,
+        decide_block(engine, batch, accept_logit, generator=generator, greedy=greedy, record=record, shaping=shaping,
                      preference=preference)
         if bool(batch.done.any()):
             for row in batch.done.nonzero(as_tuple=True)[0].tolist():

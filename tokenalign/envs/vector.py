@@ -31,7 +31,7 @@ class AcceptRejectVectorEnv(VectorEnv):
     first axis. `info` also holds per-row `emitted`, `rank` and `num_tokens`.
 
     With `preference` (the default w, one weight per scorer) each row is preference-conditioned as
-    `AcceptRejectEnv` is: its observation is `[hidden state ; w_row]` (`[0, …, 0 ; w_row]` on the step that
+    `AcceptRejectEnv` is: its observation is `[hidden state ; π_ref accept logit ; w_row]` (`[0, …, 0 ; w_row]` on the step that
     ends its episode), its final reward Σ_i w_row,i · z_i, with one running normaliser
     (`preference_normalizer`) over every row's finished episodes (the rows ending on a step are counted
     together, then normalised), and `info["preference"]` is the (num_envs, P) weights. `reset(options=

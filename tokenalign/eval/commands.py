@@ -1,7 +1,7 @@
 """`tokenalign eval` and `tokenalign arena`: the command-line faces of tokenalign.eval.
 
-    tokenalign eval --agent runs/demo-<time> --modes base,greedy,best-of-n,serial,max_prob --best-of 4,16
-    tokenalign arena runs/demo-<time>/eval/generations-base.jsonl runs/demo-<time>/eval/generations-agent-serial.jsonl
+    tokenalign eval --agent runs/demo-<time> --modes base,greedy,best-of-n,sample,serial --best-of 4,16
+    tokenalign arena runs/demo-<time>/eval/generations-base.jsonl runs/demo-<time>/eval/generations-agent-sample.jsonl
 
 A user error (missing run directory, agent of another LM, empty prompt file, mismatched generations
 files) prints one line naming the fix and returns exit status 2.
@@ -21,9 +21,8 @@ from tokenalign.envs.task import DecodingTask
 from tokenalign.eval.agent_source import find_checkpoint, load_agent
 from tokenalign.eval.arena import arena_markdown, compare, write_arena
 from tokenalign.eval.errors import EvalError
-from tokenalign.eval.evaluate import DEFAULT_BEST_OF, MODES, evaluate
+from tokenalign.eval.evaluate import AGENT_MODES, DEFAULT_BEST_OF, MODES, evaluate
 from tokenalign.eval.metrics import DEFAULT_COST_THRESHOLD, write_summary
-from tokenalign.eval.proxy import STRATEGIES
 from tokenalign.eval.records import read_generations, write_generations
 from tokenalign.eval.report import summary_markdown
 
@@ -37,7 +36,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
                         help="run directory or checkpoint (.pt) of a trained agent; needed by the agent modes")
     # Comma-separated lists, so they cannot swallow the trailing key=value overrides.
     parser.add_argument("--modes", type=_names, default=None, metavar="MODE[,MODE...]",
-                        help=f"any of {', '.join(MODES)} (default: base,greedy,best-of-n, plus serial with --agent)")
+                        help=f"any of {', '.join(MODES)} (default: base,greedy,best-of-n, plus sample with --agent)")
     parser.add_argument("--best-of", type=_counts, default=[DEFAULT_BEST_OF], metavar="N[,N...]",
                         help=f"N of best-of-n; several values evaluate each (default: {DEFAULT_BEST_OF}, MARA's)")
     parser.add_argument("--num-prompts", type=int, default=None,
@@ -86,7 +85,7 @@ def _counts(text: str) -> list[int]:
 def run_eval_command(args: argparse.Namespace, config: TrainConfig) -> int:
     """`tokenalign eval`: write generations-<mode>.jsonl per mode and summary.json; print the summary table."""
     try:
-        modes = args.modes or ["base", "greedy", "best-of-n", *(["serial"] if args.agent else [])]
+        modes = args.modes or ["base", "greedy", "best-of-n", *(["sample"] if args.agent else [])]
         _check_args(args, modes)
         checkpoint = find_checkpoint(args.agent) if args.agent else None
         device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
@@ -120,8 +119,8 @@ def _check_args(args: argparse.Namespace, modes: list[str]) -> None:
     unknown = [m for m in modes if m not in MODES]
     if unknown:
         raise EvalError(f"unknown mode(s) {unknown}; choose from {', '.join(MODES)}")
-    if args.agent is None and any(m in STRATEGIES for m in modes):
-        raise EvalError(f"modes {[m for m in modes if m in STRATEGIES]} decode with an agent: pass --agent RUN_DIR")
+    if args.agent is None and any(m in AGENT_MODES for m in modes):
+        raise EvalError(f"modes {[m for m in modes if m in AGENT_MODES]} decode with an agent: pass --agent RUN_DIR")
     counts = {"--num-prompts": [1 if args.num_prompts is None else args.num_prompts],
               "--batch-size": [args.batch_size], "--best-of": args.best_of}
     for flag, values in counts.items():
@@ -138,7 +137,7 @@ def _default_out(agent: str | None, config: TrainConfig) -> Path:
 def add_arena_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `tokenalign arena`."""
     parser.add_argument("red", help="reference generations file (e.g. generations-base.jsonl)")
-    parser.add_argument("blue", help="challenger generations file (e.g. generations-agent-serial.jsonl)")
+    parser.add_argument("blue", help="challenger generations file (e.g. generations-agent-sample.jsonl)")
     parser.add_argument("--cost-threshold", type=float, default=DEFAULT_COST_THRESHOLD,
                         help=f"cost ≤ this is safe (default {DEFAULT_COST_THRESHOLD}; safe-rlhf's arena uses 0)")
     parser.add_argument("--out", default=None,

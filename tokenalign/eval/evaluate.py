@@ -4,10 +4,14 @@ Modes:
     base        sampling with the LLM alone (the engine's top-k / top-p / temperature)
     greedy      the LLM's argmax at every step
     best-of-n   n samples per prompt, keep the one with the highest combined reward (MARA's BON baseline)
-    sample      the agent as a text distribution: its actions sampled, the all-rejected step forcing the last
-                candidate, by the rollout actors' own decode loop (envs/rollout.py), labelled agent-sample
-    serial, top1, random, max_prob
-                MARA's proxy strategies with a greedy agent (tokenalign.eval.proxy), labelled agent-<strategy>
+    sample      the agent as what it is, a text distribution: its actions sampled by the rollout actors' own
+                decode loop (envs/rollout.py), labelled agent-sample; the default agent mode
+    serial      the same loop with the agent's more probable action at each decision (MARA's serial mode)
+    top1, random, max_prob
+                MARA's other proxy strategies with a greedy agent (tokenalign.eval.proxy), labelled agent-<strategy>
+
+Every agent mode, training included, emits the last candidate of a step when all others are rejected
+(tokenalign.envs.engine.DecodingEngine.settle).
 
 Every random draw comes from one generator seeded with `seed`, so the same seed, prompts and batch size
 give the same responses. Compute is measured as LM forward tokens (tokenalign.eval.forward_tokens).
@@ -35,11 +39,15 @@ from tokenalign.eval.proxy import STRATEGIES, proxy_decode
 from tokenalign.eval.records import Generation
 from tokenalign.eval.sampler import sample_responses
 
-AGENT_MODES: tuple[str, ...] = ("sample", *STRATEGIES)
+AGENT_MODES: tuple[str, ...] = ("sample", "serial", *STRATEGIES)
 MODES: tuple[str, ...] = ("base", "greedy", "best-of-n", *AGENT_MODES)
 DEFAULT_BEST_OF = 10  # MARA eval_executor.py --N
-Decoder = Callable[[list[str]], tuple[list[list[int]], list[float] | None]]
-"""Texts → (generated token ids, each response's log π/q summed over its tokens, or None where not measured)."""
+AGENT_LOOP_MODES: tuple[str, ...] = ("sample", "serial")
+"""Agent modes decoded by the rollout actors' loop, which measures each response's KL to the base LM."""
+Divergences = dict[str, float | None]
+"""A response's log_ratio, kl and exact_kl (tokenalign.eval.records.Generation)."""
+Decoder = Callable[[list[str]], tuple[list[list[int]], list[Divergences] | None]]
+"""Texts → (generated token ids, each response's divergences from the base LM, or None where not measured)."""
 
 
 @dataclass
@@ -86,15 +94,15 @@ def evaluate(
     decode = _decoder(task, mode, policy, generator, preference)
 
     token_ids: list[list[int]] = []
-    log_ratios: list[float | None] = []
+    divergences: list[Divergences] = []
     seconds = np.empty(len(rows))
     with ForwardTokenCounter(model=engine.model) as counter:
         for lo in range(0, len(rows), batch_size):
             chunk = rows[lo: lo + batch_size]
             start = time.perf_counter()
-            ids, ratios = decode([p.text for p in chunk])
+            ids, measured = decode([p.text for p in chunk])
             token_ids += ids
-            log_ratios += ratios if ratios is not None and samples == 1 else [None] * len(ids)
+            divergences += measured if measured is not None and samples == 1 else [{}] * len(ids)
             seconds[lo: lo + len(chunk)] = (time.perf_counter() - start) / len(chunk)
     responses = [engine.tokenizer.decode(ids, skip_special_tokens=True) for ids in token_ids]
     scores = task.score(rows, responses)
@@ -109,7 +117,7 @@ def evaluate(
         Generation(mode=label, prompt_id=p.id, prompt=p.text, response=responses[i], token_ids=kept_ids[j],
                    scores={name: float(raw[i]) for name, raw in scores.raw.items()}, final=float(scores.final[i]),
                    reward=float(scores.reward[i]), cost=float(scores.cost[i]), perplexity=float(perplexity[j]),
-                   decode_s=float(decode_s[j]), log_ratio=log_ratios[i])
+                   decode_s=float(decode_s[j]), **divergences[i])
         for j, (p, i) in enumerate(zip(prompts, keep.tolist()))
     ]
     summary = summarize(records, mode=label, cost_threshold=cost_threshold, forward_tokens=counter.total,
@@ -123,28 +131,28 @@ def _decoder(task: DecodingTask, mode: str, policy: AcceptPolicy | None, generat
              preference: Sequence[float] | None) -> Decoder:
     engine = task.engine
     if mode in ("base", "best-of-n", "greedy"):
-        def lm_alone(texts: list[str]) -> tuple[list[list[int]], list[float] | None]:
+        def lm_alone(texts: list[str]) -> tuple[list[list[int]], list[Divergences] | None]:
             ids = sample_responses(engine, texts, greedy=mode == "greedy", generator=generator)
-            return ids, None if mode == "greedy" else [0.0] * len(ids)  # sampling q itself: log q/q = 0
+            exact = {"log_ratio": 0.0, "kl": 0.0, "exact_kl": 0.0}  # sampling q itself: log q/q = 0
+            return ids, None if mode == "greedy" else [exact] * len(ids)
 
         return lm_alone
     try:
-        accept_prob = conditioned(policy, preference)
+        accept_logit = conditioned(policy, preference)
     except ValueError as err:
         raise EvalError(str(err)) from None
-    if mode == "sample":
-        def sampled(texts: list[str]) -> tuple[list[list[int]], list[float]]:
-            episodes = generate_episodes(engine, accept_prob, texts, generator=generator)
-            # Tokens emitted without a decision (a single survivor) have π = q = 1 and add nothing.
+    if mode in AGENT_LOOP_MODES:
+        def agent_loop(texts: list[str]) -> tuple[list[list[int]], list[Divergences]]:
+            episodes = generate_episodes(engine, accept_logit, texts, generator=generator, greedy=mode == "serial")
             return ([e.response_tokens for e in episodes],
-                    [float((e.agent_token_logp - e.llm_logp)[e.emit].sum()) for e in episodes])
+                    [{"log_ratio": float(e.log_ratio.astype(np.float64).sum()), "kl": e.kl, "exact_kl": e.exact_kl}
+                     for e in episodes])
 
-        return sampled
-    if mode != "serial":
-        # The all-candidate strategies need every candidate's state at each step; the LM is shared, not copied.
-        engine = DecodingEngine(model=engine.model, tokenizer=engine.tokenizer,
-                                config=dataclasses.replace(engine.config, candidate_block=0))
-    return lambda texts: (proxy_decode(engine, accept_prob, texts, strategy=mode, generator=generator), None)
+        return agent_loop
+    # The all-candidate strategies need every candidate's state at each step; the LM is shared, not copied.
+    engine = DecodingEngine(model=engine.model, tokenizer=engine.tokenizer,
+                            config=dataclasses.replace(engine.config, candidate_block=0))
+    return lambda texts: (proxy_decode(engine, accept_logit, texts, strategy=mode, generator=generator), None)
 
 
 def _check_arguments(task: DecodingTask, mode: str, prompts: Sequence[Prompt], *, policy: AcceptPolicy | None,

@@ -5,6 +5,11 @@ Layout (every `{"mean", "se"}` is a mean and its standard error over prompts):
     {"mode", "n", "reward", "cost", "cost_success", "cost_threshold", "length", "perplexity", "scores",
      "distinct_1", "distinct_2", "lm_forward_tokens", "lm_forward_tokens_per_token", "decode_seconds",
      "seconds_per_token", "seed"}
+
+plus, where the mode's distribution was measured while decoding, the KL to the base LM's sampling:
+"kl_per_response" (Σ of the decisions' Bernoulli KLs to π_ref), "kl_per_token", "kl_per_response_sampled"
+(Σ log π/q of the emitted tokens: the same expectation, noisier), "kl_per_response_exact" (the full sum
+over candidates, with candidate_block 0); best-of-N carries its bound "kl_per_response_bound".
 """
 from __future__ import annotations
 
@@ -56,8 +61,14 @@ def summarize(
     # Diversity counts words the reader sees, so a closing EOS is not an n-gram.
     texts = [r.token_ids[:-1] if r.token_ids and r.token_ids[-1] == eos_token_id else r.token_ids for r in records]
     generated = int(lengths.sum())
-    ratios = [r.log_ratio for r in records if r.log_ratio is not None]
-    kl = {"kl_per_response": mean_se(ratios), "kl_per_token": float(np.sum(ratios) / generated)} if ratios else {}
+    kl = {}
+    measured = [r for r in records if r.kl is not None]
+    if measured:
+        kls = [r.kl for r in measured]
+        kl = {"kl_per_response": mean_se(kls), "kl_per_token": float(np.sum(kls) / generated),
+              "kl_per_response_sampled": mean_se([r.log_ratio for r in measured])}
+        if all(r.exact_kl is not None for r in measured):
+            kl["kl_per_response_exact"] = mean_se([r.exact_kl for r in measured])
     return {
         **kl,
         "mode": mode,

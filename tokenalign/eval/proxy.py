@@ -1,15 +1,14 @@
-"""MARA's proxy decoding: a greedy agent picks each emitted token among the LLM's candidates.
+"""MARA's proxy decoding strategies that look at every candidate of a step at once, with a greedy agent.
 
 As MARA's evaluation does (evaluation/eval_executor.py, src/mara_generator.py), the agent takes its more
-probable action, accept iff P(accept) > 0.5, and when no candidate is accepted the top-1 (rank
-`DEFAULT_RANK`, MARA's default_action_idx) is emitted. Training instead forces the last candidate; the
-fallback only matters when the agent rejects a whole step. Strategies:
+probable action, accept iff its accept logit > 0. When no candidate is accepted, the last candidate is
+emitted: the one all-rejected rule of every decode loop (DecodingEngine.settle), where MARA's evaluation
+emitted its default_action_idx instead. MARA's `serial` mode is the rollout loop decoding greedily
+(tokenalign.eval.evaluate). Strategies:
 
-    serial    candidates in rank order, computed lazily in the engine's blocks; the first accepted wins
-    top1      every candidate computed at once; the first accepted (in rank order) wins: the same tokens
-              as serial, paid for with every candidate state
-    random    every candidate at once; one accepted candidate drawn uniformly
-    max_prob  every candidate at once; the candidate with the highest P(accept) if it exceeds 0.5
+    top1      the first accepted (in rank order) wins: serial's tokens, paid for with every candidate state
+    random    one accepted candidate drawn uniformly
+    max_prob  the candidate with the highest accept logit if it is positive
 
 All rows of a batch are decided together from the engine's computed candidate states, one agent call
 per forward; no forward per candidate.
@@ -20,38 +19,32 @@ from typing import Literal
 
 import torch
 
-from tokenalign.envs.engine import DecodeBatch, DecodingEngine
-from tokenalign.envs.rollout import AcceptProbFn
+from tokenalign.envs.engine import DecodeBatch, DecodingEngine, observation
+from tokenalign.envs.rollout import AcceptLogitFn
 
-Strategy = Literal["serial", "top1", "random", "max_prob"]
-STRATEGIES: tuple[str, ...] = ("serial", "top1", "random", "max_prob")
-DEFAULT_RANK = 0  # MARA eval_executor.py --default_action_idx
-ACCEPT_THRESHOLD = 0.5  # MARA's greedy action: argmax over (reject, accept)
+Strategy = Literal["top1", "random", "max_prob"]
+STRATEGIES: tuple[str, ...] = ("top1", "random", "max_prob")
 
 
-def _choose(batch: DecodeBatch, p_accept: torch.Tensor, window: torch.Tensor, strategy: Strategy,
-            generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(emit rows, rank) for every row: which rows emit now, and the candidate each emits."""
-    accepted = window & (p_accept > ACCEPT_THRESHOLD)
+def _choose(batch: DecodeBatch, logit: torch.Tensor, window: torch.Tensor, strategy: Strategy,
+            generator: torch.Generator | None) -> torch.Tensor:
+    """The rank every row emits: its strategy's pick among accepted candidates, else its last candidate."""
+    accepted = window & (logit > 0)
     any_accepted = accepted.any(dim=1)
-    fallback = torch.full_like(batch.cursor, DEFAULT_RANK)
-    if strategy in ("serial", "top1"):
-        rank = torch.where(any_accepted, accepted.int().argmax(dim=1), fallback)
-        # A lazily computed row that rejected its whole block moves on to the next block instead.
-        undecided = ~any_accepted & (batch.computed < batch.cand.count)
-        return batch.awaiting & ~undecided, rank
+    fallback = batch.cand.count - 1
+    if strategy == "top1":
+        return torch.where(any_accepted, accepted.int().argmax(dim=1), fallback)
     if strategy == "random":
         draw = torch.rand(accepted.shape, generator=generator, device=accepted.device)
-        rank = torch.where(any_accepted, draw.masked_fill(~accepted, -1.0).argmax(dim=1), fallback)
-        return batch.awaiting, rank
-    best = p_accept.masked_fill(~window, -1.0).max(dim=1)
-    return batch.awaiting, torch.where(best.values > ACCEPT_THRESHOLD, best.indices, fallback)
+        return torch.where(any_accepted, draw.masked_fill(~accepted, -1.0).argmax(dim=1), fallback)
+    best = logit.masked_fill(~window, float("-inf")).max(dim=1)
+    return torch.where(best.values > 0, best.indices, fallback)
 
 
 @torch.no_grad()
 def proxy_decode(
     engine: DecodingEngine,
-    accept_prob: AcceptProbFn,
+    accept_logit: AcceptLogitFn,
     prompts: list[str],
     *,
     strategy: Strategy,
@@ -60,20 +53,18 @@ def proxy_decode(
     """Generated token ids per prompt (EOS included when reached) under proxy `strategy`, as one batch."""
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown proxy strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
-    if strategy != "serial" and engine.block < engine.k:
+    if engine.block < engine.k:
         raise ValueError(f"proxy strategy {strategy!r} looks at every candidate: give its engine candidate_block=0")
     batch = engine.start(prompts)
     ranks = torch.arange(engine.k, device=engine.device)
     finished: dict[int, list[int]] = {}
     while batch.size:
-        window = (batch.awaiting.unsqueeze(1) & (ranks >= batch.cursor.unsqueeze(1))
-                  & (ranks < batch.computed.unsqueeze(1)))
+        # The last candidate is never decided on: it is what an all-rejected step emits.
+        window = batch.awaiting.unsqueeze(1) & (ranks < (batch.cand.count - 1).unsqueeze(1))
         rows, cols = window.nonzero(as_tuple=True)
-        p_accept = torch.zeros(window.shape, device=engine.device)
-        p_accept[rows, cols] = accept_prob(batch.cand_hidden[rows, cols]).float()
-        emit, rank = _choose(batch, p_accept, window, strategy, generator)
-        batch.cursor = torch.where(batch.awaiting & ~emit, batch.computed, batch.cursor)
-        engine.emit(batch, emit, rank)
+        logit = torch.zeros(window.shape, device=engine.device)
+        logit[rows, cols] = accept_logit(observation(batch, rows, cols)).float()
+        engine.emit(batch, batch.awaiting, _choose(batch, logit, window, strategy, generator))
         engine.settle(batch)
         if bool(batch.done.any()):
             for row in batch.done.nonzero(as_tuple=True)[0].tolist():

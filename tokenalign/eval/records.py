@@ -38,8 +38,14 @@ class Generation:
     log_ratio: float | None = None
     """Σ over the response's tokens of log π(token) − log q(token), the decoding distribution against the base
     LM's warped sampling distribution q, measured while decoding: its mean over prompts estimates the KL per
-    response. 0 for base sampling; None where no distribution was sampled (greedy, MARA's proxy modes,
-    best-of-N, whose KL the summary bounds instead)."""
+    response. 0 for base sampling; None where not measured (the base LM's greedy decoding, MARA's proxy
+    modes, best-of-N, whose KL the summary bounds instead)."""
+    kl: float | None = None
+    """Σ over the response's decisions of KL(π(·|s) ‖ π_ref(·|s)): the same expectation as `log_ratio` (the
+    KL per response) with a lower variance (Rao–Blackwellised over each decision's action). None as log_ratio."""
+    exact_kl: float | None = None
+    """Σ over the response's tokens of the exact KL of each step's token distribution to q (the full sum over
+    the candidates), where every step's candidates were computed; else None."""
 
     @property
     def tokens(self) -> int:
@@ -48,7 +54,7 @@ class Generation:
 
 
 _FIELDS = tuple(f.name for f in fields(Generation))
-_REQUIRED = tuple(f.name for f in fields(Generation) if f.default is MISSING)  # files written before log_ratio lack it
+_REQUIRED = tuple(f.name for f in fields(Generation) if f.default is MISSING)  # files written before the KLs lack them
 
 
 def write_generations(path: str | Path, records: Iterable[Generation]) -> Path:

@@ -1,8 +1,9 @@
 """The end-of-run evaluation a training run writes to summary.json.
 
-On the held-out prompts, side by side: the agent decoding alone (MARA's serial first-accept with a greedy
-agent, no reranking), the base LM alone (sampling with the same warping), and best-of-N sampling of the
-base LM reranked by the reward. Each entry is a tokenalign.eval.metrics summary: {"reward": {"mean",
+On the held-out prompts, side by side: the agent decoding alone (sampled, as the text distribution it is
+and is trained as; no reranking), the base LM alone (sampling with the same warping), and best-of-N
+sampling of the base LM reranked by the reward. The agent's entry carries its KL per response to the
+base LM, best-of-N's its analytic bound. Each entry is a tokenalign.eval.metrics summary: {"reward": {"mean",
 "se"}, "cost": {...}, "n", ...}.
 """
 from __future__ import annotations
@@ -25,7 +26,7 @@ def evaluate_run(task: DecodingTask, policy: AcceptPolicy, *, config: TrainConfi
     dim = int(getattr(policy, "preference_dim", 0))
     preference = [1.0 / dim] * dim if dim else None
     return {
-        "agent": evaluate(task, "serial", prompts, policy=policy, seed=seed, batch_size=batch_size,
+        "agent": evaluate(task, "sample", prompts, policy=policy, seed=seed, batch_size=batch_size,
                           preference=preference).summary,
         "base": evaluate(task, "base", prompts, seed=seed, batch_size=batch_size).summary,
         f"best_of_{best_of}": evaluate(task, "best-of-n", prompts, n=best_of, seed=seed, batch_size=batch_size).summary,

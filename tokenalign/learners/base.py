@@ -18,8 +18,9 @@ from typing import Any, ClassVar, Iterable, Iterator, Literal
 import torch
 from torch import nn
 
-from tokenalign.agents.policy import AcceptRejectPolicy
+from tokenalign.agents.policy import PARAMETERISATION, AcceptRejectPolicy, check_parameterisation
 from tokenalign.buffers.schema import Transitions
+from tokenalign.learners.kl import KLController, decision_kl, kl_per_response, reference_log_probs
 
 DataMode = Literal["replay", "on_policy"]
 Signal = Literal["reward", "cost"]
@@ -106,6 +107,7 @@ class Learner(abc.ABC):
         self.config = config
         self.device = torch.device(device)
         self.num_updates = 0
+        self.kl = KLController(config=config)
         # Minibatch shuffling draws from this CPU generator, so runs replay identically on any device.
         self.generator = torch.Generator().manual_seed(config.seed)
 
@@ -136,12 +138,14 @@ class Learner(abc.ABC):
         """Everything for an exact resume; tensors alias live state (save or copy before the next update)."""
         return {
             "learner": self.name,
+            "parameterisation": PARAMETERISATION,
             "hidden_size": self.hidden_size,
             "preference_dim": self.preference_dim,
             "config": dataclasses.asdict(self.config),
             "networks": {name: net.state_dict() for name, net in self.networks().items()},
             "optimizers": {name: opt.state_dict() for name, opt in self.optimizers().items()},
             "extra": self.extra_state(),
+            "kl": self.kl.state_dict(),
             "num_updates": self.num_updates,
             "rng": self.generator.get_state(),
         }
@@ -153,6 +157,7 @@ class Learner(abc.ABC):
                 f"checkpoint holds learner {state.get('learner')!r}, this is {self.name!r}: "
                 f"resume with learner name {state.get('learner')!r}"
             )
+        check_parameterisation(state)
         if state["hidden_size"] != self.hidden_size:
             raise ValueError(
                 f"checkpoint agent has input size {state['hidden_size']}, the LM's hidden size is {self.hidden_size}: "
@@ -175,11 +180,20 @@ class Learner(abc.ABC):
         for name, opt in self.optimizers().items():
             opt.load_state_dict(state["optimizers"][name])
         self.load_extra_state(state["extra"])
+        self.kl.load_state_dict(state["kl"])
         self.num_updates = state["num_updates"]
         self.generator.set_state(state["rng"])
 
+    @torch.no_grad()
+    def kl_to_base(self, batch: Transitions) -> tuple[torch.Tensor, dict[str, float]]:
+        """KL(π_θ(·|s) ‖ π_ref(·|s)) per row of a checked batch, and metrics: β, KL per decision and per response."""
+        kl = decision_kl(self.policy.log_probs(batch.state), reference_log_probs(batch.base_logit))
+        return kl, {"kl_coef": self.kl.value, "kl_per_decision": float(kl.mean()),
+                    "kl_per_response": kl_per_response(kl, batch.episode_decisions)}
+
     def check_batch(self, batch: Transitions) -> Transitions:
-        """The batch on the learner's device, or one ValueError saying why it cannot be trained on."""
+        """The batch on the learner's device with observations [state ; π_ref accept logit (; w)] in `state` and
+        `next_state` (what every network reads), or one ValueError saying why it cannot be trained on."""
         if len(batch) == 0:
             raise ValueError(f"{self.name}: empty batch; the trainer must pass at least one decision")
         if batch.state.shape[-1] != self.hidden_size:
@@ -188,12 +202,14 @@ class Learner(abc.ABC):
                 f"{self.hidden_size}: the rollout LM differs from the one this learner was built for"
             )
         batch = batch.to(self.device)
-        if not self.preference_dim:
-            return batch
-        if batch.preference is None or batch.preference.shape[-1] != self.preference_dim:
-            got = None if batch.preference is None else batch.preference.shape[-1]
-            raise ValueError(f"{self.name}: the agent is conditioned on {self.preference_dim} preference weights, "
-                             f"the batch carries {got}; label batches with the run's preference objective")
-        # The networks see [hidden state ; w]; next_state belongs to the same episode, so it shares w.
-        return dataclasses.replace(batch, state=torch.cat([batch.state, batch.preference], -1),
-                                   next_state=torch.cat([batch.next_state, batch.preference], -1))
+        state = [batch.state, batch.base_logit.unsqueeze(-1)]
+        next_state = [batch.next_state, batch.next_base_logit.unsqueeze(-1)]
+        if self.preference_dim:
+            if batch.preference is None or batch.preference.shape[-1] != self.preference_dim:
+                got = None if batch.preference is None else batch.preference.shape[-1]
+                raise ValueError(f"{self.name}: the agent is conditioned on {self.preference_dim} preference weights, "
+                                 f"the batch carries {got}; label batches with the run's preference objective")
+            # next_state belongs to the same episode, so it shares w.
+            state.append(batch.preference)
+            next_state.append(batch.preference)
+        return dataclasses.replace(batch, state=torch.cat(state, -1), next_state=torch.cat(next_state, -1))

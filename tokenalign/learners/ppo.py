@@ -1,14 +1,17 @@
 """PPO over the decision chain, with safe-rlhf's losses (safe_rlhf/trainers/rl_trainer.py, ppo trainer).
 
-On a rollout of whole episodes, with the behaviour log-probs log π_old recorded by the actors:
+On a rollout of whole episodes, with the behaviour log-probs log π_old recorded by the actors and π_ref
+the accept/reject policy that decodes as the base LM (learners/kl.py):
 
+    r_t        = clip(score_t, ±50) − β·(log π_old(a_t|s_t) − log π_ref(a_t|s_t))   (InstructGPT's KL reward)
     Â_t        = GAE(γ, λ) of δ_t = r_t + γ(1 − d_t)·V(s_{t+1}) − V(s_t)
     ρ_t        = π_θ(a_t|s_t) / π_old(a_t|s_t)
     L^CLIP     = −E_t[min(ρ_t·Â_t, clip(ρ_t, 1 − ε, 1 + ε)·Â_t)]
     L^VF       = ½·E_t[max((V(s_t) − R̂_t)², (V_old(s_t) + clip(V(s_t) − V_old(s_t), ±ε_V) − R̂_t)²)]
     actor loss = L^CLIP − c_H·H[π_θ(·|s_t)]
 
-optimized for `update_epochs` passes over shuffled minibatches; actor and critics step separately.
+optimized for `update_epochs` passes over shuffled minibatches; actor and critics step separately. The
+KL reward goes to the reward signal only (a cost critic learns the cost alone); β moves after each rollout.
 """
 from __future__ import annotations
 
@@ -25,11 +28,12 @@ from tokenalign.buffers.schema import Transitions
 from tokenalign.learners.advantages import gae
 from tokenalign.learners.base import Learner, LearnerContract, adam, approx_kl, gradient_step, seeded
 from tokenalign.learners.episodes import Episodes
+from tokenalign.learners.kl import KLConfig, action_log_ratio
 from tokenalign.learners.registry import register
 
 
 @dataclass
-class PPOConfig:
+class PPOConfig(KLConfig):
     """PPO options; loss defaults are safe-rlhf's, optimizer defaults sized for the MARA agent MLP."""
 
     widths: tuple[int, ...] = (1024, 256)  # MARA agent
@@ -63,6 +67,7 @@ class PPOConfig:
 
     def __post_init__(self) -> None:
         self.widths = check_widths(self.widths, owner=f"{type(self).__name__}")
+        self.check_kl()
         if not (0.0 <= self.gamma <= 1.0 and 0.0 <= self.gae_lambda <= 1.0):
             raise ValueError(f"gamma and gae_lambda must be in [0, 1], got {self.gamma}, {self.gae_lambda}")
         if min(self.update_epochs, self.num_minibatches, self.episodes_per_update) < 1:
@@ -135,9 +140,13 @@ class PPOLearner(Learner):
         metrics = self.before_update(batch, episodes)
 
         with torch.no_grad():
+            _, kl_metrics = self.kl_to_base(batch)
+            kl_reward = -self.kl.value * action_log_ratio(batch.logp, batch.action, batch.base_logit)
             old_values, advantages, returns = {}, {}, {}
             for signal, critic in self.critics.items():
                 score = getattr(batch, signal).clamp(-cfg.clip_range_score, cfg.clip_range_score)
+                if signal == "reward":
+                    score = score + kl_reward
                 old_values[signal] = critic(batch.state)
                 advantages[signal], returns[signal] = gae(
                     score, old_values[signal], batch.done, gamma=cfg.gamma, lam=cfg.gae_lambda
@@ -153,14 +162,17 @@ class PPOLearner(Learner):
                     sums[name] = sums.get(name, 0.0) + value
                 steps += 1
         self.num_updates += 1
+        self.kl.update(kl_metrics["kl_per_response"], episodes=episodes.count)
 
         metrics.update({name: float(total / steps) for name, total in sums.items()})
+        metrics.update(kl_metrics)
         metrics.update({
             "approx_kl": approx_kl(self.policy, batch),
             "accept_rate": float(batch.action.float().mean()),
             "reward": float(batch.reward.mean()),
             "cost": float(batch.cost.mean()),
             "episode_reward": float(episodes.sum(batch.reward).mean()),
+            "episode_kl_reward": float(episodes.sum(kl_reward).mean()),
             "episode_cost": float(episodes.sum(batch.cost).mean()),
             "advantage": float(actor_advantages.mean()),
         })

@@ -1,11 +1,12 @@
 """REINFORCE with a leave-one-out baseline under a high-confidence cost constraint, as HC-RLHF
 (UMass-SCALAR-Lab/HC-RLHF: safe_rlhf/algorithms/reinforce_lag/trainer.py).
 
-Per episode i of a rollout (k episodes per prompt), with R_i = clip(Σ_t r_t, ±50) and c_i = Σ_t c_t:
+Per episode i of a rollout (k episodes per prompt), with R_i = clip(Σ_t r_t, ±50), c_i = Σ_t c_t and
+log π_old/π_ref summed over the episode's decisions (its response's log-ratio to the base LM, learners/kl.py):
 
     λ step     loss −(mean(c) + κ·std(c) − d)·λ over the window of recent episode costs (confidence.py)
     c̃_i        = c_i + κ'·(c_i² − 2c_i·μ̂)/(2σ̂)                 so the gradient follows the bound
-    G_i        = R_i − λ·c̃_i                                     the net return
+    G_i        = R_i − β·Σ_t log(π_old/π_ref)(a_t|s_t) − λ·c̃_i   the net return (HC-RLHF's sequence KL)
     L_i        = Σ_t log π(a_t|s_t)                              the episode's log-likelihood
     loss       = −mean_prompts Σ_i (G_i − mean_j G_j)·L_i / (k − 1)
 
@@ -27,12 +28,13 @@ from tokenalign.buffers.schema import Transitions
 from tokenalign.learners.base import Learner, LearnerContract, adam, approx_kl, gradient_step, seeded
 from tokenalign.learners.confidence import cost_surrogate, kappa, upper_bound
 from tokenalign.learners.episodes import Episodes
+from tokenalign.learners.kl import KLConfig, action_log_ratio
 from tokenalign.learners.lagrange import CostWindow, LagrangeConfig, LagrangeMultiplier
 from tokenalign.learners.registry import register
 
 
 @dataclass
-class RLOOLagrangianConfig(LagrangeConfig):
+class RLOOLagrangianConfig(LagrangeConfig, KLConfig):
     """REINFORCE-RLOO-Lagrangian options; defaults are HC-RLHF's reinforce_lag script."""
 
     widths: tuple[int, ...] = (1024, 256)  # MARA agent
@@ -66,6 +68,7 @@ class RLOOLagrangianConfig(LagrangeConfig):
 
     def __post_init__(self) -> None:
         self.widths = check_widths(self.widths, owner="rloo_lagrangian config")
+        self.check_kl()
         self.check_lagrange()
         if not 0.0 < self.fail_prob < 1.0:
             raise ValueError(f"fail_prob δ must be in (0, 1), got {self.fail_prob}")
@@ -156,7 +159,9 @@ class RLOOLagrangianLearner(Learner):
         surrogate_costs = cost_surrogate(
             costs, mean=float(window.mean()), std=window_std, kappa=self._kappa(episodes.count)
         )
-        net_returns = rewards - lam * surrogate_costs
+        _, kl_metrics = self.kl_to_base(batch)
+        kl_penalty = self.kl.value * episodes.sum(action_log_ratio(batch.logp, batch.action, batch.base_logit))
+        net_returns = rewards - kl_penalty - lam * surrogate_costs
         self.baseline = (self.baseline * self.returns_seen + float(net_returns.sum())) / (
             self.returns_seen + episodes.count
         )
@@ -169,6 +174,7 @@ class RLOOLagrangianLearner(Learner):
         )
         grad_norm = gradient_step(self.actor_optimizer, loss, self.policy.parameters(), max_grad_norm=cfg.max_grad_norm)
         self.num_updates += 1
+        self.kl.update(kl_metrics["kl_per_response"], episodes=episodes.count)
 
         entropy = -(log_probs.exp() * log_probs).sum(-1).mean()
         return {
@@ -189,4 +195,6 @@ class RLOOLagrangianLearner(Learner):
             "episode_reward": float(rewards.mean()),
             "episode_cost": float(costs.mean()),
             "actor_grad_norm": float(grad_norm),
+            "episode_kl_penalty": float(kl_penalty.mean()),
+            **kl_metrics,
         }

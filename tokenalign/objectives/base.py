@@ -7,7 +7,7 @@ one, relabels stored data without a new rollout.
 Every objective computes, for each row, its episode's sequence reward R and cost C from the episode's
 raw scores (repeated on every row); the base class then places them as MARA does:
 
-    r_t = −kl_ctl·mara_kl_penalty_t              (MARA's kl_div shaping, when shaping.token_reward=kl_div)
+    r_t = −kl_ctl·mara_kl_penalty_t              (MARA's shaping, when shaping.token_reward=mara_kl_div)
         + token_reward_t                          (token-level scorers)
         + R·γ^accepts_to_end_t   (postback)   or   R·done_t
     c_t = C·done_t
@@ -126,7 +126,7 @@ class Objective(abc.ABC):
         else:
             reward = final * done
         reward = reward + decisions.token_reward.double()
-        if self.shaping.token_reward == "kl_div":
+        if self.shaping.token_reward == "mara_kl_div":
             reward = reward - self.shaping.kl_ctl * decisions.mara_kl_penalty.double()
         cost = torch.from_numpy(np.asarray(episode_cost, dtype=np.float64)) * done
         return with_rewards(decisions, reward=reward.float(), cost=cost.float(), conditioned=self.preference_dim > 0)

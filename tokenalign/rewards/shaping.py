@@ -1,7 +1,12 @@
-"""Per-decision reward shaping as MARA does it: a KL penalty at each decision, the final reward posted back.
+"""Per-decision reward shaping as MARA does it: MARA's "KL" penalty at each decision, the final reward posted back.
 
-KL penalty (MARA's reward_type `kl_div`). At one generation step the agent decides on candidates
-i = 0..C−1 in order, with p_i = P(accept candidate i). Its distribution over the candidates is
+MARA's penalty (its reward_type `kl_div`, here `mara_kl_div`) reproduces MARA; it is NOT a KL. The
+exact KL to the base LM is in every learner's objective instead (tokenalign/learners/kl.py). MARA takes
+a log_softmax of the accept PROBABILITIES as if they were logits, so its "log-probabilities" stay within
+about one nat of uniform whatever the agent does: it scored a policy that reproduces base sampling (true
+KL 0) at −1.82 per token and a degenerate agent at −2.04 (issue 11). At one generation step the agent
+decides on candidates i = 0..C−2 in order (the last is emitted without a decision), with
+p_i = P(accept candidate i). MARA's distribution over them is
 
     q_i = p_i                              (default)
     q_i = p_i · ∏_{j<i} (1 − p_j)          (cond_prob: P(first accept at i))
@@ -36,8 +41,9 @@ KL_PENALTIES: tuple[str, ...] = ("kl", "abs", "mse", "full")
 class ShapingConfig:
     """Token-level reward shaping."""
 
-    token_reward: Literal["kl_div", "none"] = "kl_div"
-    """Per-decision reward: MARA's KL penalty (`kl_div`, MARA train.py default) or nothing (`none`)."""
+    token_reward: Literal["mara_kl_div", "none"] = "none"
+    """Per-decision reward: nothing (`none`), or MARA's kl_div penalty (`mara_kl_div`, MARA train.py's default,
+    kept to reproduce MARA: it is not a KL; the learners' kl_coef is)."""
     kl_penalty: KLPenalty = "kl"
     """KL estimator: kl, abs, mse or full (MARA train script: --kl_penalty kl)."""
     kl_ctl: float = 0.1
@@ -48,8 +54,11 @@ class ShapingConfig:
     """Add the final reward, discounted per accept, to earlier decisions (MARA train script: --postback_reward 1)."""
 
     def __post_init__(self) -> None:
-        if self.token_reward not in ("kl_div", "none"):
-            raise ValueError(f"shaping token_reward {self.token_reward!r} is unknown; use 'kl_div' or 'none'")
+        if self.token_reward == "kl_div":
+            raise ValueError("shaping.token_reward 'kl_div' is now named 'mara_kl_div' (it reproduces MARA's penalty, "
+                             "which is not a KL; the exact KL to the base LM is learner.params.kl_coef)")
+        if self.token_reward not in ("mara_kl_div", "none"):
+            raise ValueError(f"shaping.token_reward {self.token_reward!r} is unknown; use 'none' or 'mara_kl_div'")
         if self.kl_penalty not in KL_PENALTIES:
             raise ValueError(f"shaping kl_penalty {self.kl_penalty!r} is unknown; use one of {', '.join(KL_PENALTIES)}")
 
