@@ -1,8 +1,9 @@
 """A synthetic accept/reject problem with a known optimum, shaped like the decoding engine's episodes.
 
 A response has `num_tokens` steps; each step offers `num_candidates` candidates in order and the agent
-decides on them one by one: accept emits the candidate, reject moves to the next, and after rejecting
-the last one it is emitted anyway. Every candidate is GOOD (+1), COSTLY (+1, cost 1) or BAD (−1), and
+decides on them one by one: accept emits the candidate, reject moves to the next, and the last candidate
+is emitted without a decision once every other is rejected (the engine's rule). The base "LM" samples the
+candidates uniformly, so π_ref accepts candidate i with 1/(C − i): the observation is [state ; its logit]. Every candidate is GOOD (+1), COSTLY (+1, cost 1) or BAD (−1), and
 its state says which in two features (the rest is noise). The sequence reward, on the last decision,
 is the mean value of the emitted tokens; the sequence cost is the fraction of COSTLY tokens emitted.
 Every step holds a GOOD candidate, so accepting exactly the GOOD ones gives the optimal return 1 at
@@ -19,6 +20,11 @@ from tokenalign.agents.policy import AcceptRejectPolicy
 from tokenalign.buffers.schema import Transitions, concat_rows, select_rows
 
 BAD, GOOD, COSTLY = 0, 1, 2
+
+
+def observe(state: torch.Tensor, base_logit: torch.Tensor) -> torch.Tensor:
+    """The agent's observation [state ; π_ref accept logit], as the engine builds it."""
+    return torch.cat([state, base_logit.unsqueeze(-1)], dim=-1)
 
 
 def concat(batches: list[Transitions]) -> Transitions:
@@ -55,6 +61,12 @@ class AcceptRejectProblem:
     p_good: float = 0.25
     p_costly: float = 0.0
     costly_bonus: float = 0.0
+
+    @property
+    def base_logits(self) -> torch.Tensor:
+        """(C,) π_ref's accept logit at each rank under uniform base sampling: log(1/(C − 1 − i)) (last: never asked)."""
+        remaining = torch.arange(self.num_candidates - 1, -1, -1, dtype=torch.float32).clamp(min=1)
+        return -remaining.log()
 
     def optimal_return(self, *, threshold: float = 0.0) -> float:
         """The optimal return, or for a cost threshold d an upper bound on the constrained optimum."""
@@ -93,13 +105,18 @@ class AcceptRejectProblem:
         value = torch.zeros(num_episodes)
         costly = torch.zeros(num_episodes)
         alive = torch.ones(num_episodes, dtype=torch.bool)
-        columns: dict[str, list[torch.Tensor]] = {k: [] for k in ("episode", "step", "state", "action", "logp", "done")}
+        columns: dict[str, list[torch.Tensor]] = {
+            k: [] for k in ("episode", "step", "state", "base", "action", "logp", "done")}
+        last = self.num_candidates - 1
         while alive.any():
             ep = torch.nonzero(alive).squeeze(-1)
             where = (prompt[ep], token[ep], candidate[ep])
-            state, kind = prompts.states[where], prompts.kinds[where]
-            action, logp = policy.act(state, deterministic=deterministic, generator=generator)
-            emit = action.bool() | (candidate[ep] == self.num_candidates - 1)
+            state, base = prompts.states[where], self.base_logits[candidate[ep]]
+            action, logp = policy.act(observe(state, base), deterministic=deterministic, generator=generator)
+            # A reject of the second-to-last candidate emits the last one.
+            forced = ~action.bool() & (candidate[ep] == last - 1)
+            emit = action.bool() | forced
+            kind = torch.where(forced, prompts.kinds[prompt[ep], token[ep], last], prompts.kinds[where])
             token_value = torch.where(kind == COSTLY, 1.0 + self.costly_bonus, 1.0)
             value[ep] += emit * torch.where(kind == BAD, -1.0, token_value)
             costly[ep] += emit * (kind == COSTLY).float()
@@ -107,7 +124,7 @@ class AcceptRejectProblem:
             candidate[ep] = torch.where(emit, 0, candidate[ep] + 1)
             done = token[ep] == self.num_tokens
             alive[ep[done]] = False
-            for name, column in zip(columns, (ep, step[ep].clone(), state, action, logp, done)):
+            for name, column in zip(columns, (ep, step[ep].clone(), state, base, action, logp, done)):
                 columns[name].append(column)
             step[ep] += 1
         rows = {name: torch.cat(parts) for name, parts in columns.items()}
@@ -116,7 +133,11 @@ class AcceptRejectProblem:
         done = rows["done"].float()
         returns, costs = value / self.num_tokens, costly / self.num_tokens
         episode = rows["episode"]
+        decisions = torch.bincount(episode, minlength=num_episodes)
         transitions = Transitions(
+            base_logit=rows["base"],
+            next_base_logit=torch.roll(rows["base"], -1, 0) * (1.0 - done),
+            episode_decisions=decisions[episode],
             state=rows["state"],
             action=rows["action"],
             reward=done * returns[episode],

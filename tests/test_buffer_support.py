@@ -36,7 +36,8 @@ def episodes(
         state=np.tile(np.stack([episode_id, step], axis=1), (1, (hidden + 1) // 2))[:, :hidden],
         action=step % 2, done=done, logp=np.full(n, -0.5),
         policy_version=np.full(n, version), prompt_id=np.repeat(prompts, lengths),
-        rank=step % 3, emit=(step % 2 == 1) | done, agent_token_logp=-0.25 * step, base_token_logp=-0.5 * step,
+        rank=step % 3, emit=(step % 2 == 1) | done, base_logit=0.25 * step, next_base_logit=np.where(done, 0.0, 0.25 * (step + 1)),
+        log_ratio=-0.25 * step, decision_kl=0.5 * step, episode_decisions=np.repeat(lengths, lengths),
         token_reward=0.125 * step, mara_kl_penalty=0.0625 * step, accepts_to_end=lengths.max() - step,
         response_tokens=np.repeat(lengths, lengths) // 2,
         scores=np.stack([episode_id, -episode_id], axis=1), baseline_scores=np.stack([step, step], axis=1),
@@ -59,8 +60,10 @@ def assert_observed_columns(batch) -> None:
     done = batch.done.bool()
     assert torch.equal(batch.action, batch.step % 2) and torch.equal(batch.rank, batch.step % 3)
     assert torch.equal(batch.emit, (batch.step % 2 == 1) | done)
-    assert torch.equal(batch.agent_token_logp.double(), -0.25 * t)
-    assert torch.equal(batch.base_token_logp.double(), -0.5 * t)
+    assert torch.equal(batch.base_logit.double(), 0.25 * t)
+    assert torch.equal(batch.next_base_logit.double(), torch.where(done, 0.0, 0.25 * (t + 1)))
+    assert torch.equal(batch.log_ratio.double(), -0.25 * t) and torch.equal(batch.decision_kl.double(), 0.5 * t)
+    assert torch.equal(batch.episode_decisions[done], batch.step[done] + 1)
     assert torch.equal(batch.token_reward.double(), 0.125 * t)
     assert torch.equal(batch.mara_kl_penalty.double(), 0.0625 * t)
     assert torch.equal(batch.scores.double(), torch.stack([e, -e], 1))

@@ -97,17 +97,18 @@ def test_greedy_on_llama_with_rotary_positions(random_llama_dir):
     assert_always_accept_is_greedy(load_lm(str(random_llama_dir)), max_new_tokens=10, candidate_block=4)
 
 
-def test_always_reject_forces_last_candidate(tiny_lm):
-    engine = make_engine(tiny_lm, max_new_tokens=8)
+def test_rejecting_all_but_the_last_candidate_emits_it_without_a_decision(tiny_lm):
+    engine = make_engine(tiny_lm, max_new_tokens=8, candidate_block=3)
     batch = engine.start(PROMPTS[:1])
     decisions = 0
     while not bool(batch.done[0]):
         count, before = int(batch.cand.count[0]), int(batch.n_new[0])
         last_token = int(batch.cand.token_ids[0, count - 1])
-        for _ in range(count):
-            engine.apply(batch, torch.zeros(1, dtype=torch.long))
+        for rank in range(count - 1):  # the last candidate is never asked about
+            assert bool(batch.awaiting[0]) and int(batch.cursor[0]) == rank
+            ended = engine.apply(batch, torch.zeros(1, dtype=torch.long))
+            assert bool(ended[0]) == (rank == count - 2)
             decisions += 1
-        assert int(batch.n_new[0]) >= before + 1
         assert int(batch.tokens[0, before]) == last_token
     assert decisions > 0
 
@@ -129,9 +130,11 @@ def test_fast_path_decisions_replay_one_at_a_time(tiny_lm):
         batch = engine.start([episode.prompt])
         for i, action in enumerate(episode.action.tolist()):
             assert bool(batch.awaiting[0])
-            state = engine.observe(batch)[0]
-            torch.testing.assert_close(state.half().float(), torch.from_numpy(episode.state[i]).float(), atol=1e-2, rtol=1e-3)
-            engine.apply(batch, torch.tensor([action]))
+            observation = engine.observe(batch)[0]
+            torch.testing.assert_close(observation[:-1].half().float(), torch.from_numpy(episode.state[i]).float(),
+                                       atol=1e-2, rtol=1e-3)
+            assert float(observation[-1]) == pytest.approx(float(episode.base_logit[i]), abs=1e-4)
+            assert bool(engine.apply(batch, torch.tensor([action]))[0]) == bool(episode.emit[i])
         assert bool(batch.done[0])
         assert batch.response_tokens(0) == episode.response_tokens
 
@@ -155,13 +158,13 @@ def test_restarted_row_matches_a_fresh_start(tiny_lm):
 def test_fast_path_records_mara_kl_shaping(tiny_lm):
     from tokenalign.rewards.shaping import ShapingConfig, mara_kl_penalties
 
-    shaping = ShapingConfig(kl_ctl=0.1)
+    shaping = ShapingConfig(token_reward="mara_kl_div", kl_ctl=0.1)
     engine = make_engine(tiny_lm, max_new_tokens=6, candidate_block=0)
     p = 0.3
     [episode] = generate_episodes(engine, lambda s: torch.full((s.shape[0],), p), PROMPTS[:1],
                                   generator=torch.Generator().manual_seed(0), shaping=shaping)
     batch = engine.start(PROMPTS[:1])  # the first step's candidates, to recompute its first decision by hand
-    mask = torch.arange(engine.k) < batch.cand.count[0]
+    mask = torch.arange(engine.k) < batch.cand.count[0] - 1  # the decided candidates: all but the last
     expected = mara_kl_penalties(torch.full((1, engine.k), p), batch.cand.logp[:1], mask[None], config=shaping)[0, 0]
     assert episode.mara_kl_penalty[0] == pytest.approx(float(expected), abs=1e-5)
     assert (episode.mara_kl_penalty != 0).all()
@@ -170,21 +173,24 @@ def test_fast_path_records_mara_kl_shaping(tiny_lm):
                           PROMPTS[:1], shaping=shaping)
 
 
-def test_fast_path_records_the_emitted_tokens_log_probabilities(tiny_lm):
-    """log π(token) = i·log(1 − p) + log p for an accept at rank i; the forced last rank takes (C−1)·log(1 − p)."""
+def test_fast_path_records_each_tokens_log_ratio_to_the_base_lm(tiny_lm):
+    """Σ over a token's decisions of log π(a) − log π_ref(a) = log π(token) − log q(token): i·log(1 − p) + log p
+    for an accept at rank i, (C − 1)·log(1 − p) for the last candidate, minus the warped log q of that token."""
     p = 0.04
     engine = make_engine(tiny_lm, max_new_tokens=8, candidate_block=3)
-    episodes = generate_episodes(engine, lambda s: torch.full((s.shape[0],), p), PROMPTS,
-                                 generator=torch.Generator().manual_seed(0))
-    forced = 0
-    for episode in episodes:
-        token_starts = np.flatnonzero(np.r_[True, episode.token_index[1:] != episode.token_index[:-1]])
-        token_ends = np.r_[token_starts[1:], episode.num_decisions] - 1
-        assert np.array_equal(np.flatnonzero(episode.emit), token_ends)  # one emission per decided token, its last
-        for end in token_ends:
-            rank = int(episode.rank[end])
-            expected = rank * np.log(1 - p) + (np.log(p) if episode.action[end] == 1 else 0.0)
-            forced += int(episode.action[end] == 0)
-            assert episode.agent_token_logp[end] == pytest.approx(expected, abs=1e-4)
-        assert (episode.agent_token_logp[~episode.emit] == 0).all()
-    assert forced > 0  # the forced last rank was exercised
+    prompt = PROMPTS[0]
+    [episode] = generate_episodes(engine, lambda s: torch.full((s.shape[0],), p), [prompt],
+                                  generator=torch.Generator().manual_seed(0))
+    # Replay the episode one decision at a time to read each step's candidates and the emitted token's log q.
+    batch = engine.start([prompt])
+    last_taken = 0
+    for i, action in enumerate(episode.action.tolist()):
+        if i == 0 or episode.token_index[i] != episode.token_index[i - 1]:
+            step_start, logq = i, batch.cand.logp[0].clone()
+        engine.apply(batch, torch.tensor([action]))
+        if episode.emit[i]:
+            rank = int(episode.rank[i]) + (0 if action == 1 else 1)  # a reject here emitted the next (last) one
+            expected = int(episode.rank[i]) * np.log(1 - p) + (np.log(p) if action == 1 else np.log(1 - p)) - float(logq[rank])
+            assert episode.log_ratio[step_start: i + 1].sum() == pytest.approx(expected, abs=1e-4)
+            last_taken += int(action == 0)
+    assert last_taken > 0  # the all-rejected rule was exercised

@@ -68,7 +68,8 @@ def test_env_trajectory_equals_the_rollout_fast_path(env):
     [episode] = generate_episodes(env.engine, lambda s: torch.full((s.shape[0],), 0.5), [PROMPTS[0]], generator=gen)
     obs, _ = env.reset(options={"prompt": PROMPTS[0]})
     for i, action in enumerate(episode.action.tolist()):
-        np.testing.assert_allclose(obs, episode.state[i].astype(np.float32), atol=1e-2, rtol=1e-3)
+        np.testing.assert_allclose(obs[:-1], episode.state[i].astype(np.float32), atol=1e-2, rtol=1e-3)
+        assert obs[-1] == pytest.approx(episode.base_logit[i], abs=1e-5)
         obs, _, terminated, truncated, info = env.step(action)
     assert terminated or truncated
     assert info["text"] == episode.response

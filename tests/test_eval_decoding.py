@@ -31,11 +31,11 @@ def task() -> DecodingTask:
 
 @pytest.fixture(scope="module")
 def agent(task) -> AcceptRejectPolicy:
-    # A random agent whose accept probabilities straddle 0.5, so every strategy has choices to make.
+    # An agent far from π_ref whose accept probabilities straddle 0.5, so every strategy has choices to make.
     torch.manual_seed(0)
     policy = AcceptRejectPolicy(hidden_size=task.hidden_size, widths=(16,))
     with torch.no_grad():
-        policy.body[-1].weight.mul_(20.0)
+        torch.nn.init.normal_(policy.body[-1].weight, std=3.0)
     return policy.eval()
 
 
@@ -118,10 +118,15 @@ def test_base_sampling_draws_from_the_warped_distribution(task):
 
 
 @pytest.mark.parametrize("mode", AGENT_MODES)
-def test_agent_rejecting_everything_falls_back_to_the_top1_as_mara(task, mode):
-    greedy = evaluate(task, "greedy", PROMPTS)
+def test_rejecting_everything_emits_each_steps_last_candidate_in_every_mode(task, mode):
+    """One all-rejected rule for training and every evaluation mode: the last candidate is emitted."""
+    engine = task.engine
+    batch = engine.start(TEXTS)
     agent = evaluate(task, mode, PROMPTS, policy=reject_all)
-    assert [r.token_ids for r in agent.records] == [r.token_ids for r in greedy.records]
+    for row, record in enumerate(agent.records):
+        assert record.token_ids[0] == int(batch.cand.token_ids[row, batch.cand.count[row] - 1])
+    sampled = evaluate(task, "sample", PROMPTS, policy=reject_all)
+    assert [r.token_ids for r in agent.records] == [r.token_ids for r in sampled.records]
 
 
 @pytest.mark.parametrize("mode", ("serial", "top1", "max_prob"))
@@ -143,7 +148,7 @@ def test_sample_mode_is_the_rollout_decode_loop_with_sampled_actions(task, agent
     greedy = evaluate(task, "greedy", PROMPTS)
     accepting = evaluate(task, "sample", PROMPTS, policy=accept_all)
     assert [r.token_ids for r in accepting.records] == [r.token_ids for r in greedy.records]
-    rejecting = evaluate(task, "sample", PROMPTS, policy=reject_all)  # training's rule: the last candidate is forced
+    rejecting = evaluate(task, "sample", PROMPTS, policy=reject_all)  # the last candidate is emitted
     assert [r.token_ids for r in rejecting.records] != [r.token_ids for r in greedy.records]
 
 
@@ -156,16 +161,22 @@ def test_kl_to_the_base_lm_is_measured_while_decoding(task, agent):
     best = evaluate(task, "best-of-n", PROMPTS, n=4, seed=1)
     assert all(r.log_ratio is None for r in best.records) and "kl_per_response" not in best.summary
     assert best.summary["kl_per_response_bound"] == pytest.approx(np.log(4) - 3 / 4)
-    assert "kl_per_response" not in evaluate(task, "serial", PROMPTS, policy=agent).summary  # greedy: no distribution
-    # Accepting every candidate emits rank 0 with π = 1: the log-ratio is −Σ log q of the decided tokens.
+    # Accepting every candidate emits rank 0 with π = 1: the KL and the log-ratio are −Σ log q of the decided
+    # tokens, and log q of rank 0 is log σ(π_ref's accept logit there).
     accepting = evaluate(task, "sample", PROMPTS, policy=accept_all, seed=2, batch_size=len(PROMPTS))
     episodes = generate_episodes(task.engine, accept_all, TEXTS, generator=torch.Generator().manual_seed(2))
-    expected = [-float(e.llm_logp[e.emit].sum()) for e in episodes]
+    expected = [-float(torch.nn.functional.logsigmoid(torch.from_numpy(e.base_logit[e.emit])).sum()) for e in episodes]
     np.testing.assert_allclose([r.log_ratio for r in accepting.records], expected, rtol=1e-5)
+    np.testing.assert_allclose([r.kl for r in accepting.records], expected, rtol=1e-5)
     assert all(x > 0 for x in expected)
     s = accepting.summary
     assert s["kl_per_response"]["mean"] == pytest.approx(np.mean(expected), rel=1e-5)
     assert s["kl_per_token"] == pytest.approx(np.sum(expected) / sum(r.tokens for r in accepting.records), rel=1e-5)
+    # Greedy decoding of an agent (MARA's serial) is a point mass: its KL is −Σ log q of its tokens, finite.
+    serial = evaluate(task, "serial", PROMPTS, policy=agent)
+    assert serial.summary["kl_per_response"]["mean"] > 0
+    np.testing.assert_allclose([r.kl for r in serial.records], [r.log_ratio for r in serial.records], rtol=1e-4)
+    assert "kl_per_response" not in evaluate(task, "top1", PROMPTS, policy=agent).summary
 
 
 def test_serial_and_top1_emit_the_same_tokens_but_serial_computes_fewer_states(task, agent):
@@ -183,18 +194,19 @@ def test_first_step_choice_follows_the_strategy(task, agent, strategy):
     all_at_once = type(engine)(model=engine.model, tokenizer=engine.tokenizer,
                                config=dataclasses.replace(engine.config, candidate_block=0, max_new_tokens=1))
     batch = all_at_once.start(TEXTS)
-    p = agent.accept_prob(batch.cand_hidden)  # (B, K), padding ranks masked below
-    valid = torch.arange(all_at_once.k) < batch.cand.count.unsqueeze(1)
-    accepted = valid & (p > 0.5)
+    # (B, K) accept logits of every candidate; the last candidate of a row (and padding) is never decided on.
+    logit = agent.accept_logit(torch.cat([batch.cand_hidden, batch.cand.base_logit.unsqueeze(-1)], -1))
+    valid = torch.arange(all_at_once.k) < (batch.cand.count - 1).unsqueeze(1)
+    accepted = valid & (logit > 0)
     assert bool(accepted.any(dim=1).any()) and not bool(accepted.all()), "the agent should accept some candidates"
-    tokens = proxy_decode(all_at_once, agent.accept_prob, TEXTS, strategy=strategy,
+    tokens = proxy_decode(all_at_once, agent.accept_logit, TEXTS, strategy=strategy,
                           generator=torch.Generator().manual_seed(0))
     for row, token in enumerate(t[0] for t in tokens):
         rank = int((batch.cand.token_ids[row] == token).nonzero()[0])
         if not bool(accepted[row].any()):
-            assert rank == 0
+            assert rank == int(batch.cand.count[row]) - 1
         elif strategy == "max_prob":
-            assert rank == int(p[row].masked_fill(~valid[row], -1).argmax())
+            assert rank == int(logit[row].masked_fill(~valid[row], float("-inf")).argmax())
         elif strategy == "top1":
             assert rank == int(accepted[row].int().argmax())
         else:

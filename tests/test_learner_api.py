@@ -12,6 +12,7 @@ from synthetic_accept_reject import AcceptRejectProblem, rows
 from tokenalign.agents import AcceptRejectPolicy
 from tokenalign.buffers.schema import Transitions
 from tokenalign.learners.base import LearnerContract
+from tokenalign.learners.kl import KLConfig
 from tokenalign.learners import Learner, config_class, learner_class, learner_names, make_learner, register, registry
 
 HIDDEN = 8
@@ -62,7 +63,7 @@ def test_a_new_algorithm_is_one_registered_class(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(registry.LEARNERS, "entries", dict(registry.LEARNERS.entries))
 
     @dataclass
-    class CountingConfig:
+    class CountingConfig(KLConfig):
         widths: tuple[int, ...] = (4,)
         seed: int = 0
 
@@ -101,12 +102,21 @@ def test_a_new_algorithm_is_one_registered_class(monkeypatch: pytest.MonkeyPatch
 def test_policy_state_is_what_actors_load(name: str) -> None:
     learner = make_learner(name, hidden_size=HIDDEN, config=SMALL[name])
     state = learner.policy_state()
-    assert set(state) == {"hidden_size", "preference_dim", "widths", "state_dict"} and state["widths"] == [16, 8]
+    assert set(state) == {"parameterisation", "hidden_size", "preference_dim", "widths", "state_dict"}
+    assert state["widths"] == [16, 8]
     actor_copy = AcceptRejectPolicy.from_policy_state(state, hidden_size=HIDDEN)
-    x = torch.randn(5, HIDDEN)
+    x = torch.randn(5, HIDDEN + 1)
     assert torch.equal(actor_copy(x), learner.policy(x))
+    # an untrained agent IS π_ref: its accept logit is the observation's π_ref logit, exactly
+    assert torch.equal(actor_copy.accept_logit(x), x[:, -1])
     with pytest.raises(ValueError, match="trained on another LM"):
         AcceptRejectPolicy.from_policy_state(state, hidden_size=HIDDEN * 2)
+    old = {k: v for k, v in state.items() if k != "parameterisation"}
+    with pytest.raises(ValueError, match="saved by an older tokenalign.*train it again"):
+        AcceptRejectPolicy.from_policy_state(old, hidden_size=HIDDEN)
+    checkpoint = {k: v for k, v in learner.state_dict().items() if k != "parameterisation"}
+    with pytest.raises(ValueError, match="saved by an older tokenalign"):
+        make_learner(name, hidden_size=HIDDEN, config=SMALL[name]).load_state_dict(checkpoint)
 
 
 @pytest.mark.parametrize("name", sorted(SMALL))
@@ -171,11 +181,19 @@ def test_sac_moves_its_targets_by_tau_once_per_update_time() -> None:
         assert torch.allclose(target, 0.75 * before + 0.25 * online)
 
 
-def test_sac_fixed_alpha_stays_put() -> None:
-    sac = make_learner("sac", hidden_size=HIDDEN, config={**SMALL["sac"], "autotune_alpha": False, "alpha_init": 0.2})
-    metrics = sac.update(rollouts(1)[0])
-    assert metrics["alpha"] == pytest.approx(0.2)
-    assert sac.target_entropy == pytest.approx(0.6 * torch.log(torch.tensor(2.0)).item())
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_fixed_beta_stays_put_and_adaptive_beta_follows_the_measured_kl(name: str) -> None:
+    batch = rollouts(1)[0]
+    fixed = make_learner(name, hidden_size=HIDDEN, config={**SMALL[name], "kl_coef": 0.2})
+    assert fixed.update(batch)["kl_coef"] == pytest.approx(0.2) and fixed.kl.value == pytest.approx(0.2)
+    # The untrained agent is π_ref (KL 0), far below the target: β falls, and is checkpointed.
+    adaptive = make_learner(name, hidden_size=HIDDEN,
+                            config={**SMALL[name], "kl_coef": 0.2, "kl_target": 5.0, "kl_horizon": 10.0})
+    assert adaptive.update(batch)["kl_per_response"] == pytest.approx(0.0, abs=1e-6)
+    assert adaptive.kl.value < 0.2
+    restored = make_learner(name, hidden_size=HIDDEN, config={**SMALL[name], "kl_target": 5.0, "kl_horizon": 10.0})
+    restored.load_state_dict(adaptive.state_dict())
+    assert restored.kl.value == adaptive.kl.value
 
 
 @pytest.mark.parametrize("name", ["ppo_lagrangian", "rloo_lagrangian"])
@@ -192,14 +210,15 @@ def test_lagrangian_learners_raise_lambda_on_costly_rollouts_and_lower_it_on_saf
 
 
 EXPECTED_METRICS = {
-    "sac": {"critic_loss", "actor_loss", "alpha_loss", "alpha", "entropy", "accept_rate", "reward", "cost",
-            "actor_grad_norm", "critic_grad_norm"},
+    "sac": {"critic_loss", "actor_loss", "entropy", "accept_rate", "reward", "cost", "actor_grad_norm",
+            "critic_grad_norm", "kl_coef", "kl_per_decision", "kl_per_response"},
     "ppo": {"policy_loss", "reward_value_loss", "entropy", "approx_kl", "clip_fraction", "accept_rate", "reward",
-            "cost", "actor_grad_norm", "reward_critic_grad_norm"},
+            "cost", "actor_grad_norm", "reward_critic_grad_norm", "kl_coef", "kl_per_response", "episode_kl_reward"},
     "ppo_lagrangian": {"policy_loss", "reward_value_loss", "cost_value_loss", "lambda", "approx_kl", "entropy",
                        "cost_critic_grad_norm", "mean_episode_cost"},
     "rloo_lagrangian": {"actor_loss", "entropy", "approx_kl", "lambda", "cost_bound", "kappa", "cost_success",
-                        "accept_rate", "episode_reward", "episode_cost", "actor_grad_norm"},
+                        "accept_rate", "episode_reward", "episode_cost", "actor_grad_norm", "kl_coef", "kl_per_response",
+                        "episode_kl_penalty"},
 }
 
 

@@ -45,10 +45,10 @@ def test_ppo_reaches_90_percent_of_the_optimal_return() -> None:
 
 
 def test_sac_reaches_90_percent_of_the_optimal_return_greedily() -> None:
-    # MARA evaluates the greedy action; SAC's stochastic policy keeps the target entropy 0.6·log 2 on purpose.
+    # MARA evaluates the greedy action; SAC's stochastic policy keeps β·KL to π_ref in its objective on purpose.
     problem = AcceptRejectProblem(hidden_size=HIDDEN)
     config = {"widths": (32, 32), "batch_size": 128, "update_time": 1, "tau": 0.1,
-              "actor_lr": 1e-3, "critic_lr": 1e-3, "alpha_lr": 1e-3}
+              "actor_lr": 1e-3, "critic_lr": 1e-3, "kl_coef": 0.01}
     learner = make_learner("sac", hidden_size=HIDDEN, config=config)
     gen = torch.Generator().manual_seed(1)
     episodes_per_round, replay = 8, []

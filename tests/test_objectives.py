@@ -36,7 +36,8 @@ def records(scores: np.ndarray, *, lengths: list[int], actions: list[list[int]] 
         layout=layout, episode_id=np.repeat(np.arange(len(lengths)), lengths),
         step=np.concatenate([np.arange(k) for k in lengths]), state=np.zeros((n, HIDDEN)), action=action, done=done,
         logp=np.zeros(n), policy_version=np.zeros(n), prompt_id=np.repeat(np.arange(len(lengths)), lengths),
-        rank=np.zeros(n), emit=action == 1, agent_token_logp=np.zeros(n), base_token_logp=np.zeros(n),
+        rank=np.zeros(n), emit=action == 1, base_logit=np.zeros(n), next_base_logit=np.zeros(n), log_ratio=np.zeros(n),
+        decision_kl=np.zeros(n), episode_decisions=np.repeat(lengths, lengths),
         token_reward=np.zeros(n) if token_reward is None else token_reward,
         mara_kl_penalty=np.zeros(n) if penalty is None else penalty, accepts_to_end=accepts_to_end(action, done),
         response_tokens=np.repeat(response_tokens if response_tokens is not None else lengths, lengths),
@@ -104,7 +105,7 @@ def test_postback_and_token_terms_match_maras_loop_over_many_episodes():
     penalty = rng.normal(size=sum(lengths)).astype(np.float32)
     raw = rng.normal(size=(len(lengths), 2)).astype(np.float32)
     decisions = records(raw, lengths=lengths, actions=actions, token_reward=token, penalty=penalty)
-    shaping = ShapingConfig(token_reward="kl_div", kl_ctl=0.1, postback=True)
+    shaping = ShapingConfig(token_reward="mara_kl_div", kl_ctl=0.1, postback=True)
     out = objective("weighted", shaping=shaping, gamma=0.9).label(decisions).reward.double().numpy()
     final = raw.astype(np.float64) @ np.array([2.0, -1.0])
     per_decision = token.astype(np.float64) - 0.1 * penalty
@@ -176,7 +177,8 @@ def test_stored_data_is_relabelled_by_another_objective_without_a_new_rollout():
     queue.add(make_record_batch(
         layout=layout, state=np.zeros((n, 32)), scores=one.scores.numpy(), baseline_scores=one.baseline_scores.numpy(),
         **{k: getattr(one, k).numpy() for k in ("episode_id", "step", "action", "done", "logp", "policy_version",
-                                                "prompt_id", "rank", "emit", "agent_token_logp", "base_token_logp",
+                                                "prompt_id", "rank", "emit", "base_logit", "next_base_logit",
+                                                "log_ratio", "decision_kl", "episode_decisions",
                                                 "token_reward", "mara_kl_penalty", "accepts_to_end", "response_tokens")}))
     stored = queue.get(2, learner_version=0)
     weighted = objective("weighted").label(stored)

@@ -206,29 +206,51 @@ def _record(record: _DecisionLog, batch: DecodeBatch, rows: torch.Tensor, cols: 
                token_index=batch.n_new[rows[taken]], emit=ends_step[taken], mara_kl_penalty=penalty[taken])
 
 
-def as_accept_logit(policy: AcceptPolicy | Callable[[torch.Tensor], torch.Tensor]) -> AcceptLogitFn:
-    """An agent's `accept_logit`, or a bare function of observations giving P(accept), as an accept-logit function."""
-    fn = getattr(policy, "accept_logit", None)
-    if fn is not None:
-        return fn
+@dataclass(frozen=True)
+class ProbabilityPolicy:
+    """A bare function of observations giving P(accept) (N,), as an AcceptPolicy (tests, fixed baselines)."""
+
+    accept_prob: Callable[[torch.Tensor], torch.Tensor]
+
+    def accept_logit(self, observation: torch.Tensor) -> torch.Tensor:
+        return torch.logit(self.accept_prob(observation).float().clamp(0.0, 1.0))
+
+
+@dataclass(frozen=True)
+class FixedPreference:
+    """A preference-conditioned agent with its weights fixed: it sees [observation ; w] for every observation."""
+
+    policy: AcceptPolicy
+    w: torch.Tensor
+
+    def accept_logit(self, observation: torch.Tensor) -> torch.Tensor:
+        w = self.w.to(observation.device).expand(*observation.shape[:-1], self.w.shape[0])
+        return self.policy.accept_logit(torch.cat([observation.float(), w], -1))
+
+
+def as_policy(policy: AcceptPolicy | Callable[[torch.Tensor], torch.Tensor]) -> AcceptPolicy:
+    """An agent (anything with `accept_logit`), or a bare function of observations giving P(accept)."""
+    if hasattr(policy, "accept_logit"):
+        return policy
     if not callable(policy):
-        raise TypeError(f"policy must have accept_logit(observation) or be a callable giving P(accept), got {type(policy).__name__}")
-    return lambda obs: torch.logit(policy(obs).float().clamp(0.0, 1.0))
+        raise TypeError(f"policy must have accept_logit(observation) or be a callable giving P(accept), "
+                        f"got {type(policy).__name__}")
+    return ProbabilityPolicy(policy)
 
 
 def conditioned(policy: AcceptPolicy | Callable[[torch.Tensor], torch.Tensor],
-                preference: Sequence[float] | None) -> AcceptLogitFn:
-    """The accept logits of a preference-conditioned agent fixed to weights w: it sees [observation ; w].
+                preference: Sequence[float] | None) -> AcceptPolicy:
+    """The agent to decode with: a preference-conditioned agent with its weights fixed to w, else the agent.
 
-    Without `preference` the policy is returned as an accept-logit function; a conditioned agent then needs one.
+    Without `preference` a conditioned agent is an error (it needs weights); with one, an unconditioned agent is.
     """
-    fn = as_accept_logit(policy)
+    agent = as_policy(policy)
     dim = int(getattr(policy, "preference_dim", 0))
     if preference is None:
         if dim:
             raise ValueError(f"the agent is conditioned on {dim} preference weights: pick them, e.g. --preference "
                              + ",".join([f"{1 / dim:.2g}"] * dim))
-        return fn
+        return agent
     if not dim:
         raise ValueError("the agent is not preference-conditioned (trained without objective.name=preference): "
                          "decode it without a preference")
@@ -236,8 +258,7 @@ def conditioned(policy: AcceptPolicy | Callable[[torch.Tensor], torch.Tensor],
     if w.shape != (dim,) or bool((w < 0).any()) or not float(w.sum()) > 0:
         raise ValueError(f"preference {list(preference)} must be {dim} non-negative weights with a positive sum for "
                          f"this agent (it was trained on {dim} objectives)")
-    w = w / w.sum()  # the agent was trained on simplex weights, as the envs rescale them
-    return lambda obs: fn(torch.cat([obs.float(), w.to(obs.device).expand(*obs.shape[:-1], dim)], -1))
+    return FixedPreference(agent, w / w.sum())  # the agent was trained on simplex weights, as the envs rescale them
 
 
 @torch.no_grad()
@@ -255,7 +276,7 @@ def generate_episodes(
 
     `preference` (len(prompts), P) conditions a preference-conditioned agent: row i sees [state ; w_i].
     """
-    accept_logit = as_accept_logit(policy)
+    accept_logit = as_policy(policy).accept_logit
     if preference is not None:
         preference = torch.as_tensor(np.asarray(preference, dtype=np.float32), device=engine.device)
         if preference.shape[0] != len(prompts):

@@ -138,12 +138,12 @@ def _decoder(task: DecodingTask, mode: str, policy: AcceptPolicy | None, generat
 
         return lm_alone
     try:
-        accept_logit = conditioned(policy, preference)
+        agent = conditioned(policy, preference)
     except ValueError as err:
         raise EvalError(str(err)) from None
     if mode in AGENT_LOOP_MODES:
         def agent_loop(texts: list[str]) -> tuple[list[list[int]], list[Divergences]]:
-            episodes = generate_episodes(engine, accept_logit, texts, generator=generator, greedy=mode == "serial")
+            episodes = generate_episodes(engine, agent, texts, generator=generator, greedy=mode == "serial")
             return ([e.response_tokens for e in episodes],
                     [{"log_ratio": float(e.log_ratio.astype(np.float64).sum()), "kl": e.kl, "exact_kl": e.exact_kl}
                      for e in episodes])
@@ -152,7 +152,7 @@ def _decoder(task: DecodingTask, mode: str, policy: AcceptPolicy | None, generat
     # The all-candidate strategies need every candidate's state at each step; the LM is shared, not copied.
     engine = DecodingEngine(model=engine.model, tokenizer=engine.tokenizer,
                             config=dataclasses.replace(engine.config, candidate_block=0))
-    return lambda texts: (proxy_decode(engine, accept_logit, texts, strategy=mode, generator=generator), None)
+    return lambda texts: (proxy_decode(engine, agent.accept_logit, texts, strategy=mode, generator=generator), None)
 
 
 def _check_arguments(task: DecodingTask, mode: str, prompts: Sequence[Prompt], *, policy: AcceptPolicy | None,

@@ -20,7 +20,7 @@ from torch import nn
 
 from tokenalign.agents.policy import PARAMETERISATION, AcceptRejectPolicy, check_parameterisation
 from tokenalign.buffers.schema import Transitions
-from tokenalign.learners.kl import KLController, decision_kl, kl_per_response, reference_log_probs
+from tokenalign.learners.kl import KLConfig, KLController, decision_kl, kl_per_response, reference_log_probs
 
 DataMode = Literal["replay", "on_policy"]
 Signal = Literal["reward", "cost"]
@@ -107,6 +107,9 @@ class Learner(abc.ABC):
         self.config = config
         self.device = torch.device(device)
         self.num_updates = 0
+        if not isinstance(config, KLConfig):
+            raise TypeError(f"{type(self).__name__}'s config {type(config).__name__} must inherit "
+                            "tokenalign.learners.kl.KLConfig: every learner's objective carries the KL to the base LM")
         self.kl = KLController(config=config)
         # Minibatch shuffling draws from this CPU generator, so runs replay identically on any device.
         self.generator = torch.Generator().manual_seed(config.seed)
