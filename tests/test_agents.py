@@ -19,12 +19,22 @@ def test_policy_is_mara_shaped_mlp_with_defaults() -> None:
     assert [type(m).__name__ for m in layers] == ["ObservationNorm", "Linear", "ReLU", "Linear", "ReLU", "Linear"]
     assert isinstance(policy.norm, torch.nn.LayerNorm)  # old checkpoints keep their parameter names
     assert [(m.in_features, m.out_features) for m in policy.body if isinstance(m, torch.nn.Linear)] == [
-        (64, 1024), (1024, 256), (256, 2)
+        (65, 1024), (1024, 256), (256, 1)  # [hidden ; π_ref accept logit] → the residual of the accept logit
     ]
 
 
+def test_an_untrained_agent_is_pi_ref_and_training_moves_it_by_a_residual() -> None:
+    policy = AcceptRejectPolicy(hidden_size=12, widths=(16, 8))
+    obs = torch.randn(50, 13) * 3
+    assert torch.equal(policy.accept_logit(obs), obs[:, -1])  # l = l_ref + 0
+    with torch.no_grad():
+        policy.body[-1].bias.fill_(0.5)
+    torch.testing.assert_close(policy.accept_logit(obs), obs[:, -1] + 0.5)
+    torch.testing.assert_close(policy.residual(obs), torch.full((50,), 0.5))
+
+
 def test_forward_accept_prob_and_act_agree(policy: AcceptRejectPolicy) -> None:
-    state = torch.randn(5, 3, 12)
+    state = torch.randn(5, 3, 13)
     logits = policy(state)
     assert logits.shape == (5, 3, 2)
     p_accept = policy.accept_prob(state)
@@ -36,7 +46,7 @@ def test_forward_accept_prob_and_act_agree(policy: AcceptRejectPolicy) -> None:
 
 
 def test_sampled_actions_follow_accept_prob_and_generator(policy: AcceptRejectPolicy) -> None:
-    state = torch.randn(1, 12).expand(20000, 12)
+    state = torch.randn(1, 13).expand(20000, 13)
     action, _ = policy.act(state, generator=torch.Generator().manual_seed(3))
     again, _ = policy.act(state, generator=torch.Generator().manual_seed(3))
     assert torch.equal(action, again)
@@ -44,7 +54,7 @@ def test_sampled_actions_follow_accept_prob_and_generator(policy: AcceptRejectPo
 
 
 def test_half_precision_states_are_accepted(policy: AcceptRejectPolicy) -> None:
-    state = torch.randn(4, 12)
+    state = torch.randn(4, 13)
     assert torch.allclose(policy.accept_prob(state.half()), policy.accept_prob(state.half().float()))
 
 
@@ -53,10 +63,10 @@ def test_policy_state_round_trip_is_an_independent_copy(policy: AcceptRejectPoli
     assert state["hidden_size"] == 12 and state["widths"] == [16, 8]
     assert all(t.device.type == "cpu" for t in state["state_dict"].values())
     clone = AcceptRejectPolicy.from_policy_state(state, hidden_size=12)
-    x = torch.randn(7, 12)
+    x = torch.randn(7, 13)
     assert torch.equal(clone(x), policy(x))
     with torch.no_grad():
-        next(policy.parameters()).add_(1.0)
+        policy.body[-1].bias.add_(1.0)
     assert not torch.equal(clone(x), policy(x))
 
 
@@ -75,11 +85,11 @@ def test_bad_widths_are_rejected(widths: tuple) -> None:
 
 def test_twin_critic_heads_are_independent_over_one_layer_norm() -> None:
     critic = TwinQCritic(hidden_size=12, widths=(16, 8))
-    q1, q2 = critic(torch.randn(6, 12))
+    q1, q2 = critic(torch.randn(6, 13))
     assert q1.shape == q2.shape == (6, 2)
     assert not torch.equal(q1, q2)
     assert sum(isinstance(m, torch.nn.LayerNorm) for m in critic.modules()) == 1
 
 
 def test_value_head_gives_one_value_per_state() -> None:
-    assert ValueHead(hidden_size=12, widths=(8,))(torch.randn(3, 5, 12)).shape == (3, 5)
+    assert ValueHead(hidden_size=12, widths=(8,))(torch.randn(3, 5, 13)).shape == (3, 5)

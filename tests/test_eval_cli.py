@@ -50,7 +50,8 @@ def run_dir(tmp_path: Path) -> Path:
     (checkpoints / "step-00000100").mkdir(parents=True)
     torch.save(policy_state(seed=1), checkpoints / "step-00000100" / "policy_state.pt")
     newest = policy_state(seed=2)
-    learner_state = {"learner": "sac", "hidden_size": HIDDEN, "config": {"widths": (16,)},
+    learner_state = {"learner": "sac", "parameterisation": newest["parameterisation"], "hidden_size": HIDDEN,
+                     "config": {"widths": (16,)},
                      "networks": {"policy": newest["state_dict"]}, "optimizers": {}, "extra": {}, "num_updates": 200}
     (checkpoints / "step-00000200").mkdir()
     torch.save({"learner": learner_state, "buffer": {}}, checkpoints / "step-00000200" / "learner.pt")

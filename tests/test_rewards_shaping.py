@@ -41,7 +41,7 @@ def ragged_batch(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 @pytest.mark.parametrize("cond_prob", [False, True])
 def test_mara_kl_penalties_match_maras_loop_on_a_ragged_batch(penalty, cond_prob):
     accept_prob, llm_logp, mask = ragged_batch(seed=len(penalty) + cond_prob)
-    config = ShapingConfig(kl_penalty=penalty, kl_ctl=0.3, cond_prob=cond_prob)
+    config = ShapingConfig(token_reward="mara_kl_div", kl_penalty=penalty, kl_ctl=0.3, cond_prob=cond_prob)
     rewards = -config.kl_ctl * mara_kl_penalties(accept_prob, llm_logp, mask, config=config)
     assert rewards.shape == (4, 5) and torch.isfinite(rewards).all()
     for row in range(4):
@@ -68,3 +68,19 @@ def test_no_token_reward_and_config_validation():
         ShapingConfig(kl_penalty="kld")
     with pytest.raises(ValueError, match="token_reward 'logit'"):
         ShapingConfig(token_reward="logit")
+    with pytest.raises(ValueError, match="now named 'mara_kl_div'.*not a KL"):
+        ShapingConfig(token_reward="kl_div")
+
+
+def test_maras_penalty_is_not_a_kl():
+    """π_ref, the accept/reject policy that decodes exactly as base sampling, has KL 0 to the base LM; MARA's
+    penalty charges it anyway, and less than it charges a policy that always emits the top candidate."""
+    from tokenalign.envs.candidates import reference_accept_logits
+
+    logq = torch.log_softmax(torch.tensor([[2.0, 1.0, 0.5, 0.0, -1.0]]), -1)
+    mask = torch.ones(1, 5, dtype=torch.bool)
+    config = ShapingConfig(token_reward="mara_kl_div", kl_penalty="full", cond_prob=True)
+    ref = torch.sigmoid(reference_accept_logits(logq, torch.tensor([5])))
+    reproduces_q = float(mara_kl_penalties(ref, logq, mask, config=config).sum())
+    top1_only = float(mara_kl_penalties(torch.tensor([[1.0, 0.0, 0.0, 0.0, 0.0]]), logq, mask, config=config).sum())
+    assert abs(reproduces_q) > 0.1 and top1_only != reproduces_q

@@ -60,7 +60,8 @@ def _policy_state(state: Any, file: Path) -> dict[str, Any]:
             return state
         networks = state.get("networks")
         if isinstance(networks, dict) and "policy" in networks:
-            return {"hidden_size": state["hidden_size"], "widths": state["config"]["widths"],
+            return {"parameterisation": state.get("parameterisation"), "hidden_size": state["hidden_size"],
+                    "preference_dim": state.get("preference_dim", 0), "widths": state["config"]["widths"],
                     "state_dict": networks["policy"]}
         for key in ("policy_state", "learner"):
             if isinstance(state.get(key), dict):
