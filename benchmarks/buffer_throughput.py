@@ -31,7 +31,7 @@ import redis
 import torch
 
 from tokenalign.buffers.config import BufferConfig
-from tokenalign.buffers.schema import make_record_batch
+from tokenalign.buffers.schema import RecordLayout, make_record_batch
 from tokenalign.buffers.spec import BufferSpec, launch_buffer
 
 MGET_KEYS_PER_COMMAND = 256
@@ -72,6 +72,11 @@ def parse_args() -> Args:
     return Args(**vars(parser.parse_args()))
 
 
+def layout(args: Args) -> RecordLayout:
+    """The records of a demo-like run: the LM's hidden size, a reward and a cost scorer."""
+    return RecordLayout(hidden_size=args.hidden_size, scorers=("reward", "cost"))
+
+
 def make_batches(args: Args, rng: np.random.Generator) -> list:
     rows = args.episode_len * args.episodes_per_add
     batches = []
@@ -79,12 +84,18 @@ def make_batches(args: Args, rng: np.random.Generator) -> list:
         first_episode = start // args.episode_len
         episode_id = np.repeat(np.arange(first_episode, first_episode + args.episodes_per_add), args.episode_len)
         step = np.tile(np.arange(args.episode_len), args.episodes_per_add)
+        done = step == args.episode_len - 1
+        action = rng.integers(0, 2, rows)
+        base_logit = rng.standard_normal(rows).astype(np.float32)
         batches.append(
             make_record_batch(
-                episode_id=episode_id, step=step, state=rng.standard_normal((rows, args.hidden_size), dtype=np.float32),
-                action=rng.integers(0, 2, rows), reward=rng.standard_normal(rows), cost=rng.standard_normal(rows),
-                done=step == args.episode_len - 1, logp=np.full(rows, -0.5), policy_version=np.zeros(rows),
-                prompt_id=episode_id,
+                layout=layout(args), episode_id=episode_id, step=step,
+                state=rng.standard_normal((rows, args.hidden_size), dtype=np.float32), action=action, done=done,
+                logp=np.full(rows, -0.5), policy_version=np.zeros(rows), prompt_id=episode_id, rank=step % 4,
+                emit=action == 1, base_logit=base_logit, next_base_logit=np.where(done, 0, np.roll(base_logit, -1)),
+                log_ratio=np.zeros(rows), decision_kl=np.zeros(rows), episode_decisions=np.full(rows, args.episode_len),
+                accepts_to_end=np.zeros(rows), response_tokens=np.full(rows, args.episode_len),
+                scores=rng.standard_normal((rows, 2)),
             )
         )
     return batches
@@ -129,7 +140,7 @@ def fill_buffer(args: Args, batches: list, *, backend: str, num_shards: int, run
     config = BufferConfig(
         backend=backend, num_shards=num_shards, capacity=args.capacity, min_size_to_sample=0, seed=0, **overrides
     )
-    spec, fleet = launch_buffer(config, hidden_size=args.hidden_size, data_mode="replay", run_dir=run_dir)
+    spec, fleet = launch_buffer(config, layout=layout(args), data_mode="replay", run_dir=run_dir)
     buffer = spec.connect()
     start = time.perf_counter()
     for batch in batches:

@@ -3,7 +3,7 @@ evaluated on the held-out prompts beside base sampling and best-of-N reranking.
 
     python benchmarks/compare_algorithms.py            # full: 4 learners × 3 seeds, 200k decisions each
     python benchmarks/compare_algorithms.py --quick    # 2 seeds, 20k decisions, 50 prompts: under 10 minutes
-    python benchmarks/compare_algorithms.py --tag kl shaping.token_reward=kl_div   # a variant, own result files
+    python benchmarks/compare_algorithms.py --tag mara shaping.token_reward=mara_kl_div   # a variant, own result files
 
 Each run is the real system (Trainer: Ray rollout actors, embedded Redis buffer, learner actor) on one
 shared local Ray session, stopped by run.total_decisions. A seed seeds the run (actors, learner, buffer
@@ -133,12 +133,12 @@ def learning_curve(run_dir: Path) -> dict[str, list[float]]:
 
 def train_and_evaluate(args: Args, learner: str, seed: int, runs_dir: Path, task: DecodingTask,
                        overrides: list[str]) -> dict[str, Any]:
-    """One training run on the shared Ray session, then its agent (serial first-accept) on the held-out prompts."""
+    """One training run on the shared Ray session, then its agent (sampled) on the held-out prompts."""
     trainer = Trainer.new_run(run_config(args, learner, seed, runs_dir, overrides))
     trainer.run()
     training = json.loads((trainer.run_dir / "training.json").read_text())
     policy = load_agent(trainer.run_dir, hidden_size=task.hidden_size)
-    result = evaluate(task, "serial", task.prompts, policy=policy, seed=seed, batch_size=args.eval_batch_size,
+    result = evaluate(task, "sample", task.prompts, policy=policy, seed=seed, batch_size=args.eval_batch_size,
                       cost_threshold=args.cost_limit)
     return {"learner": learner, "seed": seed, "run_dir": str(trainer.run_dir), "decisions": training["decisions"],
             "episodes": training["episodes"], "updates": training["updates"], "train_minutes": training["minutes"],

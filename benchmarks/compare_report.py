@@ -165,7 +165,7 @@ def markdown(data: dict[str, Any], agg: dict[str, Any], name: str) -> str:
         f"Made by `{data['command']}` on {data['machine']['cores']} CPU cores, no GPU, in "
         f"{data.get('wall_minutes', float('nan')):.0f} minutes. Every learner trains on the demo task (bundled tiny LM, "
         f"reward = 2 × VADER, cost = profanity probability) for {args['decisions']:,} agent decisions, "
-        f"{args['seeds']} seeds each; each trained agent (serial first-accept, greedy) and each baseline is evaluated "
+        f"{args['seeds']} seeds each; each trained agent (sampled, as the text distribution it is) and each baseline is evaluated "
         f"on the first {args['eval_prompts']} held-out prompts. Figures are mean ± standard error over seeds. "
         f"cost_success is P(cost ≤ {args['cost_limit']:g}), the Lagrangian learners' threshold. "
         "LM fwd/token: LM forward tokens per generated token (decode compute)."

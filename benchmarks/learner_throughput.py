@@ -33,6 +33,7 @@ def synthetic_batch(*, rows: int, hidden_size: int, episode_length: int, seed: i
     episode = torch.arange(rows // episode_length).repeat_interleave(episode_length)
     done = (torch.arange(rows) % episode_length == episode_length - 1).float()
     state = torch.randn(rows, hidden_size, generator=gen)
+    base_logit = torch.randn(rows, generator=gen)
     return Transitions(
         state=state,
         action=torch.randint(2, (rows,), generator=gen),
@@ -45,6 +46,9 @@ def synthetic_batch(*, rows: int, hidden_size: int, episode_length: int, seed: i
         step=torch.arange(rows) % episode_length,
         prompt_id=episode // 2,
         policy_version=torch.zeros(rows, dtype=torch.long),
+        base_logit=base_logit,
+        next_base_logit=torch.roll(base_logit, -1, 0) * (1.0 - done),
+        episode_decisions=torch.full((rows,), episode_length),
     )
 
 
