@@ -58,6 +58,8 @@ class Args:
     """Comma-separated KL coefficients β (learner.params.kl_coef), one agent each."""
     learner: str = "sac"
     """Learner of every agent (the demo's)."""
+    params: str = "{batch_size: 256, update_time: 2, learning_starts_factor: 4}"
+    """learner.params of every agent (the demo's), kl_coef added per agent."""
     decisions: int = 30_000
     """Agent decisions each agent collects (the equal training budget)."""
     eval_prompts: int = 100
@@ -149,11 +151,11 @@ def main() -> None:
             print(f"[{(time.monotonic() - start) / 60:5.1f} min] seed {seed}: agent β={beta}", flush=True)
             run_dir, training = train([*budget_overrides(learner=args.learner, decisions=args.decisions, seed=seed,
                                                          runs_dir=runs_dir, name=f"beta{beta}"),
-                                       f"learner.params.kl_coef={beta}"])
+                                       f"learner.params={args.params}", f"learner.params.kl_coef={beta}"])
             policy = load_agent(run_dir, hidden_size=task.hidden_size)
             row["agents"][str(beta)] = {**agent_row(task, policy, seed=seed, batch_size=args.eval_batch_size),
                                         "decisions": training["decisions"],
-                                        "train_seconds": training.get("elapsed_s", float("nan"))}
+                                        "train_minutes": training["minutes"]}
         data["seeds"].append(row)
         (out / f"{name}.json").write_text(json.dumps(data, indent=1))  # after each seed, so a stop keeps them
     data["summary"] = {

@@ -16,8 +16,9 @@ SUMMARY = {
              "cost_success": {"mean": 0.9, "se": 0.03}, "lm_forward_tokens_per_token": 1.5,
              "distinct_2": 0.7, "perplexity": {"mean": 20.0, "se": 1.0}},
     "best-of-4": {"reward": {"mean": 0.50, "se": 0.02}, "cost": {"mean": 0.29, "se": 0.01}, "n": 100,
-                  "lm_forward_tokens_per_token": 6.0, "distinct_2": 0.65, "perplexity": {"mean": 21.0, "se": 1.0}},
+                  "kl_per_response_bound": 0.6363, "lm_forward_tokens_per_token": 6.0, "distinct_2": 0.65, "perplexity": {"mean": 21.0, "se": 1.0}},
     "agent-serial": {"reward": {"mean": 0.40, "se": 0.03}, "cost": {"mean": 0.31, "se": 0.01}, "n": 100,
+                     "kl_per_response": {"mean": 12.5, "se": 0.5},
                      "lm_forward_tokens_per_token": 9.0, "distinct_2": 0.1, "perplexity": {"mean": 50.0, "se": 2.0}},
 }
 
@@ -48,7 +49,10 @@ def test_report_tables_plots_and_meaning(tmp_path):
     report = (run / "report.md").read_text()
     assert "# Run report: demo-1" in report
     assert "640 episodes and 395 learner updates in 121 s" in report
-    assert "| agent-serial | 100 | 0.400 ± 0.030 | 0.310 ± 0.010 | — | — | 50.0 ± 2.0 | 0.100 | 9.0 | — |" in report
+    assert ("| agent-serial | 100 | 0.400 ± 0.030 | 0.310 ± 0.010 | — | 12.50 ± 0.50 | — | 50.0 ± 2.0 | 0.100 | 9.0 | — |"
+            in report)
+    assert "| best-of-4 | 100 | 0.500 ± 0.020 | 0.290 ± 0.010 | — | ≤ 0.64 |" in report
+    assert "at KL 12.50 nats per response against ≤ 0.64, at 1.5× the LM forward tokens" in report
     assert "**agent-serial** vs base: reward better by 0.300 ± 0.036, cost indistinguishable" in report
     assert "at 6.0× the LM forward tokens per generated token" in report
     assert "**agent-serial** vs best-of-4: reward indistinguishable (-0.100 ± 0.036)" not in report

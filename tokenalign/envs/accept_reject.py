@@ -94,8 +94,10 @@ class AcceptRejectEnv(gym.Env):
     ## Reward
     0 for every decision but the last, which carries the final sequence reward as MARA combines it:
     Σ_k multiplier_k · score_k − baseline over the configured scorers (the demo: 2 × VADER sentiment
-    − 1 × profanity probability). Per-decision KL shaping needs the agent's probabilities over all
-    candidates, so only the rollout actors, which own the agent, apply it.
+    − 1 × profanity probability). The env adds no KL term: an outside agent with accept logit l pays
+    KL(σ(l) ‖ σ(l_ref)) per decision against the observation's l_ref if it wants tokenalign's KL to the
+    base LM (`tokenalign.envs.rollout.bernoulli_kl`); MARA's shaping needs every candidate's P(accept), so
+    only the rollout actors, which own the agent, apply it.
 
     With `preference` the final reward is instead that of the `preference` objective (RiC's linear
     scalarisation): Σ_i w_i · z_i over the scorers, where z_i = (v_i − μ_i) / σ_i z-normalises

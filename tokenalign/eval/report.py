@@ -80,16 +80,23 @@ def _number(value: Any, fmt: str) -> str:
 
 def summary_markdown(summary: dict[str, dict[str, Any]]) -> str:
     """The evaluation summary as a markdown table, one row per mode (— where a mode lacks a statistic)."""
-    header = ["mode", "n", "reward", "cost", "cost success", "length", "perplexity", "distinct-2", "LM tokens / token",
-              "s / token"]
+    header = ["mode", "n", "reward", "cost", "cost success", "KL / response", "length", "perplexity", "distinct-2",
+              "LM tokens / token", "s / token"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for mode, s in summary.items():
         lines.append(" | ".join([
             f"| {mode}", str(s["n"]), _mean_se(s["reward"]), _mean_se(s["cost"]), _mean_se(s.get("cost_success")),
-            _mean_se(s.get("length"), 1), _mean_se(s.get("perplexity"), 1), _number(s.get("distinct_2"), ".3f"),
+            _kl(s), _mean_se(s.get("length"), 1), _mean_se(s.get("perplexity"), 1), _number(s.get("distinct_2"), ".3f"),
             _number(s.get("lm_forward_tokens_per_token"), ".1f"), _number(s.get("seconds_per_token"), ".2e"),
         ]) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _kl(s: dict[str, Any]) -> str:
+    """The mode's KL per response to the base LM: measured (mean ± SE), best-of-N's bound (≤), or —."""
+    if isinstance(s.get("kl_per_response"), dict):
+        return _mean_se(s["kl_per_response"], 2)
+    return f"≤ {s['kl_per_response_bound']:.2f}" if isinstance(s.get("kl_per_response_bound"), float) else "—"
 
 
 def _versus(stat: dict[str, float], ref: dict[str, float]) -> tuple[float, float]:
@@ -106,6 +113,8 @@ def _compare(s: dict[str, Any], ref: dict[str, Any]) -> str:
             parts.append(f"{key} indistinguishable ({d:+.3f} ± {se:.3f})")
         else:
             parts.append(f"{key} {'better' if (d > 0) == higher_is_better else 'worse'} by {abs(d):.3f} ± {se:.3f}")
+    if isinstance(s.get("kl_per_response"), dict):
+        parts.append(f"at KL {s['kl_per_response']['mean']:.2f} nats per response against {_kl(ref)}")
     compute = s.get("lm_forward_tokens_per_token"), ref.get("lm_forward_tokens_per_token")
     if all(isinstance(x, (int, float)) and x > 0 for x in compute):
         parts.append(f"at {compute[0] / compute[1]:.1f}× the LM forward tokens per generated token")
