@@ -47,11 +47,13 @@ def machine() -> dict[str, Any]:
     return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "gpus": 0}
 
 
-def budget_overrides(*, learner: str, decisions: int, seed: int, runs_dir: Path, name: str) -> list[str]:
-    """One training run of `learner` stopped by a decision budget, no end-of-run evaluation, no wandb."""
+def budget_overrides(*, learner: str, decisions: int | None, seed: int, runs_dir: Path, name: str) -> list[str]:
+    """One training run of `learner` stopped by a decision budget (None: set run.total_episodes after these),
+    no end-of-run evaluation, no wandb."""
     params = "{episodes_per_update: 32}" if learner.startswith("ppo") else "{}"  # the demo's 2 actors' rollout scale
     return [f"learner.name={learner}", f"learner.params={params}", f"run.seed={seed}", f"buffer.seed={seed}",
-            f"run.total_decisions={decisions}", "run.total_episodes=1000000000", "run.max_minutes=null",
+            f"run.total_decisions={'null' if decisions is None else decisions}", "run.total_episodes=1000000000",
+            "run.max_minutes=null",
             "run.eval_prompts=0", "run.wandb_mode=disabled", f"run.runs_dir={runs_dir}", f"run.name={name}-seed{seed}"]
 
 

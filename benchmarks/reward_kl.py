@@ -1,15 +1,15 @@
 """The reward–KL frontier on the demo task: agents at several KL coefficients β against best-of-N sampling.
 
     python benchmarks/reward_kl.py           # 3 seeds × 4 β, 100 held-out prompts, best-of-N for N = 1 … 64
-    python benchmarks/reward_kl.py --quick   # 1 seed, 2 β, 20 prompts: a check that it runs
+    python benchmarks/reward_kl.py --quick   # 1 seed, 2 β, 300 episodes, 20 prompts: a check that it runs
 
 A reward number alone proves nothing: an agent can buy reward with text the base LM would never write.
 So every point carries its KL per response to the base LM's sampling distribution q, and the text's
 distinct-2 and base-LM perplexity, and it is compared with best-of-N (Stiennon et al. 2020's baseline) at
 equal KL and at equal decode compute.
 
-  * agents   one agent per (β, seed), trained with the demo's learner and reward for the same decision
-             budget, the KL to the base LM in its objective with weight β (learner.params.kl_coef); each
+  * agents   one agent per (β, seed), trained with the demo's learner and reward for the same number of
+             episodes, the KL to the base LM in its objective with weight β (learner.params.kl_coef); each
              decodes the held-out prompts as the text distribution it is (sampled actions). Its KL per
              response is measured while decoding (Σ of the decisions' Bernoulli KLs to π_ref).
   * best-of-N a pool of 64 base samples per prompt and seed, scored once; best-of-N keeps the highest
@@ -44,7 +44,7 @@ from tokenalign.eval.metrics import distinct_n  # noqa: E402
 from tokenalign.eval.perplexity import response_perplexity  # noqa: E402
 from tokenalign.eval.sampler import sample_responses  # noqa: E402
 
-QUICK = {"seeds": 1, "betas": "0.1,1.0", "decisions": 6000, "eval_prompts": 20, "pool": 16}
+QUICK = {"seeds": 1, "betas": "0.05,0.3", "episodes": 300, "eval_prompts": 20, "pool": 16}
 BEST_OF = (1, 2, 4, 8, 16, 32, 64)
 
 
@@ -56,12 +56,14 @@ class Args:
     """Seeds (0, 1, ...): each trains one agent per β and draws one best-of-N pool."""
     betas: str = "0.03,0.1,0.3,1.0"
     """Comma-separated KL coefficients β (learner.params.kl_coef), one agent each."""
-    learner: str = "sac"
+    learner: str = "ppo"
     """Learner of every agent (the demo's)."""
-    params: str = "{batch_size: 256, update_time: 2, learning_starts_factor: 4}"
+    params: str = "{episodes_per_update: 32, actor_lr: 0.001, critic_lr: 0.001}"
     """learner.params of every agent (the demo's), kl_coef added per agent."""
-    decisions: int = 30_000
-    """Agent decisions each agent collects (the equal training budget)."""
+    overrides: str = ""
+    """Extra config overrides of every agent's training and of the evaluation engine, space-separated."""
+    episodes: int = 2000
+    """Episodes each agent is trained on (the equal training budget; one reward per episode is the signal)."""
     eval_prompts: int = 100
     """Held-out prompts every method decodes."""
     pool: int = 64
@@ -69,7 +71,7 @@ class Args:
     eval_batch_size: int = 32
     """Sequences decoded together during evaluation."""
     quick: bool = False
-    """1 seed, 2 β, 6k decisions, 20 prompts, N ≤ 16: writes reward_kl_quick.*."""
+    """1 seed, 2 β, 300 episodes, 20 prompts, N ≤ 16: writes reward_kl_quick.*."""
     out_dir: str = "benchmarks/results"
     """Where the results go."""
     runs_dir: str = "runs/reward_kl"
@@ -133,7 +135,7 @@ def main() -> None:
     name = "reward_kl_quick" if args.quick else "reward_kl"
     betas = [float(b) for b in args.betas.split(",")]
     runs_dir = Path(args.runs_dir) / time.strftime("%Y%m%d-%H%M%S")
-    _, task = held_out_task([], args.eval_prompts)
+    _, task = held_out_task(args.overrides.split(), args.eval_prompts)  # the agents' engine settings
     data: dict[str, Any] = {"command": command("reward_kl.py", args, QUICK), "args": asdict(args),
                             "machine": machine(), "seeds": []}
     out = Path(args.out_dir)
@@ -149,9 +151,11 @@ def main() -> None:
         row["best_of"] = best_of_n_rows(task, seed=seed, pool=args.pool, batch_size=args.eval_batch_size)
         for beta in betas:
             print(f"[{(time.monotonic() - start) / 60:5.1f} min] seed {seed}: agent β={beta}", flush=True)
-            run_dir, training = train([*budget_overrides(learner=args.learner, decisions=args.decisions, seed=seed,
+            run_dir, training = train([*budget_overrides(learner=args.learner, decisions=None, seed=seed,
                                                          runs_dir=runs_dir, name=f"beta{beta}"),
-                                       f"learner.params={args.params}", f"learner.params.kl_coef={beta}"])
+                                       f"run.total_episodes={args.episodes}",
+                                       f"learner.params={args.params}", f"learner.params.kl_coef={beta}",
+                                       *args.overrides.split()])
             policy = load_agent(run_dir, hidden_size=task.hidden_size)
             row["agents"][str(beta)] = {**agent_row(task, policy, seed=seed, batch_size=args.eval_batch_size),
                                         "decisions": training["decisions"],
@@ -177,7 +181,7 @@ def markdown(data: dict[str, Any]) -> str:
     s, args = data["summary"], data["args"]
     lines = [f"# Reward–KL frontier on the demo task ({args['learner']} agents vs best-of-N)", "",
              f"`{data['command']}` — {args['seeds']} seed(s), {args['eval_prompts']} held-out prompts, "
-             f"{args['decisions']:,} training decisions per agent; mean ± SE over seeds. KL per response to the base "
+             f"{args['episodes']:,} training episodes per agent; mean ± SE over seeds. KL per response to the base "
              "LM's sampling distribution in nats (agents: measured while decoding; best-of-N: the analytic bound, "
              "and an estimate from the pool's empirical reward CDF). Compute: LM forward tokens per generated token.",
              "", "| method | reward | cost | KL / response | √KL | distinct-2 | base-LM ppl | compute |",

@@ -64,7 +64,10 @@ def cmd_train(args: argparse.Namespace, config: TrainConfig) -> int:
         trainer = Trainer.new_run(config)
     print(f"run directory: {trainer.run_dir}", flush=True)
     summary = trainer.run()
-    print(json.dumps({mode: {k: s[k] for k in ("reward", "cost", "n")} for mode, s in summary.items()}, indent=2))
+    if summary:  # reward beside KL to the base LM, diversity and perplexity: a reward alone proves nothing
+        from tokenalign.eval.report import summary_markdown
+
+        print(summary_markdown(summary))
     print(f"report: {trainer.run_dir / 'report.md'}")
     return 0
 

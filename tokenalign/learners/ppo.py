@@ -4,7 +4,7 @@ On a rollout of whole episodes, with the behaviour log-probs log π_old recorded
 the accept/reject policy that decodes as the base LM (learners/kl.py):
 
     r_t        = clip(score_t, ±50) − β·(log π_old(a_t|s_t) − log π_ref(a_t|s_t))   (InstructGPT's KL reward)
-    Â_t        = GAE(γ, λ) of δ_t = r_t + γ(1 − d_t)·V(s_{t+1}) − V(s_t)
+    Â_t        = GAE(γ, λ) of δ_t = r_t + γ(1 − d_t)·V(s_{t+1}) − V(s_t), standardised over the rollout (CleanRL)
     ρ_t        = π_θ(a_t|s_t) / π_old(a_t|s_t)
     L^CLIP     = −E_t[min(ρ_t·Â_t, clip(ρ_t, 1 − ε, 1 + ε)·Â_t)]
     L^VF       = ½·E_t[max((V(s_t) − R̂_t)², (V_old(s_t) + clip(V(s_t) − V_old(s_t), ±ε_V) − R̂_t)²)]
@@ -52,6 +52,8 @@ class PPOConfig(KLConfig):
     """Value clip ε_V around the rollout-time values."""
     clip_range_score: float = 50.0  # safe-rlhf
     """Per-decision rewards and costs are clipped to ±this."""
+    normalize_advantages: bool = True  # CleanRL ppo.py norm_adv
+    """Standardise the policy's advantages over each rollout (the KL-shaped reward's scale then matters less)."""
     entropy_coef: float = 0.0  # safe-rlhf has no entropy bonus (CleanRL ppo.py uses 0.01)
     """Entropy bonus coefficient c_H."""
     update_epochs: int = 4  # CleanRL ppo.py
@@ -152,6 +154,8 @@ class PPOLearner(Learner):
                     score, old_values[signal], batch.done, gamma=cfg.gamma, lam=cfg.gae_lambda
                 )
             actor_advantages = self.actor_advantages(advantages)
+            if cfg.normalize_advantages and len(actor_advantages) > 1:
+                actor_advantages = (actor_advantages - actor_advantages.mean()) / (actor_advantages.std() + 1e-8)
 
         sums: dict[str, torch.Tensor] = {}
         steps = 0
