@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 BIN = Path(sys.executable).parent
-SHORT = ["run.eval_prompts=4", "rollout.episodes_per_batch=4", "engine.max_new_tokens=8",
+SHORT = ["learner.name=sac", "learner.params={}", "run.eval_prompts=4", "rollout.episodes_per_batch=4", "engine.max_new_tokens=8",
          "buffer.min_size_to_sample=64", "learner.params.batch_size=32", "learner.params.update_time=1",
          "learner.params.learning_starts_factor=1"]
 

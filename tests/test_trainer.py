@@ -46,6 +46,10 @@ def test_short_training_run_for_each_learner(ray_cluster, tmp_path, learner):
     assert training["episodes"] >= 32 and training["updates"] >= 1
     metrics = read_metrics(run_dir)
     assert metrics[-1]["updates"] >= 1 and any("learner/num_updates" in m for m in metrics)
+    # every run reports its agent's KL to the base LM: measured by the actors, estimated and weighted by the learner
+    assert all(m["rollout/kl_per_response"] >= 0 for m in metrics if "rollout/kl_per_response" in m)
+    assert any("learner/kl_coef" in m and "learner/kl_per_response" in m for m in metrics)
+    assert summary["agent"]["kl_per_response"]["mean"] >= 0 and "kl_per_response_bound" in summary["best_of_4"]
     for name in ("config.yaml", "summary.json", "report.md", "reward.png", "cost.png", "generations.jsonl"):
         assert (run_dir / name).is_file(), name
     latest = run_dir / "checkpoints" / (run_dir / "checkpoints" / "latest").read_text().strip()

@@ -111,23 +111,26 @@ class TrainConfig:
 
     Each section's own defaults are its reference paper's (MARA's 7B settings for SAC and the buffer);
     the few values set here scale them to the embedded demo on a 2-core CPU, which is what
-    `tokenalign train` with no arguments runs (configs/demo.yaml spells the same values out).
+    `tokenalign train` with no arguments runs (configs/demo.yaml spells the same values out). The demo's
+    learner, β and postback come from the reward–KL frontier (benchmarks/results/reward_kl.md): PPO with the
+    exact KL learned within the demo's budget where SAC did not, and postback pays the agent per decision.
     """
 
     lm: LMConfig = field(default_factory=LMConfig)
     """The frozen LLM."""
-    engine: EngineConfig = field(default_factory=lambda: EngineConfig(max_new_tokens=24))
+    engine: EngineConfig = field(default_factory=lambda: EngineConfig(max_new_tokens=24, candidate_block=4))
     """Decoding: candidates, episode length, candidate blocks."""
     data: DataConfig = field(default_factory=DataConfig)
     """Training and evaluation prompts."""
     reward: RewardConfig = field(default_factory=RewardConfig)
     """Reward and cost scorers and how they combine."""
-    shaping: ShapingConfig = field(default_factory=ShapingConfig)
-    """Postback and MARA's per-decision shaping (off: the learners carry the exact KL, learner.params.kl_coef)."""
+    shaping: ShapingConfig = field(default_factory=lambda: ShapingConfig(postback=False))
+    """Postback and MARA's per-decision shaping, both off: postback copies the episode's reward onto every
+    decision, so an agent earns more by making more decisions (rejecting); the learners carry the exact KL."""
     objective: ObjectiveSection = field(default_factory=ObjectiveSection)
     """How the learner turns the recorded raw scores into rewards and costs (weighted: MARA's sum)."""
     learner: LearnerSection = field(default_factory=lambda: LearnerSection(
-        params={"batch_size": 256, "update_time": 2, "learning_starts_factor": 4}))
+        name="ppo", params={"episodes_per_update": 32, "actor_lr": 1e-3, "critic_lr": 1e-3, "kl_coef": 0.1}))
     """The learner."""
     buffer: BufferConfig = field(default_factory=lambda: BufferConfig(
         backend="redis", num_shards=2, capacity=200_000, min_size_to_sample=1025))
@@ -265,7 +268,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 
 
 def _drop_demo_params(data: dict[str, Any], demo: dict[str, Any]) -> None:
-    """The demo's learner.params are SAC's: another learner, its params untouched, starts from its paper defaults."""
+    """The demo's learner.params are PPO's: another learner, its params untouched, starts from its paper defaults."""
     learner = data.get("learner")
     if isinstance(learner, dict) and learner.get("name") != demo["name"] and learner.get("params") == demo["params"]:
         learner["params"] = {}

@@ -133,6 +133,7 @@ class RolloutActor:
             "cost": float(scores.cost.mean()),
             "accept_rate": float(sum(int(e.action.sum()) for e in episodes) / max(1, decisions.sum())),
             "kl_per_response": float(np.mean([e.kl for e in episodes])),
+            "kl_per_token": float(sum(e.kl for e in episodes) / max(1, sum(len(e.response_tokens) for e in episodes))),
             "policy_version": float(self.version),
             "seconds": time.perf_counter() - start,
         }

@@ -2,7 +2,7 @@
 
     evaluate.py        evaluate(task, mode, prompts, ...) → EvalResult(label, records, summary)
     sampler.py         the LLM alone: base sampling, greedy (best-of-N samples through it)
-    proxy.py           MARA's proxy strategies for an agent: serial, top1, random, max_prob
+    proxy.py           MARA's all-candidate proxy strategies for a greedy agent: top1, random, max_prob
     metrics.py         summary statistics (mean ± SE, cost success, distinct-n, compute) and summary.json
     perplexity.py      the base LM's perplexity of a response given its prompt
     forward_tokens.py  compute cost as LM forward tokens

@@ -14,7 +14,7 @@ class Generation:
     """The response a decoding mode gave to one prompt, with its scores and what it cost."""
 
     mode: str
-    """Label of the decoding mode (base, greedy, best-of-4, agent-serial, ...)."""
+    """Label of the decoding mode (base, greedy, best-of-4, agent-sample, agent-serial, ...)."""
     prompt_id: int
     """Stable prompt id (tokenalign.data.prompt_id): how the arena matches two files."""
     prompt: str
