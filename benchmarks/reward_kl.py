@@ -204,22 +204,33 @@ def markdown(data: dict[str, Any]) -> str:
 
 
 def comparisons(s: dict[str, Any]) -> list[str]:
-    """For each agent: the best-of-N at about its KL and at about its decode compute, and who wins."""
+    """For each agent: best-of-N at its KL and at its decode compute (the largest N within each), and who wins.
+
+    Best-of-N is only measured up to the pool size, so "at its KL" means the largest N whose bound is within
+    the agent's KL: where the agent spends more KL than that, best-of-N could spend more too. A reward win
+    whose text loses a fifth of best-of-N's distinct-2 or more is a loss.
+    """
     out = []
     bon = {int(n): r for n, r in s["best_of"].items()}
+    largest = max(bon)
     for beta, a in s["agents"].items():
         kl, compute = a["kl"][0], a["forward_tokens_per_token"][0]
         at_kl = max((n for n, r in bon.items() if r["kl_bound"][0] <= kl), default=1)
         at_compute = max((n for n, r in bon.items() if r["forward_tokens_per_token"][0] <= compute), default=1)
-        for label, n in (("equal KL", at_kl), ("equal compute", at_compute)):
+        for label, n in (("at its KL", at_kl), ("at its compute", at_compute)):
             r = bon[n]
             gap = a["reward"][0] - r["reward"][0]
             se = math.hypot(a["reward"][1], r["reward"][1])
             verdict = "wins" if gap > 2 * se else "loses" if gap < -2 * se else "ties"
-            text = "keeps" if a["distinct_2"][0] >= 0.8 * r["distinct_2"][0] else "LOSES"
-            out.append(f"- β={beta} at {label}: best-of-{n} — agent {a['reward'][0]:.3f} vs {r['reward'][0]:.3f} "
-                       f"(Δ {gap:+.3f} ± {se:.3f}): the agent **{verdict}**; it {text} diversity "
-                       f"(distinct-2 {a['distinct_2'][0]:.3f} vs {r['distinct_2'][0]:.3f}).")
+            degenerate = a["distinct_2"][0] < 0.8 * r["distinct_2"][0]
+            if verdict == "wins" and degenerate:
+                verdict = "wins on reward with degenerate text: a loss"
+            note = ""
+            if label == "at its KL" and n == largest and r["kl_bound"][0] < kl:
+                note = f" (the agent spends {kl / r['kl_bound'][0]:.1f}× best-of-{n}'s KL bound; larger N were not measured)"
+            out.append(f"- β={beta} {label}: best-of-{n}{note} — reward {a['reward'][0]:.3f} vs {r['reward'][0]:.3f} "
+                       f"(Δ {gap:+.3f} ± {se:.3f}): the agent **{verdict}**; distinct-2 {a['distinct_2'][0]:.3f} vs "
+                       f"{r['distinct_2'][0]:.3f}.")
     return out
 
 
