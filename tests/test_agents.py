@@ -33,11 +33,11 @@ def test_an_untrained_agent_is_pi_ref_and_training_moves_it_by_a_residual() -> N
     torch.testing.assert_close(policy.residual(obs), torch.full((50,), 0.5))
 
 
-def test_forward_accept_prob_and_act_agree(policy: AcceptRejectPolicy) -> None:
+def test_forward_accept_logit_and_act_agree(policy: AcceptRejectPolicy) -> None:
     state = torch.randn(5, 3, 13)
     logits = policy(state)
     assert logits.shape == (5, 3, 2)
-    p_accept = policy.accept_prob(state)
+    p_accept = torch.sigmoid(policy.accept_logit(state))
     assert torch.allclose(p_accept, torch.softmax(logits, -1)[..., ACCEPT])
     action, logp = policy.act(state, deterministic=True)
     assert action.dtype == torch.int64 and logp.dtype == torch.float32 and action.shape == (5, 3)
@@ -45,17 +45,17 @@ def test_forward_accept_prob_and_act_agree(policy: AcceptRejectPolicy) -> None:
     assert torch.allclose(logp, torch.log_softmax(logits, -1).gather(-1, action.unsqueeze(-1)).squeeze(-1))
 
 
-def test_sampled_actions_follow_accept_prob_and_generator(policy: AcceptRejectPolicy) -> None:
+def test_sampled_actions_follow_the_accept_probability_and_generator(policy: AcceptRejectPolicy) -> None:
     state = torch.randn(1, 13).expand(20000, 13)
     action, _ = policy.act(state, generator=torch.Generator().manual_seed(3))
     again, _ = policy.act(state, generator=torch.Generator().manual_seed(3))
     assert torch.equal(action, again)
-    assert abs(action.float().mean().item() - policy.accept_prob(state[:1]).item()) < 0.02
+    assert abs(action.float().mean().item() - torch.sigmoid(policy.accept_logit(state[:1])).item()) < 0.02
 
 
 def test_half_precision_states_are_accepted(policy: AcceptRejectPolicy) -> None:
     state = torch.randn(4, 13)
-    assert torch.allclose(policy.accept_prob(state.half()), policy.accept_prob(state.half().float()))
+    assert torch.allclose(policy.accept_logit(state.half()), policy.accept_logit(state.half().float()))
 
 
 def test_policy_state_round_trip_is_an_independent_copy(policy: AcceptRejectPolicy) -> None:

@@ -40,7 +40,7 @@ def test_a_conditioned_agent_learns_an_optimum_that_flips_with_w(name, updates, 
     obs = torch.cat([torch.randn(500, HIDDEN, generator=generator), torch.zeros(500, 1)], -1)
 
     def accept(w1: float) -> float:
-        return float(learner.policy.accept_prob(torch.cat([obs, torch.tensor([w1, 1 - w1]).expand(500, 2)], -1)).mean())
+        return float(torch.sigmoid(learner.policy.accept_logit(torch.cat([obs, torch.tensor([w1, 1 - w1]).expand(500, 2)], -1))).mean())
 
     assert accept(1.0) > 1 - margin and accept(0.0) < margin
 

@@ -65,11 +65,6 @@ class AcceptRejectPolicy(nn.Module):
         return self(obs)[..., ACCEPT]
 
     @torch.no_grad()
-    def accept_prob(self, obs: torch.Tensor) -> torch.Tensor:
-        """P(accept | s) = σ(l(s)), shape (...,); inference only."""
-        return torch.sigmoid(self.accept_logit(obs))
-
-    @torch.no_grad()
     def act(
         self, obs: torch.Tensor, *, deterministic: bool = False, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
