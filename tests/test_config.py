@@ -30,6 +30,13 @@ def test_dotted_overrides_are_typed_and_nested():
     ("engine.sampling.top_p=1.5", "top_p"),
     ("no_equals_sign", "dotted.key=value"),
     ("lm.path.sub=1", "'lm.path' is not a section"),
+    # values that used to train silently at another value, or fail 25 s in (issue 15)
+    ("run.total_episodes=-5", r"run.total_episodes must be ≥ 1, got -5"),
+    ("run.checkpoint_every=0", r"run.checkpoint_every must be ≥ 1, got 0"),
+    ("run.max_minutes=0", r"run.max_minutes must be > 0, got 0"),
+    ("rollout.episodes_per_batch=0", r"rollout.episodes_per_batch must be ≥ 1, got 0"),
+    ("rollout.num_actors=0", r"rollout.num_actors must be ≥ 1, got 0"),
+    ("learner.num_gpus=-1", r"learner.num_gpus must be ≥ 0, got -1"),
 ])
 def test_bad_overrides_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message):

@@ -31,6 +31,17 @@ class ConfigError(ValueError):
     """The configuration file or an override is invalid; the message names the key."""
 
 
+def check_bounds(section: str, config: Any, **bounds: tuple[float, str]) -> None:
+    """One ConfigError naming `section.field` for the first field below its (minimum, "≥" or ">") bound;
+    None values (where a field allows None) pass."""
+    for name, (minimum, relation) in bounds.items():
+        value = getattr(config, name)
+        if value is None:
+            continue
+        if value < minimum or (relation == ">" and value == minimum):
+            raise ConfigError(f"{section}.{name} must be {relation} {minimum:g}, got {value!r}")
+
+
 @dataclass
 class LMConfig:
     """The frozen LLM that proposes candidates."""
@@ -51,6 +62,9 @@ class LearnerSection:
     """Overrides of the learner's config dataclass, e.g. {batch_size: 256, gamma: 0.99}."""
     num_gpus: float = 0.0
     """GPUs of the learner actor (0 = CPU)."""
+
+    def __post_init__(self) -> None:
+        check_bounds("learner", self, num_gpus=(0, "≥"))
 
 
 @dataclass
@@ -73,6 +87,11 @@ class RolloutConfig:
     """Intra-op threads per actor on CPU (several actors share the cores)."""
     reward_service_gpus: float = 0.0
     """0: scorers run inside each rollout actor; > 0: one RewardService actor with these GPUs scores for all."""
+
+    def __post_init__(self) -> None:
+        check_bounds("rollout", self, num_actors=(1, "≥"), gpus_per_actor=(0, "≥"), cpus_per_actor=(0, ">"),
+                     episodes_per_batch=(1, "≥"), max_restarts=(0, "≥"), torch_threads=(1, "≥"),
+                     reward_service_gpus=(0, "≥"))
 
 
 @dataclass
@@ -103,6 +122,11 @@ class RunConfig:
     """Longest wait on any remote call before a clear error."""
     placement_timeout_s: float = 120.0
     """Longest wait to reserve the rollout actors' resource bundles before a clear error."""
+
+    def __post_init__(self) -> None:
+        check_bounds("run", self, total_episodes=(1, "≥"), total_decisions=(1, "≥"), max_minutes=(0, ">"),
+                     checkpoint_every=(1, "≥"), eval_prompts=(0, "≥"), remote_timeout_s=(0, ">"),
+                     placement_timeout_s=(0, ">"))
 
 
 @dataclass
