@@ -194,3 +194,9 @@ def test_fast_path_records_each_tokens_log_ratio_to_the_base_lm(tiny_lm):
             assert episode.log_ratio[step_start: i + 1].sum() == pytest.approx(expected, abs=1e-4)
             last_taken += int(action == 0)
     assert last_taken > 0  # the all-rejected rule was exercised
+
+
+@pytest.mark.parametrize("field, value", [("max_new_tokens", "5"), ("candidate_block", 2.0), ("max_new_tokens", True)])
+def test_engine_settings_of_the_wrong_type_are_one_clear_error(field, value):
+    with pytest.raises(ValueError, match=f"{field} must be an int, got {value!r}"):
+        EngineConfig(**{field: value})

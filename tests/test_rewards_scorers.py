@@ -30,6 +30,12 @@ def user_module(tmp_path, monkeypatch):
         def nan(prompts, responses):
             return [math.nan] * len(responses)
 
+        def numeric_strings(prompts, responses):
+            return ["1.5"] * len(responses)
+
+        def raises(prompts, responses):
+            raise KeyError("label")
+
         class Scores:
             @staticmethod
             def prompt_length(prompts, responses):
@@ -115,6 +121,8 @@ def test_python_scorer_calls_the_users_function(user_module):
         ("too_few", r"returned shape \(1,\) for 2 responses"),
         ("not_numbers", "not a sequence of floats"),
         ("nan", "non-finite scores at positions \\[0, 1\\]"),
+        ("numeric_strings", "not a sequence of floats .*e.g. '1.5'"),
+        ("raises", "scorer 'python:my_rewards:raises' raised KeyError: 'label'"),
     ],
 )
 def test_python_scorer_outputs_are_validated(user_module, target, message):

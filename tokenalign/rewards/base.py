@@ -43,7 +43,13 @@ class ScorerBase(ABC):
             )
         if not responses:
             return np.zeros(0, dtype=np.float32)
-        return checked_scores(self._score(prompts, responses), n=len(responses), source=f"scorer {self.name!r}")
+        try:
+            values = self._score(prompts, responses)
+        except ScorerError:
+            raise
+        except Exception as err:  # a user's or a model's failure: say which scorer, keep the cause chained
+            raise ScorerError(f"scorer {self.name!r} raised {type(err).__name__}: {err}") from err
+        return checked_scores(values, n=len(responses), source=f"scorer {self.name!r}")
 
     @abstractmethod
     def _score(self, prompts: list[str], responses: list[str]) -> np.ndarray | Sequence[float]:
@@ -56,7 +62,11 @@ class ScorerBase(ABC):
 def checked_scores(values: object, *, n: int, source: str) -> np.ndarray:
     """`values` as float32 of shape (n,), or a ScorerError saying what `source` returned instead."""
     try:
-        scores = np.asarray(values, dtype=np.float32)
+        raw = np.asarray(values)
+        if raw.dtype.kind not in "biuf":  # numpy would turn "1.5" into 1.5 without a word
+            raise TypeError(f"its elements are {type(raw.flat[0].item()).__name__}, e.g. {raw.flat[0].item()!r}"
+                            if raw.size else raw.dtype.name)
+        scores = raw.astype(np.float32)
     except (TypeError, ValueError) as err:
         raise ScorerError(
             f"{source} returned {type(values).__name__} that is not a sequence of floats ({err})"
