@@ -188,11 +188,14 @@ class Learner(abc.ABC):
         self.generator.set_state(state["rng"])
 
     @torch.no_grad()
-    def kl_to_base(self, batch: Transitions) -> tuple[torch.Tensor, dict[str, float]]:
-        """KL(π_θ(·|s) ‖ π_ref(·|s)) per row of a checked batch, and metrics: β, KL per decision and per response."""
-        kl = decision_kl(self.policy.log_probs(batch.state), reference_log_probs(batch.base_logit))
-        return kl, {"kl_coef": self.kl.value, "kl_per_decision": float(kl.mean()),
-                    "kl_per_response": kl_per_response(kl, batch.episode_decisions)}
+    def kl_to_base(self, batch: Transitions, log_probs: torch.Tensor | None = None) -> dict[str, float]:
+        """β and KL(π_θ(·|s) ‖ π_ref(·|s)) per decision and per response on a checked batch; pass the policy's
+        `log_probs` of the batch's states when the update has them, to spare a forward."""
+        if log_probs is None:
+            log_probs = self.policy.log_probs(batch.state)
+        kl = decision_kl(log_probs.detach(), reference_log_probs(batch.base_logit))
+        return {"kl_coef": self.kl.value, "kl_per_decision": float(kl.mean()),
+                "kl_per_response": kl_per_response(kl, batch.episode_decisions)}
 
     def check_batch(self, batch: Transitions) -> Transitions:
         """The batch on the learner's device with observations [state ; π_ref accept logit (; w)] in `state` and

@@ -142,7 +142,7 @@ class PPOLearner(Learner):
         metrics = self.before_update(batch, episodes)
 
         with torch.no_grad():
-            _, kl_metrics = self.kl_to_base(batch)
+            kl_metrics = self.kl_to_base(batch)
             kl_reward = -self.kl.value * action_log_ratio(batch.logp, batch.action, batch.base_logit)
             old_values, advantages, returns = {}, {}, {}
             for signal, critic in self.critics.items():

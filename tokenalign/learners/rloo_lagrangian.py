@@ -159,7 +159,8 @@ class RLOOLagrangianLearner(Learner):
         surrogate_costs = cost_surrogate(
             costs, mean=float(window.mean()), std=window_std, kappa=self._kappa(episodes.count)
         )
-        _, kl_metrics = self.kl_to_base(batch)
+        log_probs = self.policy.log_probs(batch.state)
+        kl_metrics = self.kl_to_base(batch, log_probs)
         kl_penalty = self.kl.value * episodes.sum(action_log_ratio(batch.logp, batch.action, batch.base_logit))
         net_returns = rewards - kl_penalty - lam * surrogate_costs
         self.baseline = (self.baseline * self.returns_seen + float(net_returns.sum())) / (
@@ -167,7 +168,6 @@ class RLOOLagrangianLearner(Learner):
         )
         self.returns_seen += episodes.count
 
-        log_probs = self.policy.log_probs(batch.state)
         taken = log_probs.gather(-1, batch.action.unsqueeze(-1)).squeeze(-1)
         loss = rloo_loss(
             net_returns, episodes.sum(taken), batch.prompt_id[episodes.last_row], baseline=self.baseline

@@ -155,7 +155,7 @@ class SACLearner(Learner):
             self.actor_optimizer, pi_loss, self.policy.parameters(), max_grad_norm=cfg.max_grad_norm
         )
 
-        _, kl_metrics = self.kl_to_base(batch)
+        kl_metrics = self.kl_to_base(batch, log_probs)
         # One gradient step stands for 1/update_time of a collected episode.
         self.kl.update(kl_metrics["kl_per_response"], episodes=1.0 / cfg.update_time)
         self.num_updates += 1
