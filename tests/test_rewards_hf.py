@@ -21,7 +21,7 @@ from transformers import (
 )
 
 from tokenalign.rewards import ScorerError, make_scorer, parse_scorer_spec
-from tokenalign.rewards.safe_rlhf import BEAVER_TEMPLATE
+from tokenalign.rewards.scorers.safe_rlhf import BEAVER_TEMPLATE
 
 WORDS = (
     "BEGINNING OF CONVERSATION USER ASSISTANT : how do i bake bread you should mix flour water and salt "

@@ -7,7 +7,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from tokenalign.rewards import SCORER_KINDS, Scorer, ScorerConfig, ScorerError, make_scorer, parse_scorer_spec
+from tokenalign.rewards import Scorer, ScorerConfig, ScorerError, make_scorer, parse_scorer_spec
 
 KIND = ["a kind reply, thank you, this is wonderful", "you are a damn idiot and I hate this shit", ""]
 
@@ -80,8 +80,12 @@ def test_compact_specs_parse_into_configs():
     assert parse_scorer_spec("vader") == ScorerConfig(kind="vader")
     assert parse_scorer_spec(" profanity , role=cost, multiplier=-1 ") == ScorerConfig(kind="profanity", role="cost", multiplier=-1.0)
     config = parse_scorer_spec("hf-classifier:/models/rm,label=POSITIVE,output=prob,batch_size=4,max_length=512,dtype=bfloat16")
-    assert (config.kind, config.path, config.label, config.output) == ("hf-classifier", "/models/rm", "POSITIVE", "prob")
-    assert (config.batch_size, config.max_length, config.dtype) == (4, 512, "bfloat16")
+    options = config.kind_options
+    assert (config.kind, config.path, options.label, options.output) == ("hf-classifier", "/models/rm", "POSITIVE", "prob")
+    assert (options.batch_size, options.max_length, options.dtype, options.device) == (4, 512, "bfloat16", "auto")
+    # YAML's flat form and the spec string are one config
+    assert ScorerConfig.from_mapping({"kind": "hf-classifier", "path": "/models/rm", "label": "POSITIVE", "output": "prob",
+                                      "batch_size": 4, "max_length": 512, "dtype": "bfloat16"}) == config
     assert parse_scorer_spec("python:pkg.mod:fn,name=mine").path == "pkg.mod:fn"
     assert parse_scorer_spec("safe-rlhf-score:/m/beaver-7b-v1.0-cost,role=cost").role == "cost"
 
@@ -89,16 +93,20 @@ def test_compact_specs_parse_into_configs():
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
-        ("sentiment", "unknown scorer kind 'sentiment'; known kinds: " + ", ".join(SCORER_KINDS)),
+        ("sentiment", "unknown scorer kind 'sentiment' (reward.scorers[].kind); known scorer kinds: distinct, "
+                      "hf-classifier, profanity, python, safe-rlhf-score, vader"),
         ("hf-classifier", "needs a path"),
         ("safe-rlhf-score", "needs a path"),
         ("python", "needs a path"),
         ("vader,role=penalty", "role 'penalty'"),
-        ("vader,weight=2", "option 'weight=2' is not key=value with a key among"),
+        ("vader,weight=2", "scorer kind 'vader' has no option 'weight'; its options: none"),
+        ("vader:/models/x", "scorer kind 'vader' takes no path"),
+        ("hf-classifier:/m,batch_size=big", "batch_size='big' is not a valid int"),
         ("vader,multiplier=two", "multiplier='two' is not a valid float"),
-        ("vader,label=1", "label and output apply to hf-classifier only"),
-        ("hf-classifier:/m,output=probability", "scorer output 'probability' is unknown; use 'logit' or 'prob'"),
-        ("profanity,template={response}", "template applies to"),
+        ("vader,label=1", "scorer kind 'vader' has no option 'label'"),
+        ("hf-classifier:/m,output=probability", "output='probability' is not one of 'logit', 'prob'"),
+        ("profanity,template={response}", "scorer kind 'profanity' has no option 'template'"),
+        ("distinct,min_bigrams=4,label=1", "its options: min_bigrams"),
     ],
 )
 def test_bad_specs_raise_one_clear_error(spec, message):

@@ -23,6 +23,7 @@ from tokenalign.data import DataConfig
 from tokenalign.envs.engine import EngineConfig
 from tokenalign.objectives import ObjectiveSection
 from tokenalign.rewards.combine import RewardConfig
+from tokenalign.rewards.base import ScorerError
 from tokenalign.rewards.factory import ScorerConfig, parse_scorer_spec
 from tokenalign.rewards.shaping import ShapingConfig
 
@@ -205,8 +206,8 @@ def from_dict(cls: type, data: Any, *, where: str = "") -> Any:
 def _coerce(hint: Any, value: Any, where: str) -> Any:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if dataclasses.is_dataclass(hint):
-        if hint is ScorerConfig and isinstance(value, str):
-            return parse_scorer_spec(value)
+        if hint is ScorerConfig:
+            return _scorer_config(value, where)
         return from_dict(hint, value, where=where)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
@@ -244,6 +245,18 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
     if hint in (int, float, str, bool) and not (isinstance(value, hint) and not (hint is int and isinstance(value, bool))):
         raise ConfigError(f"{where} must be {hint.__name__}, got {value!r}")
     return value
+
+
+def _scorer_config(value: Any, where: str) -> ScorerConfig:
+    """A scorer from its compact string or a mapping (the kind's options flat or under `options`), errors keyed."""
+    try:
+        if isinstance(value, str):
+            return parse_scorer_spec(value)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a scorer spec string or a mapping, got {value!r}")
+        return ScorerConfig.from_mapping(value)
+    except (TypeError, ScorerError) as err:
+        raise ConfigError(f"{where}: {err}") from err
 
 
 def _join(where: str, key: str) -> str:

@@ -1,11 +1,12 @@
 """Reward and cost scorers, their combination into MARA's final reward, and per-decision shaping."""
 from tokenalign.rewards.base import Scorer, ScorerBase, ScorerError
 from tokenalign.rewards.combine import CombinedScores, RewardCombiner, RewardConfig, RewardTerm, demo_scorers
-from tokenalign.rewards.factory import SCORER_KINDS, ScorerConfig, make_scorer, parse_scorer_spec
+from tokenalign.rewards.factory import ScorerConfig, make_scorer, parse_scorer_spec
+from tokenalign.rewards.registry import SCORERS, scorer_kinds
 from tokenalign.rewards.shaping import ShapingConfig, candidate_logprobs, kl_penalty, mara_kl_penalties
 
 __all__ = [
-    "SCORER_KINDS",
+    "SCORERS",
     "CombinedScores",
     "RewardCombiner",
     "RewardConfig",
@@ -20,5 +21,6 @@ __all__ = [
     "kl_penalty",
     "make_scorer",
     "parse_scorer_spec",
+    "scorer_kinds",
     "mara_kl_penalties",
 ]

@@ -2,22 +2,24 @@
 
 Compact form: `kind[:target][,key=value,...]`, e.g. `vader`, `profanity,role=cost,multiplier=-1`,
 `hf-classifier:/models/sentiment,label=POSITIVE,output=prob`, `safe-rlhf-score:/models/beaver-7b-v1.0-cost,role=cost`,
-`python:my_rewards:length_bonus`. Keys are ScorerConfig field names.
+`python:my_rewards:length_bonus`, `head:/runs/heads/reward`. Keys are role, multiplier and name, or one of
+the kind's own options (its options dataclass in `tokenalign/rewards/scorers/<kind>.py`). YAML takes the
+same keys flat: `{kind: hf-classifier, path: /models/rm, label: 1}`.
 """
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
-from dataclasses import dataclass
+import types
+import typing
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from tokenalign.rewards.base import Scorer, ScorerError
+from tokenalign.rewards.registry import scorer_kinds
 
 Role = Literal["reward", "cost"]
 ROLES: tuple[str, ...] = ("reward", "cost")
-SCORER_KINDS: tuple[str, ...] = ("vader", "profanity", "distinct", "hf-classifier", "safe-rlhf-score", "python")
-_HF_KINDS = ("hf-classifier", "safe-rlhf-score")
 
 
 @dataclass
@@ -25,113 +27,112 @@ class ScorerConfig:
     """One reward or cost model and how its score enters the combined reward."""
 
     kind: str
-    """Scorer kind: vader, profanity, distinct, hf-classifier, safe-rlhf-score or python."""
+    """Scorer kind: a name registered in tokenalign/rewards/scorers/ (vader, profanity, hf-classifier, head, ...)."""
     path: str | None = None
-    """Local model directory (hf-classifier, safe-rlhf-score) or `module:callable` (python)."""
+    """The kind's target: a local model directory (hf-classifier, safe-rlhf-score, head) or `module:callable` (python)."""
     role: Role = "reward"
     """`reward` (higher is better) or `cost` (higher is less safe, as in safe-rlhf)."""
     multiplier: float = 1.0
     """Weight in MARA's final reward Σ multiplier·score − baseline (MARA's 2:1 demo: vader 2, profanity −1)."""
     name: str | None = None
     """Name in logs and in CombinedScores.raw; derived from kind and path when unset."""
-    label: int | str | None = None
-    """hf-classifier: the label (index or name) to read; may be unset only for single-output models."""
-    output: Literal["logit", "prob"] = "logit"
-    """hf-classifier: the label's raw logit (as MARA reads reward models) or its probability."""
-    template: str | None = None
-    """HF kinds: input text with {prompt} and {response}; unset = {response} (classifier) or beaver's template."""
-    batch_size: int = 16
-    """HF kinds: texts per forward; a memory knob, not an algorithm setting (MARA scores one at a time)."""
-    device: str = "auto"
-    """HF kinds: torch device; auto = CUDA when present, else CPU."""
-    dtype: str = "auto"
-    """HF kinds: float32, float16 or bfloat16; auto = float16 on GPU (as MARA loads score models), float32 on CPU."""
-    max_length: int | None = None
-    """HF kinds: truncate inputs to this many tokens; unset = no truncation (as MARA's beaver scoring)."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """The kind's own options (e.g. hf-classifier's label, output, template, batch_size, device, dtype)."""
 
     def __post_init__(self) -> None:
-        if self.kind not in SCORER_KINDS:
-            raise ScorerError(f"unknown scorer kind {self.kind!r}; known kinds: {', '.join(SCORER_KINDS)}")
+        kinds = scorer_kinds()
+        try:
+            cls, options_type = kinds.lookup(self.kind)
+        except ValueError as err:
+            raise ScorerError(str(err)) from None
         if self.role not in ROLES:
             raise ScorerError(f"scorer role {self.role!r} is unknown; use 'reward' or 'cost'")
-        if self.kind in (*_HF_KINDS, "python") and not self.path:
-            example = "python:my_module:my_function" if self.kind == "python" else f"{self.kind}:/path/to/model"
-            raise ScorerError(f"scorer kind {self.kind!r} needs a path, e.g. {example!r}")
-        if self.output not in ("logit", "prob"):
-            raise ScorerError(f"scorer output {self.output!r} is unknown; use 'logit' or 'prob'")
-        if self.kind != "hf-classifier" and (self.label is not None or self.output != "logit"):
-            raise ScorerError(f"label and output apply to hf-classifier only, not to {self.kind!r}")
-        if self.kind not in _HF_KINDS and self.template is not None:
-            raise ScorerError(f"template applies to hf-classifier and safe-rlhf-score only, not to {self.kind!r}")
+        if cls.path_example is not None and not self.path:
+            raise ScorerError(f"scorer kind {self.kind!r} needs a path, e.g. '{self.kind}:{cls.path_example}'")
+        if cls.path_example is None and self.path:
+            raise ScorerError(f"scorer kind {self.kind!r} takes no path, got {self.path!r}")
+        self.options = dataclasses.asdict(_checked_options(options_type, dict(self.options), kind=self.kind))
 
+    @property
+    def kind_options(self) -> Any:
+        """The options as the kind's options dataclass."""
+        return scorer_kinds().lookup(self.kind)[1](**self.options)
 
     @property
     def resolved_name(self) -> str:
-        """The scorer's name in records and logs: `name`, else derived from kind and path (e.g. hf-classifier:rm)."""
+        """The scorer's name in records and logs: `name`, else `kind:<last part of path>` (e.g. hf-classifier:rm)."""
         if self.name:
             return self.name
-        if self.kind in _HF_KINDS:
-            return f"{self.kind}:{Path(self.path).name}"
-        return f"python:{self.path}" if self.kind == "python" else self.kind
+        return f"{self.kind}:{Path(self.path).name}" if self.path else self.kind
+
+    @classmethod
+    def from_mapping(cls, data: dict[str, Any]) -> "ScorerConfig":
+        """The config of a YAML mapping whose keys are ScorerConfig fields, with the kind's options flat or under `options`."""
+        own = {f.name for f in dataclasses.fields(cls)}
+        options = dict(data.get("options") or {})
+        options.update({k: v for k, v in data.items() if k not in own})
+        return cls(**{k: v for k, v in data.items() if k in own and k != "options"}, options=options)
 
 
-_COERCE: dict[str, Callable[[str], object]] = {"multiplier": float, "batch_size": int, "max_length": int}
-_OPTION_KEYS = tuple(f.name for f in dataclasses.fields(ScorerConfig) if f.name not in ("kind", "path"))
+_COMMON_COERCE = {"multiplier": float}
+
+
+def _checked_options(options_type: type, values: dict[str, Any], *, kind: str) -> Any:
+    """`values` as the kind's options dataclass; spec strings become the numbers their fields hold."""
+    hints = typing.get_type_hints(options_type)
+    for key, value in values.items():
+        if key not in hints:
+            keys = ", ".join(sorted(hints)) or "none"
+            raise ScorerError(f"scorer kind {kind!r} has no option {key!r}; its options: {keys}")
+        values[key] = _coerce(hints[key], value, key=key, kind=kind)
+    try:
+        return options_type(**values)
+    except (TypeError, ValueError) as err:
+        if isinstance(err, ScorerError):
+            raise
+        raise ScorerError(f"scorer kind {kind!r}: {err}") from err
+
+
+def _coerce(hint: Any, value: Any, *, key: str, kind: str) -> Any:
+    """A spec's string as the int or float its field holds; a Literal field's value checked."""
+    args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    if value is None and type(None) in args:
+        return None
+    literal = next((a for a in args if typing.get_origin(a) is Literal), None)
+    if literal is not None and value not in typing.get_args(literal):
+        choices = ", ".join(map(repr, typing.get_args(literal)))
+        raise ScorerError(f"scorer kind {kind!r}: {key}={value!r} is not one of {choices}")
+    if isinstance(value, str) and str not in args:
+        for number in (int, float):
+            if number in args:
+                try:
+                    return number(value)
+                except ValueError:
+                    raise ScorerError(f"scorer kind {kind!r}: {key}={value!r} is not a valid {number.__name__}") from None
+    return value
 
 
 def parse_scorer_spec(spec: str) -> ScorerConfig:
     """The ScorerConfig that a compact string such as `hf-classifier:/models/rm,label=1` describes."""
     head, *options = spec.strip().split(",")
     kind, _, target = head.partition(":")
-    values: dict[str, object] = {}
+    values: dict[str, Any] = {}
     for option in options:
         key, eq, value = option.partition("=")
         key = key.strip()
-        if not eq or key not in _OPTION_KEYS:
-            raise ScorerError(
-                f"scorer spec {spec!r}: option {option!r} is not key=value with a key among {', '.join(_OPTION_KEYS)}"
-            )
+        if not eq or not key:
+            raise ScorerError(f"scorer spec {spec!r}: option {option!r} is not key=value")
+        coerce = _COMMON_COERCE.get(key, str)
         try:
-            values[key] = _COERCE.get(key, str)(value.strip())
-        except ValueError as err:
-            raise ScorerError(f"scorer spec {spec!r}: {key}={value!r} is not a valid {_COERCE[key].__name__}") from err
-    return ScorerConfig(kind=kind.strip(), path=target.strip() or None, **values)
+            values[key] = coerce(value.strip())
+        except ValueError:
+            raise ScorerError(f"scorer spec {spec!r}: {key}={value.strip()!r} is not a valid {coerce.__name__}") from None
+    return ScorerConfig.from_mapping({"kind": kind.strip(), "path": target.strip() or None, **values})
 
 
 def make_scorer(config: ScorerConfig | str) -> Scorer:
-    """Build the scorer a config (or its compact string form) describes.
-
-    Each kind's module is imported only when built: transformers alone takes seconds to import, and
-    the demo's lexical scorers should not pay for it.
-    """
+    """Build the scorer a config (or its compact string form) describes."""
     if isinstance(config, str):
         config = parse_scorer_spec(config)
-    hf_options = dict(
-        batch_size=config.batch_size, device=config.device, dtype=config.dtype, max_length=config.max_length,
-        **({} if config.template is None else {"template": config.template}),
-    )
-    if config.kind == "vader":
-        from tokenalign.rewards.lexical import VaderScorer
-
-        return VaderScorer(name=config.resolved_name)
-    if config.kind == "profanity":
-        from tokenalign.rewards.lexical import ProfanityScorer
-
-        return ProfanityScorer(name=config.resolved_name)
-    if config.kind == "distinct":
-        from tokenalign.rewards.lexical import DistinctScorer
-
-        return DistinctScorer(name=config.resolved_name)
-    if config.kind == "hf-classifier":
-        from tokenalign.rewards.hf_classifier import HFClassifierScorer
-
-        return HFClassifierScorer(
-            path=config.path, name=config.resolved_name, label=config.label, output=config.output, **hf_options
-        )
-    if config.kind == "safe-rlhf-score":
-        from tokenalign.rewards.safe_rlhf import SafeRLHFScorer
-
-        return SafeRLHFScorer(path=config.path, name=config.resolved_name, **hf_options)
-    from tokenalign.rewards.python_callable import CallableScorer
-
-    return CallableScorer.from_target(config.path, name=config.resolved_name)
+    cls, _ = scorer_kinds().lookup(config.kind)
+    return cls.from_config(config)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import string
 from abc import abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,6 +20,28 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class HFOptions:
+    """Options every Hugging Face scorer kind takes."""
+
+    template: str | None = None
+    """Input text with {prompt} and {response}; unset = the kind's own ({response}, or beaver's template)."""
+    batch_size: int = 16
+    """Texts per forward; a memory knob, not an algorithm setting (MARA scores one at a time)."""
+    device: str = "auto"
+    """Torch device; auto = CUDA when present, else CPU."""
+    dtype: str = "auto"
+    """float32, float16 or bfloat16; auto = float16 on GPU (as MARA loads score models), float32 on CPU."""
+    max_length: int | None = None
+    """Truncate inputs to this many tokens; unset = no truncation (as MARA's beaver scoring)."""
+
+    def hf_kwargs(self) -> dict[str, object]:
+        """The keyword arguments of HFScorerBase these options set (template only when given)."""
+        kwargs: dict[str, object] = dict(batch_size=self.batch_size, device=self.device, dtype=self.dtype,
+                                         max_length=self.max_length)
+        return kwargs if self.template is None else {**kwargs, "template": self.template}
 
 
 def resolve_device(device: str) -> torch.device:

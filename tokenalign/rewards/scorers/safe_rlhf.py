@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import nn
 
 from tokenalign.rewards.base import ScorerError
-from tokenalign.rewards.hf_common import HFScorerBase
+from tokenalign.rewards.factory import ScorerConfig
+from tokenalign.rewards.hf_common import HFOptions, HFScorerBase
+from tokenalign.rewards.registry import SCORERS
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
@@ -28,8 +30,11 @@ _NORMALIZE_FUNCTION = {"reward": "affine", "cost": "scale", "critic": "identity"
 _NORMALIZE_EPS = 1e-8
 
 
+@SCORERS.register("safe-rlhf-score", config=HFOptions)
 class SafeRLHFScorer(HFScorerBase):
     """end_scores[:, 0] of a beaver-layout score model, from a local directory."""
+
+    path_example: ClassVar[str | None] = "/models/beaver-7b-v1.0-cost"
 
     def __init__(
         self,
@@ -70,6 +75,10 @@ class SafeRLHFScorer(HFScorerBase):
             ) from err
         self.score_head.to(device=self.device, dtype=self.dtype).requires_grad_(False)
         self.backbone = _load_backbone(self.path, config, self.dtype).to(self.device).eval().requires_grad_(False)
+
+    @classmethod
+    def from_config(cls, config: ScorerConfig) -> "SafeRLHFScorer":
+        return cls(path=config.path, name=config.resolved_name, **config.kind_options.hf_kwargs())
 
     def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state

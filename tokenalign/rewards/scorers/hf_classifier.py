@@ -1,23 +1,39 @@
 """Any local `AutoModelForSequenceClassification` as a scorer: one label's logit or probability."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 
 from tokenalign.rewards.base import ScorerError
-from tokenalign.rewards.hf_common import HFScorerBase
+from tokenalign.rewards.factory import ScorerConfig
+from tokenalign.rewards.hf_common import HFOptions, HFScorerBase
+from tokenalign.rewards.registry import SCORERS
 
 Output = Literal["logit", "prob"]
 
 
+@dataclass(frozen=True)
+class HFClassifierOptions(HFOptions):
+    """Options of the `hf-classifier` scorer."""
+
+    label: int | str | None = None
+    """The label (index or name) to read; may be unset only for single-output models."""
+    output: Output = "logit"
+    """The label's raw logit (as MARA reads reward models) or its probability."""
+
+
+@SCORERS.register("hf-classifier", config=HFClassifierOptions)
 class HFClassifierScorer(HFScorerBase):
     """Scores `template.format(prompt=..., response=...)` with a sequence classifier.
 
     `output="logit"` returns the chosen label's logit; `"prob"` its softmax probability over the labels
     (a sigmoid for single-logit and multi-label models, whose labels are not exclusive).
     """
+
+    path_example: ClassVar[str | None] = "/models/sentiment"
 
     def __init__(
         self,
@@ -58,6 +74,12 @@ class HFClassifierScorer(HFScorerBase):
         self.label_index = resolve_label(label, id2label=dict(model.config.id2label), path=self.path)
         self.output = output
         self._sigmoid = model.config.num_labels == 1 or model.config.problem_type == "multi_label_classification"
+
+    @classmethod
+    def from_config(cls, config: ScorerConfig) -> "HFClassifierScorer":
+        options: HFClassifierOptions = config.kind_options
+        return cls(path=config.path, name=config.resolved_name, label=options.label, output=options.output,
+                   **options.hf_kwargs())
 
     def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits.float()

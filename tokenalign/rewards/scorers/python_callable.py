@@ -1,10 +1,13 @@
-"""A user's own scoring function, named as `module:callable` and imported where the scorer runs."""
+"""`python`: a user's own scoring function, named as `module:callable` and imported where the scorer runs."""
 from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Sequence
+from typing import ClassVar
 
 from tokenalign.rewards.base import ScorerBase, ScorerError
+from tokenalign.rewards.factory import ScorerConfig
+from tokenalign.rewards.registry import SCORERS, NoOptions
 
 ScoreFunction = Callable[[list[str], list[str]], Sequence[float]]
 
@@ -33,17 +36,20 @@ def import_callable(target: str) -> ScoreFunction:
     return obj
 
 
+@SCORERS.register("python", config=NoOptions)
 class CallableScorer(ScorerBase):
     """Scores with `fn(prompts, responses) -> one float per response`."""
+
+    path_example: ClassVar[str | None] = "my_module:my_function"
 
     def __init__(self, *, fn: ScoreFunction, name: str) -> None:
         super().__init__(name=name)
         self._fn = fn
 
     @classmethod
-    def from_target(cls, target: str, *, name: str | None = None) -> "CallableScorer":
-        """The scorer for `module:callable`, named `python:module:callable` unless `name` is given."""
-        return cls(fn=import_callable(target), name=name or f"python:{target}")
+    def from_config(cls, config: ScorerConfig) -> "CallableScorer":
+        """The scorer for `module:callable`, named `python:module:callable` unless the config names it."""
+        return cls(fn=import_callable(config.path), name=config.resolved_name)
 
     def _score(self, prompts: list[str], responses: list[str]) -> Sequence[float]:
         return self._fn(prompts, responses)

@@ -1,0 +1,1 @@
+"""The scorer kinds, one module each; `tokenalign.rewards.registry.scorer_kinds()` imports them all."""
