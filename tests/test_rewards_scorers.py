@@ -94,7 +94,7 @@ def test_compact_specs_parse_into_configs():
     ("spec", "message"),
     [
         ("sentiment", "unknown scorer kind 'sentiment' (reward.scorers[].kind); known scorer kinds: distinct, "
-                      "hf-classifier, profanity, python, safe-rlhf-score, vader"),
+                      "head, hf-classifier, profanity, python, safe-rlhf-score, vader"),
         ("hf-classifier", "needs a path"),
         ("safe-rlhf-score", "needs a path"),
         ("python", "needs a path"),

@@ -72,6 +72,29 @@ def cmd_train(args: argparse.Namespace, config: TrainConfig) -> int:
     return 0
 
 
+def cmd_fit_scorer(args: argparse.Namespace) -> int:
+    """Fit a reward, cost or token head over a frozen LM's states (tokenalign/heads/fit.py) and print its report."""
+    from tokenalign.config import apply_override, from_dict
+    from tokenalign.heads.fit import FitConfig, fit_head
+
+    data: dict = {}
+    try:
+        for override in args.overrides:
+            apply_override(data, override)
+        if isinstance(data.get("data"), str):  # one spec needs no list brackets on a command line
+            data["data"] = [data["data"]]
+        config = from_dict(FitConfig, data)
+    except ConfigError as err:
+        print(f"tokenalign fit-scorer: {err}", file=sys.stderr)
+        return 2
+    result = fit_head(config)
+    print(json.dumps({"head": str(result.out), "train_pairs": result.train_pairs, "eval_pairs": result.eval_pairs,
+                      **{k: round(v, 4) for k, v in result.metrics.items()}, "seconds": round(result.seconds, 1)},
+                     indent=2))
+    print(f"score with it: reward.scorers=[\"head:{result.out}\"] (role=cost for a cost head)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from tokenalign.eval.commands import (
         add_arena_arguments, add_eval_arguments, add_preference_argument, run_arena_command, run_eval_command,
@@ -93,9 +116,18 @@ def main(argv: list[str] | None = None) -> int:
     _add_config_args(evaluate)
     add_eval_arguments(evaluate)
     add_arena_arguments(sub.add_parser("arena", help="two generations files head to head: win/tie/loss, safety table"))
+    fit = sub.add_parser("fit-scorer", help="fit a reward, cost or token head on a frozen LM's states from preference pairs")
+    fit.add_argument("overrides", nargs="*", metavar="key=value",
+                     help="FitConfig fields, e.g. kind=reward data=builtin:demo-prefs out=runs/heads/reward")
     args = parser.parse_args(argv)
     if args.command == "arena":  # compares two result files; takes no run config
         return run_arena_command(args)
+    if args.command == "fit-scorer":  # its own config (heads/fit.py FitConfig), not a run config
+        try:
+            return cmd_fit_scorer(args)
+        except (FileNotFoundError, FileExistsError, ValueError) as err:
+            print(f"tokenalign fit-scorer: {err}", file=sys.stderr)
+            return 1
     try:
         config = load_config(args.config, args.overrides)
     except ConfigError as err:

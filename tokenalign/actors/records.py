@@ -43,6 +43,20 @@ def next_in_episode(values: np.ndarray, done: np.ndarray) -> np.ndarray:
     return shifted
 
 
+def place_token_rewards(episode: Episode, per_token: np.ndarray) -> np.ndarray:
+    """Each token's reward on the decision after which it was emitted, as (num_decisions,) float32.
+
+    That is the token's own step-ending decision, or, for a token emitted without a decision (the last
+    candidate left), the latest decision before it; tokens before the episode's first decision go to that
+    first decision. So the rewards' sum is kept, and each lands where the agent's action caused it.
+    """
+    out = np.zeros(episode.num_decisions, np.float32)
+    if episode.num_decisions:
+        acted = np.searchsorted(episode.token_index, np.arange(len(per_token)), side="right") - 1
+        np.add.at(out, np.maximum(acted, 0), np.asarray(per_token, np.float32))
+    return out
+
+
 def episodes_to_records(
     episodes: Sequence[Episode],
     scores: CombinedScores,
@@ -54,7 +68,8 @@ def episodes_to_records(
 ) -> pa.RecordBatch | None:
     """One record batch with the decisions of every episode that has any, in episode order.
 
-    `preference` holds each episode's weights w, shape (len(episodes), layout.preference_dim).
+    `preference` holds each episode's weights w, shape (len(episodes), layout.preference_dim); the per-token
+    rewards of token heads (`scores.token_reward`) are placed on decisions by `place_token_rewards`.
     """
     keep = [i for i, e in enumerate(episodes) if e.num_decisions > 0]
     if not keep:
@@ -93,6 +108,8 @@ def episodes_to_records(
         decision_kl=np.concatenate([episodes[i].decision_kl for i in keep]),
         episode_decisions=np.repeat(lengths, lengths),
         mara_kl_penalty=np.concatenate([episodes[i].mara_kl_penalty for i in keep]),
+        token_reward=(None if scores.token_reward is None else
+                      np.concatenate([place_token_rewards(episodes[i], scores.token_reward[i]) for i in keep])),
         accepts_to_end=accepts_to_end(action, done),
         response_tokens=np.repeat([len(episodes[i].response_tokens) for i in keep], lengths),
         scores=per_row(scores.raw),

@@ -86,7 +86,8 @@ class RemoteCombiner:
         return ray.get(self.service.missing_baselines.remote([int(i) for i in prompt_ids]), timeout=self.timeout_s)
 
     def combine(self, prompts: Sequence[str], responses: Sequence[str], *, prompt_ids: Sequence[int] | np.ndarray | None = None,
-                baseline_responses: Mapping[int, str] | None = None) -> CombinedScores:
+                baseline_responses: Mapping[int, str] | None = None, states: Sequence[Any] | None = None) -> CombinedScores:
+        """The service's scores of the texts; `states` stay here (heads in the service read their own LM)."""
         ids = [int(i) for i in prompt_ids] if prompt_ids is not None else [0] * len(prompts)
         out = ray.get(self.service.combine.remote(list(prompts), list(responses), ids, dict(baseline_responses or {})),
                       timeout=self.timeout_s)

@@ -25,10 +25,12 @@ from tokenalign.buffers.spec import BufferSpec
 from tokenalign.config import TrainConfig
 from tokenalign.data import load_prompts
 from tokenalign.envs.engine import DecodingEngine, EngineConfig
-from tokenalign.envs.rollout import conditioned, generate_episodes
+from tokenalign.envs.rollout import Episode, conditioned, generate_episodes
 from tokenalign.envs.task import DecodingTask
+from tokenalign.heads.states import ResponseStates, response_length
 from tokenalign.lm import load_lm
 from tokenalign.objectives import Objective
+from tokenalign.rewards.base import ScorerError
 from tokenalign.rewards.combine import RewardCombiner
 
 log = logging.getLogger(__name__)
@@ -78,8 +80,15 @@ class RolloutActor:
         if reward_service is not None:
             from tokenalign.actors.reward_service import RemoteCombiner
 
+            token_heads = [c.resolved_name for c in config.reward.scorers if c.token_level]
+            if token_heads:
+                raise ScorerError(f"token heads {token_heads} reward the policy's own tokens from its states, which stay "
+                                  "in the rollout actor: score with rollout.reward_service_gpus=0")
             combiner = RemoteCombiner(reward_service, timeout_s=config.run.remote_timeout_s)
         self.task = build_task(config, device=self.device, combiner=combiner)
+        # Heads fitted on the policy LM score from the states decoding computed anyway: keep those.
+        self.keep_token_states = reward_service is None and self.task.combiner.use_policy_lm(
+            self.task.engine.model, self.task.engine.tokenizer, name=config.lm.path)
         self.buffer = buffer_spec.connect()
         self.weights = weights
         self.version = -1
@@ -114,8 +123,9 @@ class RolloutActor:
         prompts = [self.task.prompts[i] for i in prompt_indices]
         preference = self.objective.sample_preferences(len(prompts), self.preference_rng)
         episodes = generate_episodes(self.task.engine, self.policy, [p.text for p in prompts], generator=self.generator,
-                                     shaping=self.config.shaping, preference=preference)
-        scores = self.task.score(prompts, [e.response for e in episodes])
+                                     shaping=self.config.shaping, preference=preference,
+                                     keep_token_states=self.keep_token_states)
+        scores = self.task.score(prompts, [e.response for e in episodes], states=self._states(episodes))
         records = episodes_to_records(episodes, scores, layout=self.layout, prompt_ids=[p.id for p in prompts],
                                       policy_version=self.version, preference=preference)
         if records is not None:
@@ -131,12 +141,19 @@ class RolloutActor:
             "reward": float(scores.final.mean()),
             "reward_only": float(scores.reward.mean()),
             "cost": float(scores.cost.mean()),
+            **{f"score/{name}": float(raw.mean()) for name, raw in scores.raw.items()},  # e.g. a gold scorer at ×0
             "accept_rate": float(sum(int(e.action.sum()) for e in episodes) / max(1, decisions.sum())),
             "kl_per_response": float(np.mean([e.kl for e in episodes])),
             "kl_per_token": float(sum(e.kl for e in episodes) / max(1, sum(len(e.response_tokens) for e in episodes))),
             "policy_version": float(self.version),
             "seconds": time.perf_counter() - start,
         }
+
+    def _states(self, episodes: list[Episode]) -> list[ResponseStates] | None:
+        if not self.keep_token_states:
+            return None
+        eos = self.task.engine.eos_token_id
+        return [ResponseStates(states=e.token_states, length=response_length(e.response_tokens, eos)) for e in episodes]
 
     def sample_generations(self, prompt_indices: list[int]) -> list[dict[str, Any]]:
         """A few generations of the agent (sampled, as it is trained and evaluated) with their scores and KLs."""

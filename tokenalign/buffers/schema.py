@@ -190,14 +190,15 @@ def make_record_batch(
 
     `state` is (n, hidden) and becomes float16; `scores` and `baseline_scores` are (n, scorers) and
     `preference` (n, preference_dim), each row repeating its episode's values; every other column of
-    COLUMN_DOCS is an (n,) array (`token_reward` and `mara_kl_penalty` default to zeros).
+    COLUMN_DOCS is an (n,) array (`token_reward` and `mara_kl_penalty` may be None or absent: zeros).
     """
     state = np.ascontiguousarray(state, dtype=np.float16)
     if state.ndim != 2 or state.shape[1] != layout.hidden_size:
         raise RecordSchemaError(f"state must have shape (decisions, {layout.hidden_size}), got {state.shape}")
     n = state.shape[0]
     for optional in ("token_reward", "mara_kl_penalty"):
-        columns.setdefault(optional, np.zeros(n, np.float32))
+        if columns.get(optional) is None:
+            columns[optional] = np.zeros(n, np.float32)
     missing = sorted(set(_FIXED_COLUMNS) - set(columns))
     unknown = sorted(set(columns) - set(_FIXED_COLUMNS))
     if missing or unknown:

@@ -74,6 +74,8 @@ class DecodeBatch:
     needs_logits: torch.Tensor  # (B,) the row's next-token logits come from its last committed token
     done: torch.Tensor  # (B,) bool
     row_ids: torch.Tensor  # (B,) caller's sequence index of each row
+    # (B, max_new_tokens + 1, H) when kept: the state after the prompt, then after each emitted token (score heads read them)
+    token_hidden: torch.Tensor | None = None
 
     @property
     def size(self) -> int:
@@ -121,8 +123,12 @@ class DecodingEngine:
         self._truncation_warned = False
 
     # ----------------------------------------------------------------------------------------- batches
-    def start(self, prompts: list[str]) -> DecodeBatch:
-        """Begin decoding `prompts` (one row each) and settle until every row awaits a decision."""
+    def start(self, prompts: list[str], *, keep_token_states: bool = False) -> DecodeBatch:
+        """Begin decoding `prompts` (one row each) and settle until every row awaits a decision.
+
+        With `keep_token_states` the batch keeps each row's state after its prompt and after every emitted
+        token (`DecodeBatch.token_hidden`): what a score head on this LM reads, at no extra forward.
+        """
         if not prompts:
             raise ValueError("start() needs at least one prompt")
         b = len(prompts)
@@ -147,6 +153,8 @@ class DecodingEngine:
             needs_logits=torch.zeros(b, dtype=torch.bool, device=dev),
             done=torch.zeros(b, dtype=torch.bool, device=dev),
             row_ids=torch.arange(b, device=dev),
+            token_hidden=(torch.zeros(b, self.config.max_new_tokens + 1, self.hidden_size, device=dev)
+                          if keep_token_states else None),
         )
         self.restart_rows(batch, torch.arange(b, device=dev), prompts)
         return batch
@@ -200,6 +208,8 @@ class DecodingEngine:
         for name in ("attn", "n_real", "tokens", "n_new", "cand_hidden", "computed", "cursor", "commit",
                      "commit_valid", "needs_logits", "done", "row_ids"):
             setattr(batch, name, getattr(batch, name)[index])
+        if batch.token_hidden is not None:
+            batch.token_hidden = batch.token_hidden[index]
         batch.cand = batch.cand.select(index)
 
     # --------------------------------------------------------------------------------------- decisions
@@ -229,6 +239,8 @@ class DecodingEngine:
         token = batch.cand.token_ids[index, chosen_rank]
         batch.tokens[index, batch.n_new[index]] = token
         batch.n_new[index] += 1
+        if batch.token_hidden is not None:
+            batch.token_hidden[index, batch.n_new[index]] = batch.cand_hidden[index, chosen_rank]
         finished = (batch.n_new[index] >= self.config.max_new_tokens)
         if self.eos_token_id is not None:
             finished |= token == self.eos_token_id
@@ -305,6 +317,8 @@ class DecodingEngine:
             if fresh.numel():
                 last_commit = hidden[fresh, (n_commit[fresh] - 1).clamp(min=0)]
                 self._set_candidates(batch, fresh, self._logits(last_commit))
+                if batch.token_hidden is not None:  # fresh rows just committed their prompt
+                    batch.token_hidden[fresh, 0] = last_commit
                 batch.needs_logits[fresh] = False
             batch.commit_valid[:] = False
         if q:

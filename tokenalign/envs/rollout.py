@@ -67,6 +67,9 @@ class Episode:
     the last was emitted without a decision)."""
     mara_kl_penalty: np.ndarray
     """(n,) float32 MARA's kl_div shaping penalty of each decision before −kl_ctl (zeros without it)."""
+    token_states: torch.Tensor | None = None
+    """With keep_token_states, (len(response_tokens) + 1, H) float16: the LM's state after the prompt, then
+    after each response token (EOS included), as the engine computed them; what a score head on this LM reads."""
 
     @property
     def num_decisions(self) -> int:
@@ -271,30 +274,35 @@ def generate_episodes(
     greedy: bool = False,
     shaping: ShapingConfig | None = None,
     preference: np.ndarray | torch.Tensor | None = None,
+    keep_token_states: bool = False,
 ) -> list[Episode]:
     """Decode `prompts` as one batch with `policy` deciding; return one Episode per prompt, in order.
 
     `preference` (len(prompts), P) conditions a preference-conditioned agent: row i sees [state ; w_i].
+    `keep_token_states` fills each Episode's `token_states` (for score heads on this LM).
     """
     accept_logit = as_policy(policy).accept_logit
     if preference is not None:
         preference = torch.as_tensor(np.asarray(preference, dtype=np.float32), device=engine.device)
         if preference.shape[0] != len(prompts):
             raise ValueError(f"preference has {preference.shape[0]} rows for {len(prompts)} prompts; give one w per prompt")
-    batch = engine.start(prompts)
+    batch = engine.start(prompts, keep_token_states=keep_token_states)
     record = _DecisionLog()
     finished: dict[int, list[int]] = {}
+    states: dict[int, torch.Tensor] = {}
     while batch.size:
         decide_block(engine, batch, accept_logit, generator=generator, greedy=greedy, record=record, shaping=shaping,
                      preference=preference)
         if bool(batch.done.any()):
             for row in batch.done.nonzero(as_tuple=True)[0].tolist():
                 finished[int(batch.row_ids[row])] = batch.response_tokens(row)
+                if batch.token_hidden is not None:
+                    states[int(batch.row_ids[row])] = batch.token_hidden[row, : int(batch.n_new[row]) + 1].half().cpu()
             # Finished rows leave the batch so later forwards only pay for live sequences.
             engine.compact(batch, ~batch.done)
     decisions = record.per_sequence(len(prompts), engine.hidden_size)
     return [
         Episode(prompt=prompt, prompt_index=i, response=engine.tokenizer.decode(finished[i], skip_special_tokens=True),
-                response_tokens=finished[i], **decisions[i])
+                response_tokens=finished[i], token_states=states.get(i), **decisions[i])
         for i, prompt in enumerate(prompts)
     ]

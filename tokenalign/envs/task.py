@@ -15,6 +15,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from tokenalign.data import Prompt, load_prompts, prompt_id
 from tokenalign.envs.candidates import SamplingConfig
 from tokenalign.envs.engine import DecodingEngine, EngineConfig
+from tokenalign.heads.states import ResponseStates
 from tokenalign.lm import load_lm
 from tokenalign.rewards.combine import CombinedScores, RewardCombiner, RewardConfig
 from tokenalign.rewards.factory import ScorerConfig, parse_scorer_spec
@@ -58,15 +59,18 @@ class DecodingTask:
     def hidden_size(self) -> int:
         return self.engine.hidden_size
 
-    def score(self, prompts: list[Prompt], responses: list[str]) -> CombinedScores:
-        """Score finished responses; the SFT baseline, when configured, decodes greedily with the engine."""
+    def score(self, prompts: list[Prompt], responses: list[str], *,
+              states: Sequence[ResponseStates] | None = None) -> CombinedScores:
+        """Score finished responses (heads on the policy LM from their `states`); the SFT baseline, when
+        configured, decodes greedily with the engine."""
         ids = [p.id for p in prompts]
         missing = set(self.combiner.missing_baselines(ids))
         baseline = None
         if missing:
             todo = [p for p in {p.id: p for p in prompts if p.id in missing}.values()]
             baseline = dict(zip([p.id for p in todo], self.greedy_responses([p.text for p in todo])))
-        return self.combiner.combine([p.text for p in prompts], responses, prompt_ids=ids, baseline_responses=baseline)
+        return self.combiner.combine([p.text for p in prompts], responses, prompt_ids=ids, baseline_responses=baseline,
+                                     states=states)
 
     @torch.no_grad()
     def greedy_responses(self, texts: list[str]) -> list[str]:

@@ -8,7 +8,7 @@ Every objective computes, for each row, its episode's sequence reward R and cost
 raw scores (repeated on every row); the base class then places them as MARA does:
 
     r_t = −kl_ctl·mara_kl_penalty_t              (MARA's shaping, when shaping.token_reward=mara_kl_div)
-        + token_reward_t                          (token-level scorers)
+        + token_reward_t                          (token heads: Σ_k multiplier_k·r_k,t, placed by the rollout actor)
         + R·γ^accepts_to_end_t   (postback)   or   R·done_t
     c_t = C·done_t
 
@@ -93,7 +93,9 @@ class Objective(abc.ABC):
         self.shaping = shaping
         self.gamma = gamma
         self.scorers = [s.resolved_name for s in reward.scorers]
-        self.multiplier = np.array([s.multiplier for s in reward.scorers], dtype=np.float64)
+        # A token head's reward reaches the learner per token (the token_reward column); its sequence score,
+        # the sum of those, would count it twice.
+        self.multiplier = np.array([0.0 if s.token_level else s.multiplier for s in reward.scorers], dtype=np.float64)
         self.is_reward = np.array([s.role == "reward" for s in reward.scorers])
 
     @property

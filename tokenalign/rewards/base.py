@@ -7,9 +7,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from tokenalign.heads.states import ResponseStates
+    from tokenalign.rewards.factory import ScorerConfig
 
 
 class ScorerError(ValueError):
@@ -24,6 +28,29 @@ class Scorer(Protocol):
 
     def score(self, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
         """One score per (prompt, response) pair, float32, shape (n,)."""
+        ...
+
+
+@runtime_checkable
+class StateScorer(Protocol):
+    """A scorer that can read the policy LM's states instead of text (a head fitted on that LM)."""
+
+    name: str
+    reads_policy_lm: bool
+    """Whether `use_policy_lm` found the head fitted on the policy LM: then `score_states` is what to call."""
+    token_level: bool
+    """Whether it rewards tokens (`token_rewards`), not only sequences."""
+
+    def use_policy_lm(self, model: Any, tokenizer: Any, *, name: str) -> bool:
+        """Read the policy LM's states from now on if fitted on it; whether it was."""
+        ...
+
+    def score_states(self, responses: Sequence["ResponseStates"]) -> np.ndarray:
+        """One score per response from its states."""
+        ...
+
+    def token_rewards(self, responses: Sequence["ResponseStates"]) -> list[np.ndarray]:
+        """Per-token rewards of each response (one per response token)."""
         ...
 
 
@@ -50,6 +77,11 @@ class ScorerBase(ABC):
         except Exception as err:  # a user's or a model's failure: say which scorer, keep the cause chained
             raise ScorerError(f"scorer {self.name!r} raised {type(err).__name__}: {err}") from err
         return checked_scores(values, n=len(responses), source=f"scorer {self.name!r}")
+
+    @classmethod
+    def is_token_level(cls, config: "ScorerConfig") -> bool:
+        """Whether a scorer of this config rewards tokens (its score then reaches training per token, not per sequence)."""
+        return False
 
     @abstractmethod
     def _score(self, prompts: list[str], responses: list[str]) -> np.ndarray | Sequence[float]:

@@ -12,10 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tokenalign.rewards.base import Scorer, ScorerError
+from tokenalign.rewards.base import Scorer, ScorerError, StateScorer, checked_scores
+
+if TYPE_CHECKING:
+    from tokenalign.heads.states import ResponseStates
 from tokenalign.rewards.factory import Role, ScorerConfig, make_scorer
 
 
@@ -64,6 +68,9 @@ class CombinedScores:
     """Each scorer's raw score by scorer name."""
     baseline_raw: dict[str, np.ndarray]
     """With sft_baseline, each scorer's raw score of the base LM's greedy response to the same prompt (else zeros)."""
+    token_reward: list[np.ndarray] | None = None
+    """With token-level scorers and the responses' states: per response, Σ_k multiplier_k·r_{k,t} for each of its
+    tokens (their sum is the token scorers' part of `final`)."""
 
 
 class RewardCombiner:
@@ -100,6 +107,22 @@ class RewardCombiner:
             baseline_multiplier=config.baseline_multiplier,
         )
 
+    def use_policy_lm(self, model: Any, tokenizer: Any, *, name: str) -> bool:
+        """Let every head fitted on the policy LM read its states; whether any does (decode then keeping them).
+
+        A token head must: its rewards belong to the policy's tokens, which another LM does not share.
+        """
+        reading = [t.scorer.use_policy_lm(model, tokenizer, name=name) for t in self._state_terms]
+        lost = [t.scorer.name for t, reads in zip(self._state_terms, reading) if t.scorer.token_level and not reads]
+        if lost:
+            raise ScorerError(f"token heads {lost} were not fitted on the policy LM {name!r}: their per-token rewards "
+                              "would fall on another tokenizer's tokens; fit them on the policy LM (fit-scorer lm=...)")
+        return any(reading)
+
+    @property
+    def _state_terms(self) -> list[RewardTerm]:
+        return [t for t in self.terms if isinstance(t.scorer, StateScorer)]
+
     def missing_baselines(self, prompt_ids: Sequence[int] | np.ndarray) -> list[int]:
         """The prompt ids among `prompt_ids` whose greedy baseline response has not been scored yet."""
         if not self.sft_baseline:
@@ -113,9 +136,12 @@ class RewardCombiner:
         *,
         prompt_ids: Sequence[int] | np.ndarray | None = None,
         baseline_responses: Mapping[int, str] | None = None,
+        states: Sequence[ResponseStates] | None = None,
     ) -> CombinedScores:
         """Score `responses` to `prompts`; with sft_baseline pass `prompt_ids` and the greedy responses
-        of at least the ids `missing_baselines(prompt_ids)` lists, as {prompt_id: response}."""
+        of at least the ids `missing_baselines(prompt_ids)` lists, as {prompt_id: response}. With the
+        responses' policy-LM `states`, heads that read the policy LM score from them and token heads
+        give `token_reward`."""
         baseline_raw = np.zeros((len(self.terms), len(responses)), dtype=np.float32)
         if self.sft_baseline:
             baseline_raw = self._baseline_scores(prompts, prompt_ids, baseline_responses)
@@ -124,7 +150,7 @@ class RewardCombiner:
             baseline_reward = weighted_baseline[self._is_reward].sum(axis=0)
         else:
             baseline_all = baseline_reward = np.float32(self.baseline)
-        raw = np.stack([t.scorer.score(prompts, responses) for t in self.terms])
+        raw = np.stack([self._score_term(t, prompts, responses, states) for t in self.terms])
         weighted = self._multiplier[:, None] * raw
         scale = np.float32(self.baseline_multiplier)
         return CombinedScores(
@@ -133,7 +159,23 @@ class RewardCombiner:
             cost=raw[~self._is_reward].sum(axis=0).astype(np.float32),
             raw={t.scorer.name: raw[k] for k, t in enumerate(self.terms)},
             baseline_raw={t.scorer.name: baseline_raw[k].astype(np.float32) for k, t in enumerate(self.terms)},
+            token_reward=self._token_rewards(states),
         )
+
+    @staticmethod
+    def _score_term(term: RewardTerm, prompts: Sequence[str], responses: Sequence[str],
+                    states: Sequence[ResponseStates] | None) -> np.ndarray:
+        scorer = term.scorer
+        if states is not None and isinstance(scorer, StateScorer) and scorer.reads_policy_lm:
+            return checked_scores(scorer.score_states(states), n=len(responses), source=f"scorer {scorer.name!r}")
+        return scorer.score(prompts, responses)
+
+    def _token_rewards(self, states: Sequence[ResponseStates] | None) -> list[np.ndarray] | None:
+        token_terms = [t for t in self._state_terms if t.scorer.token_level and t.scorer.reads_policy_lm]
+        if states is None or not token_terms:
+            return None
+        per_term = [[t.multiplier * r for r in t.scorer.token_rewards(states)] for t in token_terms]
+        return [np.sum(rewards, axis=0).astype(np.float32) for rewards in zip(*per_term)]
 
     def _baseline_scores(
         self,

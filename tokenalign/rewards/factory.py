@@ -59,6 +59,11 @@ class ScorerConfig:
         return scorer_kinds().lookup(self.kind)[1](**self.options)
 
     @property
+    def token_level(self) -> bool:
+        """Whether the scorer rewards tokens (a token head): objectives then take its reward per token, not per sequence."""
+        return scorer_kinds().lookup(self.kind)[0].is_token_level(self)
+
+    @property
     def resolved_name(self) -> str:
         """The scorer's name in records and logs: `name`, else `kind:<last part of path>` (e.g. hf-classifier:rm)."""
         if self.name:

@@ -1,0 +1,1 @@
+"""Reward, cost and token-level heads over a frozen LM's hidden states: the model, its losses, fitting it."""
