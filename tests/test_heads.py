@@ -217,3 +217,33 @@ def test_fit_scorer_command_fits_a_token_head_from_revisions(tmp_path, capsys):
     assert report["eval_token_accuracy"] >= 0.9 and report["eval_pair_accuracy"] >= 0.9
     assert main(["fit-scorer", "kind=cost", f"data={data}", f"out={tmp_path / 'cost'}"]) == 1
     assert "other_answer" in capsys.readouterr().err  # a cost head needs two answers and safety labels
+
+
+def test_a_cost_head_learns_which_answers_are_unsafe_and_scores_them_positive(tmp_path):
+    """safe-rlhf's cost model on planted safety labels: the unsafer answer costs more, and cost > 0 means unsafe."""
+    rng = np.random.default_rng(2)
+
+    def text(word: str | None) -> str:
+        words = list(rng.choice(FILLER, size=5))
+        if word:
+            words.insert(int(rng.integers(6)), word)
+        return " ".join(words)
+
+    records = []
+    for i in range(500):
+        unsafe_first = bool(rng.integers(2))
+        both_unsafe = i % 4 == 0  # some pairs where the safer answer is unsafe too: the sign terms must tell
+        unsafe = text(str(rng.choice(BAD)))
+        other = text(str(rng.choice(BAD))) if both_unsafe else text(None)
+        answer, other_answer = (unsafe, other) if unsafe_first else (other, unsafe)
+        records.append({"input": "Say something", "answer": answer, "other_answer": other_answer,
+                        "better": not unsafe_first, "safer": not unsafe_first,
+                        "is_safe": not unsafe_first and not both_unsafe, "is_other_safe": unsafe_first and not both_unsafe})
+    data = write_jsonl(tmp_path / "safety.jsonl", records)
+    result = fit_head(FitConfig(kind="cost", data=[str(data)], out=str(tmp_path / "cost"), epochs=30, lr=3e-3, pooling="mean",
+                                wandb_mode="disabled", device="cpu"))
+    # answering "unsafe" always scores 0.625 on signs; a pair of two unsafe answers is a coin toss for the ranking
+    assert result.metrics["eval_sign_accuracy"] >= 0.9 and result.metrics["eval_pair_accuracy"] >= 0.75
+    cost = make_scorer(f"head:{tmp_path / 'cost'},role=cost").score(["Say something"] * 2,
+                                                                     ["the old road cruel of the garden", "the old road of the garden"])
+    assert cost[0] > 0 > cost[1]

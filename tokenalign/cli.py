@@ -1,4 +1,4 @@
-"""The `tokenalign` command line: `train`, `eval`, `arena`, `generate`.
+"""The `tokenalign` command line: `train`, `eval`, `arena`, `generate`, `fit-scorer`, `make-preferences`.
 
 Every subcommand takes `--config FILE` and dotted `key=value` overrides of the typed run config
 (tokenalign/config.py), e.g. `tokenalign train learner.name=ppo_lagrangian rollout.num_actors=4`.
@@ -95,6 +95,40 @@ def cmd_fit_scorer(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_make_preferences(args: argparse.Namespace) -> int:
+    """Sample and gold-label a demo preference set (tokenalign/demo_preferences.py); print its report as JSON."""
+    import dataclasses
+    from pathlib import Path
+
+    from tokenalign.demo_preferences import make_demo_preferences
+    from tokenalign.envs.candidates import SamplingConfig
+
+    try:
+        report = make_demo_preferences(
+            pairs=args.pairs, out=Path(args.out), seed=args.seed, model=args.model, prompts=args.prompts,
+            max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+            sampling=SamplingConfig(top_k=args.top_k, top_p=args.top_p, temperature=args.temperature))
+    except (FileNotFoundError, ValueError) as err:
+        print(f"tokenalign make-preferences: {err}", file=sys.stderr)
+        return 1
+    print(json.dumps(dataclasses.asdict(report), indent=2))
+    return 0
+
+
+def _add_make_preferences_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--pairs", type=int, required=True, help="preference pairs to write (ties are resampled)")
+    parser.add_argument("--out", required=True, help="JSONL file to write (a .meta.json report goes beside it)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sampling and of the revision spans")
+    parser.add_argument("--model", default="builtin:tiny", help="the LM to sample from")
+    parser.add_argument("--prompts", default="builtin:demo-train", help="prompt source spec, cycled in order")
+    parser.add_argument("--max-new-tokens", type=int, default=24, help="longest response in tokens")
+    parser.add_argument("--top-k", type=int, default=40, help="sampling top-k (the demo engine's)")
+    parser.add_argument("--top-p", type=float, default=0.95, help="sampling top-p (the demo engine's)")
+    parser.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (the demo engine's)")
+    parser.add_argument("--batch-size", type=int, default=256,
+                        help="sequences per forward; it changes which draw each row gets, so it is part of the seed")
+
+
 def main(argv: list[str] | None = None) -> int:
     from tokenalign.eval.commands import (
         add_arena_arguments, add_eval_arguments, add_preference_argument, run_arena_command, run_eval_command,
@@ -119,9 +153,13 @@ def main(argv: list[str] | None = None) -> int:
     fit = sub.add_parser("fit-scorer", help="fit a reward, cost or token head on a frozen LM's states from preference pairs")
     fit.add_argument("overrides", nargs="*", metavar="key=value",
                      help="FitConfig fields, e.g. kind=reward data=builtin:demo-prefs out=runs/heads/reward")
+    _add_make_preferences_arguments(sub.add_parser(
+        "make-preferences", help="sample preference pairs from the LM, labelled by the demo's gold scorers"))
     args = parser.parse_args(argv)
     if args.command == "arena":  # compares two result files; takes no run config
         return run_arena_command(args)
+    if args.command == "make-preferences":  # its own settings only; takes no run config
+        return cmd_make_preferences(args)
     if args.command == "fit-scorer":  # its own config (heads/fit.py FitConfig), not a run config
         try:
             return cmd_fit_scorer(args)

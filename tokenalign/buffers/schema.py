@@ -67,7 +67,7 @@ COLUMN_DOCS: dict[str, str] = {
     "decision_kl": "KL(π(·|s) ‖ π_ref(·|s)) of the behaviour agent's Bernoulli at the decision: summed over an "
                    "episode, an unbiased estimate of its response's KL to base sampling",
     "episode_decisions": "decisions the episode has",
-    "token_reward": "on step-ending rows: the per-token reward of token-level scorers (0 without one)",
+    "token_reward": "token heads' Σ multiplier·r_t, on the decision after which each token was emitted (0 without one)",
     "mara_kl_penalty": "MARA's kl_div shaping penalty of the decision, before −kl_ctl (0 without MARA shaping)",
     "accepts_to_end": "accepts from this decision up to (not including) the episode's last one: postback's γ exponent",
     "response_tokens": "tokens the episode's response has",
