@@ -4,6 +4,7 @@ judges them. Beside them, best-of-N reranked by the same proxy, and TLCR's per-t
 head against the sequence reward of the largest reward head.
 
     python benchmarks/overoptimisation.py            # the committed results (about 40 minutes on 2 cores)
+    python benchmarks/overoptimisation.py --kl-coef 0.3   # the same heads, agents nearer the base LM
     python benchmarks/overoptimisation.py --quick    # a smoke run
 
 Data: the demo preference set (tokenalign/demo_preferences.py): two base-LM samples per demo prompt,
@@ -114,6 +115,8 @@ def curve(run_dir: Path) -> list[tuple[float, float]]:
 def main() -> None:
     args = parse_args(Args, __doc__, QUICK)
     name = "overoptimisation_quick" if args.quick else "overoptimisation"
+    if args.kl_coef != Args.kl_coef:  # another β is another frontier point of the same heads: its own files
+        name += f"_beta{args.kl_coef:g}"
     sizes = [int(n) for n in args.pairs.split(",")]
     root = Path(args.runs_dir)
     data_file = ensure_demo_preferences(pairs=math.ceil(max(sizes) / 0.9) + 8, seed=0)

@@ -70,6 +70,8 @@ class DataConfig:
     """Source specs of the training prompts."""
     test: list[str] = field(default_factory=lambda: ["builtin:demo-test"])
     """Source specs of the evaluation prompts."""
+    pairs: list[str] = field(default_factory=list)
+    """Preference pair specs (tokenalign/preferences.py) for learners that learn from pairs (learner.name=dpo)."""
     prompt_field: str | None = None
     """Record field holding the prompt; unset = `prompt`, else `instruction`."""
     seed: int = 42

@@ -6,7 +6,8 @@
 Asynchronous by default (replay learners): every rollout actor always has one `collect` in flight and the
 learner one `train`; the learner gets `update_time` gradient steps per collected episode (MARA) and the
 buffer's rate limiter keeps the two in balance. On-policy learners run synchronous rounds: all actors
-collect, the learner updates on those episodes, publishes, repeat.
+collect, the learner updates on those episodes, publishes, repeat. Pair learners (DPO) have neither rollout
+actors nor a buffer: the learner actor trains on the run's preference pairs and also evaluates.
 
 Faults: a rollout actor that dies is restarted by Ray (rollout.max_restarts) and its batch is handed out
 again; what it had written stays in the buffer. SIGINT / SIGTERM end the loop, write a final checkpoint
@@ -107,32 +108,43 @@ class Trainer:
 
     def _resources(self) -> ray_cluster.ResourceRequest:
         r = self.config.rollout
+        if self.data_mode == "pairs":  # no rollouts: the learner actor alone, with its own copy of the LM
+            return ray_cluster.ResourceRequest(num_actors=0, gpus_per_actor=0.0, cpus_per_actor=0.0,
+                                               learner_gpus=self.config.learner.num_gpus)
         return ray_cluster.ResourceRequest(num_actors=r.num_actors, gpus_per_actor=r.gpus_per_actor,
                                            cpus_per_actor=r.cpus_per_actor, learner_gpus=self.config.learner.num_gpus,
                                            reward_service_gpus=r.reward_service_gpus)
 
     def _start(self) -> None:
         cfg = self.config
+        self.contract = learner_class(cfg.learner.name).contract(make_config(cfg.learner.name, cfg.learner.params))
+        self.data_mode = self.contract.data_mode
+        if self.data_mode == "pairs" and not cfg.data.pairs:
+            raise ValueError(f"learner.name={cfg.learner.name} learns from preference pairs: give data.pairs, e.g. "
+                             "data.pairs=[builtin:demo-prefs]")
         request = self._resources()
         self._started_ray = ray_cluster.connect(address=cfg.run.ray_address, num_cpus=ray_cluster.local_cpus_for(request))
         ray_cluster.check_resources(request)
         hidden_size = int(AutoConfig.from_pretrained(resolve_lm_path(cfg.lm.path), local_files_only=True).hidden_size)
-        self.contract = learner_class(cfg.learner.name).contract(make_config(cfg.learner.name, cfg.learner.params))
-        self.data_mode = self.contract.data_mode
         objective = make_objective(cfg.objective, reward=cfg.reward, shaping=cfg.shaping, gamma=self.contract.gamma,
                                    signals=self.contract.signals)
         layout = RecordLayout(hidden_size=hidden_size, scorers=tuple(s.resolved_name for s in cfg.reward.scorers),
                               preference_dim=objective.preference_dim)
         self.train_prompts = load_prompts(cfg.data.train, prompt_field=cfg.data.prompt_field, seed=cfg.data.seed)
-        self.buffer_spec, self._fleet = launch_buffer(cfg.buffer, layout=layout, data_mode=self.data_mode,
-                                                      run_dir=self.run_dir, on_ray=not self._started_ray)
+        self.buffer_spec = None
+        if self.data_mode != "pairs":
+            self.buffer_spec, self._fleet = launch_buffer(cfg.buffer, layout=layout, data_mode=self.data_mode,
+                                                          run_dir=self.run_dir, on_ray=not self._started_ray)
         self.weights = WeightStore.remote()
         self.learner = LearnerActor.options(num_gpus=cfg.learner.num_gpus, num_cpus=1).remote(
-            config=cfg, buffer_spec=self.buffer_spec, weights=self.weights)
+            config=cfg, layout=layout, weights=self.weights, buffer_spec=self.buffer_spec)
         if self.resume:
             self._restore()
         self._call(self.learner.publish.remote())
         self.reward_service = None
+        self.actors: list[Any] = []
+        if self.data_mode == "pairs":
+            return
         if cfg.rollout.reward_service_gpus > 0:
             from tokenalign.actors.reward_service import RewardService
 
@@ -193,6 +205,8 @@ class Trainer:
             self._t0 = time.monotonic() - self.progress.elapsed_s
             if self.data_mode == "replay":
                 self._loop_async()
+            elif self.data_mode == "pairs":
+                self._loop_pairs()
             else:
                 self._loop_sync()
             self.bar.close()
@@ -263,6 +277,17 @@ class Trainer:
                 # Surplus groups stay queued (one version behind, within buffer.max_policy_lag) and are
                 # consumed first next time; counting only new ones never waits on groups the queue dropped.
                 groups = 0
+
+    def _loop_pairs(self) -> None:
+        """Gradient steps on preference pairs, in calls of at most 50 updates (fewer with a smaller
+        run.checkpoint_every) so that stop conditions and checkpoints come between them; an episode of the run's
+        counters is one pair seen (run.total_episodes = epochs × pairs)."""
+        per_call = max(1, min(self.config.run.checkpoint_every, 50))
+        while not self._should_stop():
+            metrics = self._call(self.learner.train_pairs.remote(per_call))
+            self.progress.episodes += int(metrics["pairs_seen"])
+            self.bar.update(int(metrics["pairs_seen"]))
+            self._learner_result(metrics)
 
     def _actor_result(self, ref: Any, index: int) -> dict[str, float] | None:
         try:
@@ -351,12 +376,12 @@ class Trainer:
         from tokenalign.eval.report import write_report
 
         cfg = self.config
-        samples = self._call(self.actors[0].sample_generations.remote(list(range(min(8, len(self.train_prompts))))))
+        decoder = self.actors[0] if self.actors else self.learner  # a pair learner's run has no rollout actor
+        samples = self._call(decoder.sample_generations.remote(list(range(min(8, len(self.train_prompts))))))
         (self.run_dir / "generations.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
         summary: dict[str, Any] = {}
         if cfg.run.eval_prompts > 0:
-            summary = self._call(self.actors[0].evaluate.remote(num_prompts=cfg.run.eval_prompts, best_of=4,
-                                                                seed=cfg.run.seed))
+            summary = self._call(decoder.evaluate.remote(num_prompts=cfg.run.eval_prompts, best_of=4, seed=cfg.run.seed))
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         training = {"episodes": self.progress.episodes, "decisions": self.progress.decisions,
                     "updates": self.progress.updates, "minutes": round(self.progress.elapsed_s / 60, 2),

@@ -4,8 +4,10 @@ writes checkpoints.
 Every sampled batch of observed `Decisions` is labelled by the objective (rewards and costs) right here,
 then trained on. Replay learners (SAC) take `train(n)` calls of n gradient steps on sampled batches;
 on-policy learners (PPO, RLOO) take `train_on_policy()`, one update on the freshest complete prompt
-groups. After each call the new policy is published to the WeightStore with the learner's update count
-as version.
+groups. Pair learners (DPO) have no buffer and no rollout actors: the actor loads the LM itself, teacher-
+forces the run's preference pairs once (`PairSource`) and takes `train_pairs(n)` calls; it also writes the
+run's sample generations and end-of-run evaluation. After each call the new policy is published to the
+WeightStore with the learner's update count as version.
 """
 from __future__ import annotations
 
@@ -16,7 +18,8 @@ from typing import Any
 import ray
 import torch
 
-from tokenalign.actors.rollout_actor import torch_device
+from tokenalign.actors.rollout_actor import build_task, sample_generations, torch_device
+from tokenalign.buffers.schema import RecordLayout
 from tokenalign.buffers.spec import BufferSpec
 from tokenalign.config import TrainConfig
 from tokenalign.learners.base import LearnerContract
@@ -35,7 +38,8 @@ def save_atomically(obj: Any, path: Path) -> None:
 class LearnerActor:
     """See the module docstring."""
 
-    def __init__(self, *, config: TrainConfig, buffer_spec: BufferSpec, weights: Any) -> None:
+    def __init__(self, *, config: TrainConfig, layout: RecordLayout, weights: Any,
+                 buffer_spec: BufferSpec | None = None) -> None:
         torch.set_num_threads(config.rollout.torch_threads)
         torch.manual_seed(config.run.seed)
         self.config = config
@@ -44,14 +48,22 @@ class LearnerActor:
         self.contract: LearnerContract = learner_class(config.learner.name).contract(make_config(config.learner.name, params))
         self.objective = make_objective(config.objective, reward=config.reward, shaping=config.shaping,
                                         gamma=self.contract.gamma, signals=self.contract.signals)
-        layout = buffer_spec.layout
         if layout.preference_dim != self.objective.preference_dim:
             raise ValueError(f"the buffer's records carry {layout.preference_dim} preference weights, objective "
                              f"{self.objective.name!r} needs {self.objective.preference_dim}")
         self.learner = make_learner(config.learner.name, hidden_size=layout.hidden_size, config=params,
                                     device=self.device, preference_dim=layout.preference_dim)
-        self.buffer = buffer_spec.connect()
         self.weights = weights
+        if self.contract.data_mode == "pairs":
+            from tokenalign.actors.pair_source import PairSource
+
+            self.task = build_task(config, device=self.device)
+            self.pairs = PairSource(engine=self.task.engine, specs=config.data.pairs, seed=config.data.seed)
+            self.buffer = None
+        else:
+            if buffer_spec is None:
+                raise ValueError(f"learner {config.learner.name!r} learns from rollouts and needs the run's buffer")
+            self.buffer = buffer_spec.connect()
 
     @property
     def version(self) -> int:
@@ -68,7 +80,8 @@ class LearnerActor:
         return self.contract
 
     def buffer_stats(self) -> dict[str, float]:
-        return self.buffer.stats()
+        """The buffer's counters, or the preference data's for a pair learner."""
+        return self.pairs.stats() if self.buffer is None else self.buffer.stats()
 
     def train(self, max_updates: int) -> dict[str, float]:
         """Up to `max_updates` gradient steps, as many as the buffer's rate limiter allows right now."""
@@ -97,9 +110,34 @@ class LearnerActor:
         self.publish()
         return {"updates_done": 1.0, "num_updates": float(self.version), **{k: float(v) for k, v in metrics.items()}}
 
+    def train_pairs(self, updates: int) -> dict[str, float]:
+        """`updates` gradient steps, each on `batch_size` pairs drawn with the learner's (checkpointed) generator."""
+        sums: dict[str, float] = {}
+        for _ in range(updates):
+            pairs = torch.randint(self.pairs.size, (self.contract.batch_size,), generator=self.learner.generator)
+            for key, value in self.learner.update(self.pairs.batch(pairs)).items():
+                sums[key] = sums.get(key, 0.0) + float(value)
+        self.publish()
+        return {"updates_done": float(updates), "num_updates": float(self.version),
+                "pairs_seen": float(updates * self.contract.batch_size), **{k: v / updates for k, v in sums.items()}}
+
+    def sample_generations(self, prompt_indices: list[int]) -> list[dict[str, Any]]:
+        """A pair learner's run has no rollout actor: its agent's sample generations come from here."""
+        return sample_generations(self.task, self.learner.policy, prompt_indices,
+                                  generator=torch.Generator(device=self.device).manual_seed(self.config.run.seed))
+
+    def evaluate(self, *, num_prompts: int, best_of: int, seed: int) -> dict[str, Any]:
+        """A pair learner's end-of-run summary on held-out prompts (agent, base LM, best-of-N)."""
+        from tokenalign.eval.summary import evaluate_run
+
+        with torch.no_grad():
+            return evaluate_run(self.task, self.learner.policy, config=self.config, num_prompts=num_prompts,
+                                best_of=best_of, seed=seed)
+
     def save(self, path: str) -> None:
         """Learner state (networks, optimizers, multipliers, counters, RNG) and the buffer's counters."""
-        save_atomically({"learner": self.learner.state_dict(), "buffer": self.buffer.state_dict(),
+        buffer = {} if self.buffer is None else self.buffer.state_dict()
+        save_atomically({"learner": self.learner.state_dict(), "buffer": buffer,
                          "objective": {"name": self.objective.name, "state": self.objective.state_dict()}}, Path(path))
 
     def save_policy(self, path: str) -> None:
@@ -110,7 +148,8 @@ class LearnerActor:
         """Restore what `save` wrote; returns the restored update count."""
         state = torch.load(path, map_location=self.device, weights_only=True)
         self.learner.load_state_dict(state["learner"])
-        self.buffer.load_state_dict(state["buffer"])
+        if self.buffer is not None:
+            self.buffer.load_state_dict(state["buffer"])
         # A run resumed with another objective relabels the stored data from scratch: its statistics start anew.
         saved = state.get("objective", {})
         if saved.get("name") == self.objective.name:

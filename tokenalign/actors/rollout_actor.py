@@ -158,13 +158,7 @@ class RolloutActor:
     def sample_generations(self, prompt_indices: list[int]) -> list[dict[str, Any]]:
         """A few generations of the agent (sampled, as it is trained and evaluated) with their scores and KLs."""
         self._sync_weights()
-        prompts = [self.task.prompts[i] for i in prompt_indices]
-        dim = self.layout.preference_dim
-        agent = conditioned(self.policy, [1.0 / dim] * dim if dim else None)  # equal weights for a conditioned agent
-        episodes = generate_episodes(self.task.engine, agent, [p.text for p in prompts], generator=self.generator)
-        scores = self.task.score(prompts, [e.response for e in episodes])
-        return [{"prompt": p.text, "response": e.response, "reward": float(scores.final[i]),
-                 "cost": float(scores.cost[i]), "kl": e.kl} for i, (p, e) in enumerate(zip(prompts, episodes))]
+        return sample_generations(self.task, self.policy, prompt_indices, generator=self.generator)
 
     def evaluate(self, *, num_prompts: int, best_of: int, seed: int) -> dict[str, Any]:
         """The end-of-run summary on held-out prompts: the agent alone, the base LM alone, best-of-N."""
@@ -173,6 +167,19 @@ class RolloutActor:
         self._sync_weights()
         return evaluate_run(self.task, self.policy, config=self.config, num_prompts=num_prompts, best_of=best_of,
                             seed=seed)
+
+
+def sample_generations(task: DecodingTask, policy: AcceptRejectPolicy, prompt_indices: list[int], *,
+                       generator: torch.Generator) -> list[dict[str, Any]]:
+    """The agent's generations for training prompts `prompt_indices`, with their scores and KL per response
+    (a preference-conditioned agent at equal weights)."""
+    prompts = [task.prompts[i] for i in prompt_indices]
+    dim = policy.preference_dim
+    agent = conditioned(policy, [1.0 / dim] * dim if dim else None)
+    episodes = generate_episodes(task.engine, agent, [p.text for p in prompts], generator=generator)
+    scores = task.score(prompts, [e.response for e in episodes])
+    return [{"prompt": p.text, "response": e.response, "reward": float(scores.final[i]),
+             "cost": float(scores.cost[i]), "kl": e.kl} for i, (p, e) in enumerate(zip(prompts, episodes))]
 
 
 def _complete_groups(prompts: list[Any], written: np.ndarray) -> int:

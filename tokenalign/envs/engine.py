@@ -248,7 +248,7 @@ class DecodingEngine:
         going = index[~finished]
         if going.numel() == 0:
             return
-        self._set_candidates(batch, going, self._logits(batch.cand_hidden[going, chosen_rank[~finished]]))
+        self._set_candidates(batch, going, self.next_token_logits(batch.cand_hidden[going, chosen_rank[~finished]]))
         self._ensure_commit_width(batch, 1)
         batch.commit[going, 0] = token[~finished]
         batch.commit_valid[going, 0] = True
@@ -316,7 +316,7 @@ class DecodingEngine:
             fresh = batch.needs_logits.nonzero(as_tuple=True)[0]
             if fresh.numel():
                 last_commit = hidden[fresh, (n_commit[fresh] - 1).clamp(min=0)]
-                self._set_candidates(batch, fresh, self._logits(last_commit))
+                self._set_candidates(batch, fresh, self.next_token_logits(last_commit))
                 if batch.token_hidden is not None:  # fresh rows just committed their prompt
                     batch.token_hidden[fresh, 0] = last_commit
                 batch.needs_logits[fresh] = False
@@ -327,7 +327,8 @@ class DecodingEngine:
             batch.computed = torch.where(wants_block, torch.minimum(lo + q, batch.cand.count), batch.computed)
         self._trim(batch)
 
-    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+    def next_token_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Next-token logits from last hidden states (the LM head, with its final soft-cap when the model has one)."""
         logits = self.lm_head(hidden.to(self.dtype)).float()
         if self._softcap:
             logits = torch.tanh(logits / self._softcap) * self._softcap

@@ -22,7 +22,7 @@ from tokenalign.agents.policy import PARAMETERISATION, AcceptRejectPolicy, check
 from tokenalign.buffers.schema import Transitions
 from tokenalign.learners.kl import KLConfig, KLController, decision_kl, kl_per_response, reference_log_probs
 
-DataMode = Literal["replay", "on_policy"]
+DataMode = Literal["replay", "on_policy", "pairs"]
 Signal = Literal["reward", "cost"]
 
 
@@ -31,13 +31,14 @@ class LearnerContract:
     """What a learner needs from the runtime; the driver reads this, never the learner's config fields."""
 
     data_mode: DataMode
-    """"replay": one update = one gradient step on a sampled batch; "on_policy": one update = one rollout."""
+    """"replay": one update = one gradient step on a sampled batch; "on_policy": one update = one rollout;
+    "pairs": one update = one gradient step on `batch_size` preference pairs (data.pairs), no rollouts."""
     gamma: float
     """Discount along the decision chain (the objective's postback uses it)."""
     signals: tuple[Signal, ...] = ("reward",)
     """Per-decision signals the learner trains on apart: ("reward",), or ("reward", "cost") for Lagrangian ones."""
     batch_size: int = 0
-    """Replay: transitions sampled per update."""
+    """Replay: transitions sampled per update; pairs: preference pairs per update."""
     updates_per_episode: int = 1
     """Replay: gradient steps per collected episode (MARA's update_time)."""
     learning_starts: int = 0
