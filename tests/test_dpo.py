@@ -113,10 +113,9 @@ def test_a_dpo_run_has_the_run_layout_resumes_and_evaluates_like_rl(ray_cluster,
     assert again["episodes"] == 480 and again["updates"] == 30
 
 
-def test_dpo_without_pairs_is_one_clear_error(ray_cluster, tmp_path):
-    from tokenalign.config import load_config
-    from tokenalign.trainer import Trainer
+def test_dpo_without_pairs_is_one_clear_error_before_any_run_directory(tmp_path):
+    from tokenalign.config import ConfigError, load_config
 
-    trainer = Trainer.new_run(load_config(None, ["learner.name=dpo", f"run.runs_dir={tmp_path}"]))
-    with pytest.raises(ValueError, match=r"give data\.pairs, e\.g\. data\.pairs=\[builtin:demo-prefs\]"):
-        trainer.run()
+    with pytest.raises(ConfigError, match=r"data\.pairs is empty: learner\.name=dpo .*data\.pairs=\[builtin:demo-prefs\]"):
+        load_config(None, ["learner.name=dpo", f"run.runs_dir={tmp_path}"])
+    assert not any(tmp_path.iterdir())

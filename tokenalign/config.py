@@ -172,6 +172,9 @@ class TrainConfig:
 
         try:
             contract = learner_class(self.learner.name).contract(make_config(self.learner.name, self.learner.params))
+            if contract.data_mode == "pairs" and not self.data.pairs:
+                raise ConfigError(f"data.pairs is empty: learner.name={self.learner.name} learns from preference pairs; "
+                                  "give them, e.g. data.pairs=[builtin:demo-prefs]")
             make_objective(self.objective, reward=self.reward, shaping=self.shaping, gamma=contract.gamma,
                            signals=contract.signals)
         except ConfigError:

@@ -119,9 +119,6 @@ class Trainer:
         cfg = self.config
         self.contract = learner_class(cfg.learner.name).contract(make_config(cfg.learner.name, cfg.learner.params))
         self.data_mode = self.contract.data_mode
-        if self.data_mode == "pairs" and not cfg.data.pairs:
-            raise ValueError(f"learner.name={cfg.learner.name} learns from preference pairs: give data.pairs, e.g. "
-                             "data.pairs=[builtin:demo-prefs]")
         request = self._resources()
         self._started_ray = ray_cluster.connect(address=cfg.run.ray_address, num_cpus=ray_cluster.local_cpus_for(request))
         ray_cluster.check_resources(request)
