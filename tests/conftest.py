@@ -39,6 +39,25 @@ def random_llama_dir(tmp_path_factory, tiny_lm):
 
 
 @pytest.fixture(scope="session")
+def random_gemma3_dir(tmp_path_factory, tiny_lm):
+    """A randomly initialised tiny Gemma 3 (sliding-window and full layers, scaled embeddings, soft-capping off),
+    with a window of 4 so that every prompt reaches past it; the bundled tokenizer, saved to disk."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    _, tokenizer = tiny_lm
+    torch.manual_seed(0)
+    config = Gemma3TextConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                              num_attention_heads=4, num_key_value_heads=2, head_dim=16, sliding_window=4,
+                              layer_types=["sliding_attention"] * 3 + ["full_attention"], max_position_embeddings=256,
+                              eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id,
+                              pad_token_id=tokenizer.pad_token_id)
+    path = tmp_path_factory.mktemp("random_gemma3")
+    Gemma3ForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def ray_cluster():
     """One local Ray for the whole session, with 2 fake GPUs so GPU placement can be tested on a CPU box."""
     import ray

@@ -57,10 +57,12 @@ def test_candidate_orders(order):
         assert other.token_ids[row, :n].tolist() == expected
 
 
-@pytest.mark.parametrize("block", [0, 3])
-def test_candidate_states_match_full_forward(tiny_lm, block):
-    model, tokenizer = tiny_lm
-    engine = make_engine(tiny_lm, max_new_tokens=12, candidate_block=block)
+@pytest.mark.parametrize(("lm", "block"), [("tiny", 0), ("tiny", 3), ("gemma3", 3)])
+def test_candidate_states_match_full_forward(request, lm, block):
+    """Each candidate's state equals a cache-free forward, also past Gemma 3's sliding window."""
+    lm = request.getfixturevalue("tiny_lm") if lm == "tiny" else load_lm(str(request.getfixturevalue("random_gemma3_dir")))
+    model, tokenizer = lm
+    engine = make_engine(lm, max_new_tokens=12, candidate_block=block)
     batch = engine.start(PROMPTS)
     gen = torch.Generator().manual_seed(1)
     for _ in range(6):  # rows drift apart: different emitted counts, padding slots in the cache
@@ -95,6 +97,11 @@ def test_always_accept_reproduces_greedy_generate(tiny_lm):
 
 def test_greedy_on_llama_with_rotary_positions(random_llama_dir):
     assert_always_accept_is_greedy(load_lm(str(random_llama_dir)), max_new_tokens=10, candidate_block=4)
+
+
+def test_greedy_on_gemma3_with_sliding_window_layers(random_gemma3_dir):
+    """Gemma 3's sliding-window layers get their own mask (and full caches): the engine still decodes as generate."""
+    assert_always_accept_is_greedy(load_lm(str(random_gemma3_dir)), max_new_tokens=10, candidate_block=4)
 
 
 def test_rejecting_all_but_the_last_candidate_emits_it_without_a_decision(tiny_lm):

@@ -26,7 +26,17 @@ def engine(tiny_lm):
     return DecodingEngine(model=model, tokenizer=tokenizer, config=EngineConfig(max_new_tokens=14, candidate_block=3))
 
 
-def test_forced_decisions_are_the_engines_and_their_log_ratio_sums_to_the_episodes(engine):
+@pytest.fixture(scope="module")
+def gemma_engine(random_gemma3_dir):
+    from tokenalign.lm import load_lm
+
+    model, tokenizer = load_lm(str(random_gemma3_dir))
+    return DecodingEngine(model=model, tokenizer=tokenizer, config=EngineConfig(max_new_tokens=14, candidate_block=3))
+
+
+@pytest.mark.parametrize("lm", ["engine", "gemma_engine"])
+def test_forced_decisions_are_the_engines_and_their_log_ratio_sums_to_the_episodes(request, lm):
+    engine = request.getfixturevalue(lm)  # Gemma 3: sliding-window layers, whose window the responses pass
     episodes = generate_episodes(engine, type("A", (), {"accept_logit": staticmethod(tilted)})(), PROMPTS,
                                  generator=torch.Generator().manual_seed(5))
     forced = force_responses(engine, PROMPTS, [e.response_tokens for e in episodes])

@@ -120,6 +120,12 @@ class DecodingEngine:
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_token_id
         self.max_positions = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
         self._softcap = getattr(model.config, "final_logit_softcapping", None)
+        layer_types = set(getattr(model.config, "layer_types", None) or ())
+        if layer_types - {"full_attention", "sliding_attention"}:
+            raise ValueError(f"the LM has attention layers of types {sorted(layer_types)}; the decoding engine supports "
+                             "full_attention and sliding_attention layers")
+        # Sliding-window layers (Gemma 3, ...) see only the last `sliding_window` positions: they get a mask of their own.
+        self.sliding_window = getattr(model.config, "sliding_window", None) if "sliding_attention" in layer_types else None
         self._truncation_warned = False
 
     # ----------------------------------------------------------------------------------------- batches
@@ -134,7 +140,7 @@ class DecodingEngine:
         b = len(prompts)
         dev = self.device
         batch = DecodeBatch(
-            cache=DynamicCache(config=self.model.config),
+            cache=self.new_cache(),
             attn=torch.zeros(b, 0, dtype=torch.bool, device=dev),
             n_real=torch.zeros(b, dtype=torch.long, device=dev),
             tokens=torch.full((b, self.config.max_new_tokens), self.pad_token_id, dtype=torch.long, device=dev),
@@ -301,10 +307,10 @@ class DecodingEngine:
         # must see something or the softmax is NaN. Padding slots stay invisible to everyone else.
         diagonal = torch.arange(c + q, device=self.device)
         allowed[:, diagonal, t + diagonal] = True
-        mask = torch.zeros(allowed.shape, dtype=self.dtype, device=self.device)
-        mask.masked_fill_(~allowed, torch.finfo(self.dtype).min)
+        slot_pos = batch.attn.long().cumsum(dim=1) - 1  # a real slot's position: the row's real tokens before it
+        mask = self.attention_mask(allowed, positions, torch.cat([slot_pos, positions], dim=1))
 
-        out = self.base(input_ids=input_ids, attention_mask=mask.unsqueeze(1), position_ids=positions,
+        out = self.base(input_ids=input_ids, attention_mask=mask, position_ids=positions,
                         past_key_values=batch.cache, use_cache=True)
         hidden = out.last_hidden_state.float()
         if q:
@@ -326,6 +332,22 @@ class DecodingEngine:
             batch.cand_hidden[rows, lo[rows] + offset] = hidden[rows, c + offset]
             batch.computed = torch.where(wants_block, torch.minimum(lo + q, batch.cand.count), batch.computed)
         self._trim(batch)
+
+    def new_cache(self) -> DynamicCache:
+        """An empty KV cache that keeps every slot of every layer. A config-built one would give sliding-window
+        layers a rolling cache, which drops the slots the engine's masks, crops and restarts index."""
+        return DynamicCache()
+
+    def attention_mask(self, allowed: torch.Tensor, query_pos: torch.Tensor,
+                       key_pos: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
+        """The forward's additive mask from `allowed` (B, Q, K) with the queries' and keys' positions: one 4D
+        mask for every layer, or for an LM with sliding-window layers one per layer type, the sliding one
+        also hiding keys `sliding_window` or more positions behind the query (as HF's sliding mask does)."""
+        full = _additive(allowed, self.dtype)
+        if self.sliding_window is None:
+            return full
+        near = (query_pos.unsqueeze(2) - key_pos.unsqueeze(1)) < self.sliding_window
+        return {"full_attention": full, "sliding_attention": _additive(allowed & near, self.dtype)}
 
     def next_token_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Next-token logits from last hidden states (the LM head, with its final soft-cap when the model has one)."""
@@ -355,3 +377,9 @@ class DecodingEngine:
             layer.keys = layer.keys[:, :, first:]
             layer.values = layer.values[:, :, first:]
         batch.attn = batch.attn[:, first:]
+
+
+def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(B, 1, Q, K) additive attention mask: 0 where `allowed` (B, Q, K), the dtype's minimum elsewhere."""
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+    return mask.masked_fill_(~allowed, torch.finfo(dtype).min).unsqueeze(1)

@@ -86,12 +86,12 @@ def force_responses(engine: DecodingEngine, prompts: Sequence[str],
     for i, (p, r) in enumerate(sequences):
         input_ids[i, : len(p) + len(r)] = torch.tensor(p + r, dtype=torch.long, device=dev)
         real[i, : len(p) + len(r)] = True
-    cache = DynamicCache(config=engine.model.config)
+    cache = engine.new_cache()
     causal = torch.ones(width, width, dtype=torch.bool, device=dev).tril() & real.unsqueeze(1)
     causal |= torch.eye(width, dtype=torch.bool, device=dev)  # padding rows see themselves: no NaN softmax
-    hidden = engine.base(input_ids=input_ids, attention_mask=_additive(causal, engine.dtype).unsqueeze(1),
-                         position_ids=torch.arange(width, device=dev).expand(b, width), past_key_values=cache,
-                         use_cache=True).last_hidden_state
+    position = torch.arange(width, device=dev).expand(b, width)
+    hidden = engine.base(input_ids=input_ids, attention_mask=engine.attention_mask(causal, position, position),
+                         position_ids=position, past_key_values=cache, use_cache=True).last_hidden_state
 
     # Every response step: the context's last position, the candidates there, the forced token's rank.
     seq = torch.tensor([i for i, (_, r) in enumerate(sequences) for _ in r], dtype=torch.long, device=dev)
@@ -139,10 +139,7 @@ def _candidate_states(engine: DecodingEngine, cache: DynamicCache, real: torch.T
     allowed[:, :, :width] = (torch.arange(width, device=dev) < query_pos.unsqueeze(-1)) & real.unsqueeze(1)
     diagonal = torch.arange(q, device=dev)
     allowed[:, diagonal, width + diagonal] = True
-    hidden = engine.base(input_ids=query_ids, attention_mask=_additive(allowed, engine.dtype).unsqueeze(1),
+    key_pos = torch.cat([torch.arange(width, device=dev).expand(b, width), query_pos], dim=1)
+    hidden = engine.base(input_ids=query_ids, attention_mask=engine.attention_mask(allowed, query_pos, key_pos),
                          position_ids=query_pos, past_key_values=cache, use_cache=True).last_hidden_state
     return hidden[sequence, slot]
-
-
-def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, torch.finfo(dtype).min)
