@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import platform
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -16,7 +18,8 @@ from tokenalign.cluster import ray_cluster
 from tokenalign.config import TrainConfig, load_config
 from tokenalign.data import load_prompts
 from tokenalign.envs.task import DecodingTask
-from tokenalign.eval.evaluate import evaluate
+from tokenalign.eval.evaluate import Generation, evaluate
+from tokenalign.eval.metrics import distinct_n
 from tokenalign.trainer import Trainer
 
 A = TypeVar("A")
@@ -91,3 +94,26 @@ def decode(task: DecodingTask, policy: Any, mode: str, *, seed: int, batch_size:
 def mean_se(values: list[float]) -> tuple[float, float]:
     v = np.asarray(values, dtype=np.float64)
     return float(v.mean()), (float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0.0)
+
+
+def best_of_pool(records: Sequence[Generation], *, prompts: int, pool: int, rank_by: Callable[[Generation], float],
+                 report: dict[str, Callable[[Generation], float]], eos: int | None,
+                 sizes: Sequence[int] = (1, 2, 4, 8, 16, 32, 64)) -> dict[str, dict[str, float]]:
+    """Best-of-N for each N ≤ pool in `sizes`, from `pool` base samples per prompt (prompt-major `records`): the
+    first N samples of each prompt reranked by `rank_by`; per N the mean of each `report` column over the picks,
+    the KL bound log N − (N−1)/N, distinct-2 and the base LM's perplexity of the picks."""
+    key = np.array([rank_by(r) for r in records]).reshape(prompts, pool)
+    out = {}
+    for n in (n for n in sizes if n <= pool):
+        picks = [records[i * pool + j] for i, j in enumerate(key[:, :n].argmax(axis=1))]
+        out[str(n)] = {**{name: float(np.mean([column(r) for r in picks])) for name, column in report.items()},
+                       "kl": math.log(n) - (n - 1) / n,
+                       "distinct_2": distinct_n([_stripped(r, eos) for r in picks], 2),
+                       "perplexity": float(np.mean([r.perplexity for r in picks]))}
+    return out
+
+
+def _stripped(record: Generation, eos: int | None) -> list[int]:
+    """A response's token ids without a trailing EOS (what distinct-n counts)."""
+    ids = record.token_ids
+    return ids[:-1] if ids and ids[-1] == eos else ids

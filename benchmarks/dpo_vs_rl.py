@@ -17,18 +17,14 @@ reward (N = 1 … 16, the analytic KL bound). Mean ± SE over seeds.
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from bench_runs import budget_overrides, command, held_out_task, machine, mean_se, parse_args, train
+from bench_runs import best_of_pool, budget_overrides, command, held_out_task, machine, mean_se, parse_args, train
 from tokenalign.eval.agent_source import load_agent
 from tokenalign.eval.evaluate import evaluate
-from tokenalign.eval.metrics import distinct_n
 
 
 @dataclass
@@ -71,24 +67,6 @@ def agent_row(task, run_dir: Path, seed: int, batch_size: int) -> dict[str, Any]
             "sample": [r.response for r in result.records[:3]]}
 
 
-def best_of_rows(task, *, seed: int, pool: int, batch_size: int) -> dict[str, dict[str, float]]:
-    samples = evaluate(task, "base", [p for p in task.prompts for _ in range(pool)], seed=seed, batch_size=batch_size)
-    n_prompts = len(task.prompts)
-    final = np.array([r.final for r in samples.records]).reshape(n_prompts, pool)
-    cost = np.array([r.cost for r in samples.records]).reshape(n_prompts, pool)
-    ppl = np.array([r.perplexity for r in samples.records]).reshape(n_prompts, pool)
-    eos = task.engine.eos_token_id
-    tokens = [r.token_ids[:-1] if r.token_ids and r.token_ids[-1] == eos else r.token_ids for r in samples.records]
-    rows, out = np.arange(n_prompts), {}
-    for n in (n for n in BEST_OF if n <= pool):
-        pick = final[:, :n].argmax(axis=1)
-        out[str(n)] = {"reward": float(final[rows, pick].mean()), "cost": float(cost[rows, pick].mean()),
-                       "kl": math.log(n) - (n - 1) / n,
-                       "distinct_2": distinct_n([tokens[i * pool + j] for i, j in zip(rows, pick)], 2),
-                       "perplexity": float(ppl[rows, pick].mean())}
-    return out
-
-
 def main() -> None:
     args = parse_args(Args, __doc__, QUICK)
     name = "dpo_vs_rl_quick" if args.quick else "dpo_vs_rl"
@@ -102,7 +80,11 @@ def main() -> None:
     for seed in range(args.seeds):
         row: dict[str, Any] = {"seed": seed, "agents": {}}
         print(f"[{(time.monotonic() - start) / 60:5.1f} min] seed {seed}: best-of-N pool", flush=True)
-        row["best_of"] = best_of_rows(task, seed=seed, pool=args.pool, batch_size=args.eval_batch_size)
+        samples = evaluate(task, "base", [p for p in task.prompts for _ in range(args.pool)], seed=seed,
+                           batch_size=args.eval_batch_size)
+        row["best_of"] = best_of_pool(samples.records, prompts=len(task.prompts), pool=args.pool,
+                                      eos=task.engine.eos_token_id, rank_by=lambda r: r.final,
+                                      report={"reward": lambda r: r.final, "cost": lambda r: r.cost}, sizes=BEST_OF)
         for method, overrides in METHODS.items():
             print(f"[{(time.monotonic() - start) / 60:5.1f} min] seed {seed}: {method}", flush=True)
             base = budget_overrides(learner="ppo", decisions=None, seed=seed, runs_dir=runs_dir, name=method)

@@ -27,11 +27,10 @@ from typing import Any
 
 import numpy as np
 
-from bench_runs import budget_overrides, command, held_out_task, machine, mean_se, parse_args, train
+from bench_runs import best_of_pool, budget_overrides, command, held_out_task, machine, mean_se, parse_args, train
 from tokenalign.demo_preferences import ensure_demo_preferences
 from tokenalign.eval.agent_source import load_agent
 from tokenalign.eval.evaluate import evaluate
-from tokenalign.eval.metrics import distinct_n
 from tokenalign.heads.fit import FitConfig, fit_head
 
 GOLD = "vader"
@@ -64,7 +63,6 @@ class Args:
 
 
 QUICK = {"pairs": "50,100", "seeds": 1, "episodes": 64, "eval_prompts": 8, "pool": 4}
-BEST_OF = (1, 2, 4, 8, 16, 32, 64)
 
 
 def fit(kind: str, data: Path, n: int, out: Path) -> dict[str, Any]:
@@ -83,23 +81,6 @@ def scorer_specs(heads: dict[str, Path], scale: dict[str, float] | None = None) 
     """Every head as a named scorer (×its unit-std scale, or ×1), and VADER recorded at ×0."""
     return [f"head:{path},name={proxy_name(label)},multiplier={(scale or {}).get(label, 1.0)!r}"
             for label, path in heads.items()] + [f"{GOLD},multiplier=0"]
-
-
-def best_of_n(pool_result, prompts: int, pool: int, label: str, eos: int | None) -> dict[str, dict[str, float]]:
-    """Best-of-N reranked by proxy `label` for N = 1, 2, …, pool, from one pool of base samples per prompt."""
-    records = pool_result.records
-    proxy = np.array([r.scores[proxy_name(label)] for r in records]).reshape(prompts, pool)
-    gold = np.array([r.scores[GOLD] for r in records]).reshape(prompts, pool)
-    ppl = np.array([r.perplexity for r in records]).reshape(prompts, pool)
-    tokens = [r.token_ids[:-1] if r.token_ids and r.token_ids[-1] == eos else r.token_ids for r in records]
-    rows, out = np.arange(prompts), {}
-    for n in (n for n in BEST_OF if n <= pool):
-        pick = proxy[:, :n].argmax(axis=1)
-        out[str(n)] = {"proxy": float(proxy[rows, pick].mean()), "gold": float(gold[rows, pick].mean()),
-                       "kl": math.log(n) - (n - 1) / n,
-                       "distinct_2": distinct_n([tokens[i * pool + j] for i, j in zip(rows, pick)], 2),
-                       "perplexity": float(ppl[rows, pick].mean())}
-    return out
 
 
 def curve(run_dir: Path) -> list[tuple[float, float]]:
@@ -148,7 +129,10 @@ def main() -> None:
         if not data["scale"]:  # each proxy at unit std over base samples, so that β means the same for all of them
             data["scale"] = {label: 1.0 / float(np.std([r.scores[proxy_name(label)] for r in pool.records]))
                              for label in heads}
-        row["best_of"] = {label: best_of_n(pool, len(task.prompts), args.pool, label, eos)
+        row["best_of"] = {label: best_of_pool(pool.records, prompts=len(task.prompts), pool=args.pool, eos=eos,
+                                              rank_by=lambda r, name=proxy_name(label): r.scores[name],
+                                              report={"proxy": lambda r, name=proxy_name(label): r.scores[name],
+                                                      "gold": lambda r: r.scores[GOLD]})
                           for label in heads if label != "token"}
         for label, head in heads.items():
             say(f"seed {seed}: agent on the {label} head")
