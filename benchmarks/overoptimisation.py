@@ -108,8 +108,9 @@ def main() -> None:
 
     heads = {str(n): root / "heads" / f"reward-{n}" for n in sizes}
     heads["token"] = root / "heads" / f"token-{max(sizes)}"
+    source = f"$TOKENALIGN_CACHE/{data_file.name} (tokenalign.demo_preferences.ensure_demo_preferences)"
     data: dict[str, Any] = {"command": command("overoptimisation.py", args, QUICK), "args": asdict(args),
-                            "machine": machine(), "data": str(data_file), "heads": {}, "scale": {}, "seeds": []}
+                            "machine": machine(), "data": source, "heads": {}, "scale": {}, "seeds": []}
     for label, out in heads.items():
         say(f"fitting the {label} head")
         kind, n = ("token", max(sizes)) if label == "token" else ("reward", int(label))
