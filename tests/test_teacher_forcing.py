@@ -41,7 +41,7 @@ def test_forced_decisions_are_the_engines_and_their_log_ratio_sums_to_the_episod
                                  generator=torch.Generator().manual_seed(5))
     forced = force_responses(engine, PROMPTS, [e.response_tokens for e in episodes])
     assert forced.uncovered.tolist() == [0] * len(PROMPTS)  # sampled tokens are always candidates
-    logit = tilted(forced.observation())
+    logit = tilted(torch.cat([forced.state, forced.base_logit.unsqueeze(-1)], dim=-1))  # what the agent sees
     log_ratio = forced.sequence_sum(decision_log_probs(logit, forced.action)
                                     - decision_log_probs(forced.base_logit, forced.action))
     for i, episode in enumerate(episodes):

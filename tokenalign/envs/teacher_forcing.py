@@ -48,10 +48,6 @@ class ForcedDecisions:
     def size(self) -> int:
         return int(self.tokens.shape[0])
 
-    def observation(self) -> torch.Tensor:
-        """(N, H + 1) what the agent sees at each decision: [state ; π_ref accept logit] (`engine.observation`)."""
-        return torch.cat([self.state, self.base_logit.unsqueeze(-1)], dim=-1)
-
     def sequence_sum(self, values: torch.Tensor) -> torch.Tensor:
         """(B,) per-response sums of per-decision `values` (N,)."""
         return torch.zeros(self.size, dtype=values.dtype, device=values.device).index_add_(

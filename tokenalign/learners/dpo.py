@@ -120,7 +120,8 @@ class DPO(Learner):
     def update(self, batch: PairBatch) -> dict[str, float]:
         c = self.config
         batch = batch.to(self.device)
-        h = self.margin(self.policy, batch)
+        chosen = self.log_ratio(self.policy, batch.chosen, batch.size)
+        h = chosen - self.log_ratio(self.policy, batch.rejected, batch.size)
         if c.loss == "dpo":
             loss = dpo_loss(h, beta=c.kl_coef)
         else:
@@ -134,5 +135,5 @@ class DPO(Learner):
         self.num_updates += 1
         h = h.detach()
         return {"loss": loss.item(), "accuracy": float((h > 0).float().mean()), "margin": float(h.mean()),
-                "implied_reward_chosen": float(c.kl_coef * self.log_ratio(self.policy, batch.chosen, batch.size).mean().detach()),
+                "implied_reward_chosen": c.kl_coef * chosen.mean().item(),
                 "grad_norm": float(grad_norm), "kl_coef": c.kl_coef}
