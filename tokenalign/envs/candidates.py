@@ -57,12 +57,13 @@ class Candidates:
         return Candidates(token_ids=self.token_ids[rows], logp=self.logp[rows], count=self.count[rows],
                           base_logit=self.base_logit[rows])
 
-    def assign(self, rows: torch.Tensor, fresh: "Candidates") -> None:
-        """Overwrite `rows` with `fresh` (one row of `fresh` per index of `rows`)."""
-        self.token_ids[rows] = fresh.token_ids
-        self.logp[rows] = fresh.logp
-        self.count[rows] = fresh.count
-        self.base_logit[rows] = fresh.base_logit
+    def assign_where(self, index: torch.Tensor, rows: torch.Tensor, fresh: "Candidates") -> None:
+        """Take `fresh` (a row per entry of `index`) into rows `index` where the bool mask `rows` says."""
+        keep = rows.unsqueeze(1)
+        self.token_ids[index] = torch.where(keep, fresh.token_ids, self.token_ids[index])
+        self.logp[index] = torch.where(keep, fresh.logp, self.logp[index])
+        self.count[index] = torch.where(rows, fresh.count, self.count[index])
+        self.base_logit[index] = torch.where(keep, fresh.base_logit, self.base_logit[index])
 
 
 BASE_LOGIT_BOUND = 30.0

@@ -15,6 +15,11 @@ the next forward, which also computes the next step's candidates.
 Rows advance on their own. A row with nothing to commit in a forward gets a masked padding slot, and
 positions come from each row's count of real tokens, never from the cache length.
 
+What the host reads. Everything a step decides per row (which rows emit, commit, query, finish) stays
+a mask on the device; the host reads one small `StepStatus` per settle round (the widths of the next
+forward, whether any row emits or finished), so a forward costs about two device-to-host syncs however
+many rows the batch has. Query slots per forward are bounded by what the rows still need.
+
 Why not a per-candidate loop over one cache (as the reference does): with transformers 5 a
 DynamicCache handed to several forwards is mutated in place, so later candidates silently attend to
 earlier ones; and it costs one forward per candidate.
@@ -25,9 +30,10 @@ import logging
 from dataclasses import dataclass, field
 
 import torch
-from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from tokenalign.envs.candidates import BASE_LOGIT_BOUND, Candidates, SamplingConfig, propose
+from tokenalign.envs.kv_cache import SlotCache
 
 log = logging.getLogger(__name__)
 
@@ -56,17 +62,41 @@ class EngineConfig:
             raise ValueError(f"candidate_block must be >= 0 (0 = all candidates at once), got {self.candidate_block}")
 
 
+@dataclass(frozen=True)
+class StepStatus:
+    """What the host knows of a batch after a settle round, read from the device in one transfer."""
+
+    last_left: bool
+    """Some row's candidate under decision is its last one: it emits without a decision."""
+    commit_width: int
+    """Tokens to commit in the next forward (the widest row)."""
+    query_slots: int
+    """Candidate query slots the next forward needs (the widest row's need, at most the block)."""
+    fresh: bool
+    """Some row takes its next-token logits from the next forward's commits (a new prompt)."""
+    dead_slots: int
+    """Leading cache slots no row attends to any more."""
+    done: int
+    """Rows that finished."""
+    window: int
+    """The widest decision window: candidates computed and undecided, before the row's last one."""
+
+    @property
+    def forward(self) -> bool:
+        return self.commit_width > 0 or self.query_slots > 0
+
+
 @dataclass
 class DecodeBatch:
     """Mutable decoding state of B sequences. Row r of every tensor belongs to sequence `row_ids[r]`."""
 
-    cache: DynamicCache
+    cache: SlotCache
     attn: torch.Tensor  # (B, T) bool: which cache slots hold the row's real tokens
     n_real: torch.Tensor  # (B,) real tokens in the row's context: the next position id
     tokens: torch.Tensor  # (B, max_new_tokens) emitted tokens
     n_new: torch.Tensor  # (B,) emitted token count
     cand: Candidates  # current step's candidates
-    cand_hidden: torch.Tensor  # (B, K, H) last hidden state of context + candidate, valid for ranks < computed
+    cand_slots: torch.Tensor  # (B, K + 1, H) `cand_hidden`, then a scratch column for query slots past a row's candidates
     computed: torch.Tensor  # (B,) candidate states available
     cursor: torch.Tensor  # (B,) rank under decision
     commit: torch.Tensor  # (B, C) tokens to commit in the next forward (left-aligned)
@@ -76,6 +106,13 @@ class DecodeBatch:
     row_ids: torch.Tensor  # (B,) caller's sequence index of each row
     # (B, max_new_tokens + 1, H) when kept: the state after the prompt, then after each emitted token (score heads read them)
     token_hidden: torch.Tensor | None = None
+    status: StepStatus | None = None
+    """The last settle round's status (what the host knows without another device read)."""
+
+    @property
+    def cand_hidden(self) -> torch.Tensor:
+        """(B, K, H) last hidden state of context + candidate, valid for ranks < computed."""
+        return self.cand_slots[:, :-1]
 
     @property
     def size(self) -> int:
@@ -104,7 +141,10 @@ class DecodingEngine:
     until every live row awaits a decision, emitting single-survivor steps without one.
     """
 
-    def __init__(self, *, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, config: EngineConfig) -> None:
+    def __init__(self, *, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, config: EngineConfig,
+                 dense_rows: bool | None = None) -> None:
+        """`dense_rows`: compute every row where a step could select some (no host read of which); default on
+        accelerators, where a sync costs more than the rows (`emit`)."""
         self.model = model
         self.tokenizer = tokenizer
         self.config = config
@@ -127,6 +167,7 @@ class DecodingEngine:
         # Sliding-window layers (Gemma 3, ...) see only the last `sliding_window` positions: they get a mask of their own.
         self.sliding_window = getattr(model.config, "sliding_window", None) if "sliding_attention" in layer_types else None
         self._truncation_warned = False
+        self.dense_rows = dense_rows if dense_rows is not None else self.device.type != "cpu"
 
     # ----------------------------------------------------------------------------------------- batches
     def start(self, prompts: list[str], *, keep_token_states: bool = False) -> DecodeBatch:
@@ -140,7 +181,7 @@ class DecodingEngine:
         b = len(prompts)
         dev = self.device
         batch = DecodeBatch(
-            cache=self.new_cache(),
+            cache=SlotCache(),
             attn=torch.zeros(b, 0, dtype=torch.bool, device=dev),
             n_real=torch.zeros(b, dtype=torch.long, device=dev),
             tokens=torch.full((b, self.config.max_new_tokens), self.pad_token_id, dtype=torch.long, device=dev),
@@ -151,7 +192,7 @@ class DecodingEngine:
                 count=torch.zeros(b, dtype=torch.long, device=dev),
                 base_logit=torch.full((b, self.k), -BASE_LOGIT_BOUND, device=dev),
             ),
-            cand_hidden=torch.zeros(b, self.k, self.hidden_size, device=dev),
+            cand_slots=torch.zeros(b, self.k + 1, self.hidden_size, device=dev),
             computed=torch.zeros(b, dtype=torch.long, device=dev),
             cursor=torch.zeros(b, dtype=torch.long, device=dev),
             commit=torch.zeros(b, 0, dtype=torch.long, device=dev),
@@ -211,7 +252,7 @@ class DecodingEngine:
         """Drop the rows not in `keep` (bool (B,)) from the batch, cache included."""
         index = keep.nonzero(as_tuple=True)[0]
         batch.cache.batch_select_indices(index)
-        for name in ("attn", "n_real", "tokens", "n_new", "cand_hidden", "computed", "cursor", "commit",
+        for name in ("attn", "n_real", "tokens", "n_new", "cand_slots", "computed", "cursor", "commit",
                      "commit_valid", "needs_logits", "done", "row_ids"):
             setattr(batch, name, getattr(batch, name)[index])
         if batch.token_hidden is not None:
@@ -237,56 +278,85 @@ class DecodingEngine:
         return ends_step
 
     def emit(self, batch: DecodeBatch, rows: torch.Tensor, rank: torch.Tensor) -> None:
-        """Emit candidate `rank` in each row of the bool mask `rows`; its hidden state gives the next logits."""
-        if not bool(rows.any()):
-            return
-        index = rows.nonzero(as_tuple=True)[0]
-        chosen_rank = rank[index]
-        token = batch.cand.token_ids[index, chosen_rank]
-        batch.tokens[index, batch.n_new[index]] = token
-        batch.n_new[index] += 1
+        """Emit candidate `rank` in each row of the bool mask `rows`; its hidden state gives the next logits.
+
+        On an accelerator every row is computed and the result kept where `rows` says: reading which rows
+        emit would cost a sync, and most live rows emit at every step. On a CPU, where a host read is free
+        and work is proportional to rows, only the emitting rows are computed (`dense_rows`)."""
+        index = torch.arange(batch.size, device=self.device) if self.dense_rows else rows.nonzero(as_tuple=True)[0]
+        emits = rows[index]
+        rank = rank[index].clamp(0, self.k - 1)
+        token = batch.cand.token_ids[index, rank]
+        chosen = batch.cand_hidden[index, rank]
+        slot = batch.n_new[index].clamp(max=self.config.max_new_tokens - 1)
+        batch.tokens[index, slot] = torch.where(emits, token, batch.tokens[index, slot])
+        n_new = batch.n_new[index] + emits.long()
+        batch.n_new[index] = n_new
         if batch.token_hidden is not None:
-            batch.token_hidden[index, batch.n_new[index]] = batch.cand_hidden[index, chosen_rank]
-        finished = (batch.n_new[index] >= self.config.max_new_tokens)
+            batch.token_hidden[index, n_new] = torch.where(emits.unsqueeze(1), chosen, batch.token_hidden[index, n_new])
+        finished = n_new >= self.config.max_new_tokens
         if self.eos_token_id is not None:
-            finished |= token == self.eos_token_id
-        batch.done[index] = finished
-        going = index[~finished]
-        if going.numel() == 0:
-            return
-        self._set_candidates(batch, going, self.next_token_logits(batch.cand_hidden[going, chosen_rank[~finished]]))
+            finished = finished | (token == self.eos_token_id)
+        finished = emits & finished
+        batch.done[index] = batch.done[index] | finished
+        going = emits & ~finished
+        self._set_candidates(batch, index, going, self.next_token_logits(chosen))
         self._ensure_commit_width(batch, 1)
-        batch.commit[going, 0] = token[~finished]
-        batch.commit_valid[going, 0] = True
+        batch.commit[index, 0] = torch.where(going, token, batch.commit[index, 0])
+        batch.commit_valid[index, 0] = batch.commit_valid[index, 0] | going
 
     # ---------------------------------------------------------------------------------------- forwards
-    def settle(self, batch: DecodeBatch) -> None:
+    def settle(self, batch: DecodeBatch) -> StepStatus:
         """Run forwards until every live row awaits a decision; the last candidate left emits on its own.
 
         THE all-rejected rule, the one every face and mode shares: a candidate that is the last one left
         (a single survivor, or the last after every other was rejected) is emitted without a decision.
         π(last) = ∏_{j<last}(1 − p_j) then follows from the decisions alone, and π_ref reproduces q.
+        Returns (and keeps in `batch.status`) the status read after the last round.
         """
         while True:
-            last_left = (~batch.done & ~batch.needs_logits & (batch.cursor == batch.cand.count - 1)
-                         & (batch.computed > batch.cursor))
-            self.emit(batch, last_left, batch.cursor)
-            if not bool(self._needs_forward(batch).any()):
-                return
-            self._forward(batch)
+            status = batch.status = self.read_status(batch)
+            if status.last_left:
+                self.emit(batch, self._last_left(batch), batch.cursor)
+            elif status.forward:
+                self._forward(batch, status)
+            else:
+                return status
 
-    def _needs_forward(self, batch: DecodeBatch) -> torch.Tensor:
-        wants_block = ~batch.done & ~batch.needs_logits & (batch.cursor >= batch.computed) & (batch.cursor < batch.cand.count)
-        return wants_block | batch.commit_valid.any(dim=1)
+    def read_status(self, batch: DecodeBatch) -> StepStatus:
+        """The batch's `StepStatus`, computed on the device and read by the host in one transfer."""
+        if batch.size == 0:
+            return StepStatus(last_left=False, commit_width=0, query_slots=0, fresh=False, dead_slots=0, done=0,
+                              window=0)
+        live_slots = batch.attn.any(dim=0)
+        dead = torch.where(live_slots.any(), live_slots.int().argmax(), live_slots.numel()) if live_slots.numel() \
+            else torch.zeros((), dtype=torch.long, device=self.device)
+        need = torch.where(self._wants_block(batch), torch.clamp(batch.cand.count - batch.computed, max=self.block), 0)
+        window = torch.where(batch.awaiting, torch.minimum(batch.computed, batch.cand.count - 1) - batch.cursor, 0)
+        values = torch.stack([
+            self._last_left(batch).any().long(),
+            batch.commit_valid.sum(dim=1).max() if batch.commit_valid.numel() else dead.new_zeros(()),
+            need.max(), batch.needs_logits.any().long(), dead.long(), batch.done.sum(), window.max(),
+        ]).tolist()
+        return StepStatus(last_left=bool(values[0]), commit_width=values[1], query_slots=values[2], fresh=bool(values[3]),
+                          dead_slots=values[4], done=values[5], window=values[6])
+
+    def _last_left(self, batch: DecodeBatch) -> torch.Tensor:
+        return (~batch.done & ~batch.needs_logits & (batch.cursor == batch.cand.count - 1)
+                & (batch.computed > batch.cursor))
+
+    def _wants_block(self, batch: DecodeBatch) -> torch.Tensor:
+        return ~batch.done & ~batch.needs_logits & (batch.cursor >= batch.computed) & (batch.cursor < batch.cand.count)
 
     @torch.no_grad()
-    def _forward(self, batch: DecodeBatch) -> None:
+    def _forward(self, batch: DecodeBatch, status: StepStatus) -> None:
+        if status.dead_slots:
+            batch.cache.drop_front(status.dead_slots)
+            batch.attn = batch.attn[:, status.dead_slots:]
         b, t = batch.attn.shape
-        commit_valid = batch.commit_valid
-        c = int(commit_valid.sum(dim=1).max()) if commit_valid.numel() else 0
-        commit, commit_valid = batch.commit[:, :c], commit_valid[:, :c]
-        wants_block = ~batch.done & ~batch.needs_logits & (batch.cursor >= batch.computed) & (batch.cursor < batch.cand.count)
-        q = self.block if bool(wants_block.any()) else 0
+        c, q = status.commit_width, status.query_slots
+        commit, commit_valid = batch.commit[:, :c], batch.commit_valid[:, :c]
+        wants_block = self._wants_block(batch)
         lo = batch.computed
         ranks = lo.unsqueeze(1) + torch.arange(q, device=self.device)
         query_valid = wants_block.unsqueeze(1) & (ranks < batch.cand.count.unsqueeze(1))
@@ -319,24 +389,26 @@ class DecodingEngine:
         if c:
             batch.attn = torch.cat([batch.attn, commit_valid], dim=1)
             batch.n_real += n_commit
-            fresh = batch.needs_logits.nonzero(as_tuple=True)[0]
-            if fresh.numel():
-                last_commit = hidden[fresh, (n_commit[fresh] - 1).clamp(min=0)]
-                self._set_candidates(batch, fresh, self.next_token_logits(last_commit))
-                if batch.token_hidden is not None:  # fresh rows just committed their prompt
-                    batch.token_hidden[fresh, 0] = last_commit
-                batch.needs_logits[fresh] = False
+            if status.fresh:  # rows that just committed their prompt take their first candidates from it
+                fresh = batch.needs_logits
+                last_commit = hidden[torch.arange(b, device=self.device), (n_commit - 1).clamp(min=0)]
+                self._set_candidates(batch, torch.arange(b, device=self.device), fresh,
+                                     self.next_token_logits(last_commit))
+                if batch.token_hidden is not None:
+                    batch.token_hidden[:, 0] = torch.where(fresh.unsqueeze(1), last_commit, batch.token_hidden[:, 0])
+                batch.needs_logits = batch.needs_logits & ~fresh
             batch.commit_valid[:] = False
         if q:
-            rows, offset = query_valid.nonzero(as_tuple=True)
-            batch.cand_hidden[rows, lo[rows] + offset] = hidden[rows, c + offset]
+            # Slots past a row's candidates write to the scratch column K.
+            target = torch.where(query_valid, ranks, self.k)
+            batch.cand_slots.scatter_(1, target.unsqueeze(-1).expand(b, q, self.hidden_size), hidden[:, c:])
             batch.computed = torch.where(wants_block, torch.minimum(lo + q, batch.cand.count), batch.computed)
-        self._trim(batch)
 
-    def new_cache(self) -> DynamicCache:
-        """An empty KV cache that keeps every slot of every layer. A config-built one would give sliding-window
-        layers a rolling cache, which drops the slots the engine's masks, crops and restarts index."""
-        return DynamicCache()
+    def new_cache(self) -> SlotCache:
+        """An empty KV cache that keeps every slot of every layer, written in place (`kv_cache`). A config-built
+        one would give sliding-window layers a rolling cache, which drops the slots the engine's masks, crops
+        and restarts index."""
+        return SlotCache()
 
     def attention_mask(self, allowed: torch.Tensor, query_pos: torch.Tensor,
                        key_pos: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
@@ -356,27 +428,17 @@ class DecodingEngine:
             logits = torch.tanh(logits / self._softcap) * self._softcap
         return logits
 
-    def _set_candidates(self, batch: DecodeBatch, rows: torch.Tensor, logits: torch.Tensor) -> None:
-        batch.cand.assign(rows, propose(logits, self.config.sampling))
-        batch.computed[rows] = 0
-        batch.cursor[rows] = 0
+    def _set_candidates(self, batch: DecodeBatch, index: torch.Tensor, rows: torch.Tensor, logits: torch.Tensor) -> None:
+        """New candidates from `logits` (one row per entry of `index`) where the bool mask `rows` says."""
+        batch.cand.assign_where(index, rows, propose(logits, self.config.sampling))
+        batch.computed[index] = torch.where(rows, 0, batch.computed[index])
+        batch.cursor[index] = torch.where(rows, 0, batch.cursor[index])
 
     def _ensure_commit_width(self, batch: DecodeBatch, width: int) -> None:
         if batch.commit.shape[1] < width:
             pad = width - batch.commit.shape[1]
             batch.commit = torch.nn.functional.pad(batch.commit, (0, pad), value=self.pad_token_id)
             batch.commit_valid = torch.nn.functional.pad(batch.commit_valid, (0, pad), value=False)
-
-    def _trim(self, batch: DecodeBatch) -> None:
-        """Drop leading cache slots that no row can see any more (left behind by restarted rows)."""
-        live = batch.attn.any(dim=0)
-        if live.numel() == 0 or bool(live[0]):
-            return
-        first = int(live.int().argmax()) if bool(live.any()) else int(live.numel())
-        for layer in batch.cache.layers:
-            layer.keys = layer.keys[:, :, first:]
-            layer.values = layer.values[:, :, first:]
-        batch.attn = batch.attn[:, first:]
 
 
 def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

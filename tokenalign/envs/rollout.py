@@ -94,20 +94,26 @@ _TYPES = dict(state=np.float16, action=np.int8, logp=np.float32, rank=np.int16, 
 
 
 class _DecisionLog:
-    """Decisions of a batch, appended block by block, grouped per sequence at the end."""
+    """Decisions of a batch, appended block by block as dense (rows, window) blocks with a mask of the
+    decisions taken. Each block is copied (the batch mutates in place), on a GPU into pinned host memory
+    without waiting; the selection happens on the host once per batch."""
 
-    def __init__(self) -> None:
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
         self.parts: list[dict[str, torch.Tensor]] = []
 
     def add(self, **columns: torch.Tensor) -> None:
-        self.parts.append({k: v.detach() for k, v in columns.items()})
+        self.parts.append({k: v.detach().to("cpu", non_blocking=True, copy=True) for k, v in columns.items()})
 
     def per_sequence(self, n: int, hidden_size: int) -> list[dict[str, np.ndarray]]:
         if not self.parts:
             empty = {k: np.zeros((0, hidden_size) if k == "state" else 0, t) for k, t in _TYPES.items()}
             return [dict(empty) for _ in range(n)]
-        cat = {k: torch.cat([p[k] for p in self.parts]).cpu() for k in self.parts[0]}
-        order = torch.argsort(cat["row"], stable=True)  # blocks were appended in time order
+        if self.device.type == "cuda":
+            torch.cuda.current_stream(self.device).synchronize()  # the non-blocking copies above
+        taken = torch.cat([p["taken"].flatten() for p in self.parts])
+        cat = {k: torch.cat([p[k].flatten(0, 1) for p in self.parts])[taken] for k in self.parts[0] if k != "taken"}
+        order = torch.argsort(cat["row"], stable=True)  # blocks were appended in time order, ranks in order within
         cat = {k: v[order] for k, v in cat.items()}
         bounds = torch.searchsorted(cat["row"], torch.arange(n + 1)).tolist()
         return [
@@ -142,40 +148,46 @@ def decide_block(
     decision's penalty, so the engine must compute all candidates at once (candidate_block=0). With
     `preference` (one row of weights w per sequence of the batch), the agent sees [observation ; w].
     """
+    status = batch.status if batch.status is not None else engine.read_status(batch)
+    if status.window == 0:
+        return
     awaiting = batch.awaiting
-    k = engine.k
-    ranks = torch.arange(k, device=engine.device)
+    # The block is dense: (rows, the widest row's window), the agent evaluated on every slot of it and the
+    # decisions kept by mask, so the host never reads which candidates were decided.
+    cols = batch.cursor.unsqueeze(1) + torch.arange(status.window, device=engine.device)
     window_end = torch.minimum(batch.computed, batch.cand.count - 1)
-    in_range = awaiting.unsqueeze(1) & (ranks >= batch.cursor.unsqueeze(1)) & (ranks < window_end.unsqueeze(1))
-    rows, cols = in_range.nonzero(as_tuple=True)
+    in_range = awaiting.unsqueeze(1) & (cols < window_end.unsqueeze(1))
+    cols = cols.clamp(max=engine.k - 1)
+    rows = torch.arange(batch.size, device=engine.device).unsqueeze(1).expand_as(cols)
     observed = observation(batch, rows, cols)
     if preference is not None:
-        observed = torch.cat([observed.to(preference.dtype), preference[batch.row_ids[rows]]], -1)
-    logit = accept_logit(observed).float().clamp(-BASE_LOGIT_BOUND, BASE_LOGIT_BOUND)
+        observed = torch.cat([observed.to(preference.dtype), preference[batch.row_ids].unsqueeze(1).expand(
+            *cols.shape, preference.shape[1])], -1)
+    logit = accept_logit(observed.flatten(0, 1)).float().clamp(-BASE_LOGIT_BOUND, BASE_LOGIT_BOUND).view(cols.shape)
     if greedy:
         action = (logit > 0).long()
     else:
         u = torch.rand(logit.shape, generator=generator, device=logit.device)
         action = (u < torch.sigmoid(logit)).long()
-    accepts = torch.zeros(batch.size, k, dtype=torch.bool, device=engine.device)
-    accepts[rows, cols] = action.bool()
+    accepts = action.bool() & in_range
     has_accept = accepts.any(dim=1)
     # Without an accept the cursor moves past the block: onto the next block, or onto the last candidate.
-    stop = torch.where(has_accept, accepts.int().argmax(dim=1), window_end)
+    stop = torch.where(has_accept, cols.gather(1, accepts.int().argmax(dim=1, keepdim=True)).squeeze(1), window_end)
     if record is not None:
-        _record(record, batch, rows, cols, logit, action, has_accept, stop, in_range, greedy=greedy,
+        _record(record, batch, cols, logit, action, has_accept, stop, in_range, greedy=greedy,
                 shaping=shaping, engine=engine)
     batch.cursor = torch.where(awaiting, stop, batch.cursor)
     engine.emit(batch, awaiting & has_accept, batch.cursor)
     engine.settle(batch)
 
 
-def _record(record: _DecisionLog, batch: DecodeBatch, rows: torch.Tensor, cols: torch.Tensor, logit: torch.Tensor,
+def _record(record: _DecisionLog, batch: DecodeBatch, cols: torch.Tensor, logit: torch.Tensor,
             action: torch.Tensor, has_accept: torch.Tensor, stop: torch.Tensor, in_range: torch.Tensor, *,
             greedy: bool, shaping: ShapingConfig | None, engine: DecodingEngine) -> None:
-    """Append the decisions taken in this block (up to each row's first accept) with their KL terms."""
-    taken = cols <= stop[rows]
-    base = batch.cand.base_logit[rows, cols]
+    """Append the block's decisions (B, W) with their KL terms; `taken` marks those up to each row's first accept."""
+    stop_ = stop.unsqueeze(1)
+    taken = in_range & (cols <= stop_)
+    base = batch.cand.base_logit.gather(1, cols)
     accepted = action.bool()
     logp = torch.where(accepted, F.logsigmoid(logit), F.logsigmoid(-logit))
     base_logp = torch.where(accepted, F.logsigmoid(base), F.logsigmoid(-base))
@@ -184,29 +196,32 @@ def _record(record: _DecisionLog, batch: DecodeBatch, rows: torch.Tensor, cols: 
     kl = bernoulli_kl(rule_logit, base)
     log_ratio = (0.0 if greedy else logp) - base_logp
     # The exact KL of a step's token distribution: Σ_i P(reach i)·KL_i over its decided candidates, known
-    # when the whole step (rank 0 up to the last candidate) is decided in this block.
-    reach_log = torch.zeros(batch.size, engine.k, device=logit.device)
-    reach_log[rows, cols] = F.logsigmoid(-rule_logit)
+    # when the whole step (rank 0 up to the last candidate) is decided in this block, whose window then
+    # starts at rank 0.
+    reach_log = torch.where(in_range, F.logsigmoid(-rule_logit), 0.0)
     reach = torch.exp(torch.cumsum(reach_log, dim=1) - reach_log)
-    kl_grid = torch.zeros_like(reach_log)
-    kl_grid[rows, cols] = kl
     whole_step = (batch.cursor == 0) & (batch.computed >= batch.cand.count - 1)
-    step_kl = torch.where(whole_step, (reach * kl_grid * in_range).sum(dim=1), float("nan"))
+    step_kl = torch.where(whole_step, (reach * kl * in_range).sum(dim=1), float("nan"))
     # A step ends at its accept, or, when the block rejected up to the last candidate, at its last decision.
-    ends_step = torch.where(has_accept[rows], cols == stop[rows],
-                            (cols == stop[rows] - 1) & (stop[rows] == batch.cand.count[rows] - 1))
+    count = batch.cand.count.unsqueeze(1)
+    ends_step = torch.where(has_accept.unsqueeze(1), cols == stop_, (cols == stop_ - 1) & (stop_ == count - 1))
     penalty = torch.zeros_like(logit)
     if shaping is not None and shaping.token_reward != "none":
         if engine.block < engine.k:
             raise ValueError("MARA's kl_div shaping needs every candidate's P(accept) at each step: set candidate_block=0")
-        p_all = torch.zeros(batch.size, engine.k, device=logit.device)
-        p_all[rows, cols] = torch.sigmoid(logit)
-        penalty = mara_kl_penalties(p_all, batch.cand.logp, in_range, config=shaping)[rows, cols]
-    token_kl = torch.where(ends_step, step_kl[rows], 0.0)
-    record.add(row=batch.row_ids[rows[taken]], state=batch.cand_hidden[rows[taken], cols[taken]].half(),
-               action=action[taken], logp=logp[taken], rank=cols[taken], base_logit=base[taken],
-               log_ratio=log_ratio[taken], decision_kl=kl[taken], token_kl=token_kl[taken],
-               token_index=batch.n_new[rows[taken]], emit=ends_step[taken], mara_kl_penalty=penalty[taken])
+        slot = torch.where(in_range, cols, engine.k)  # out-of-window slots go to a scratch column
+        p_all = torch.zeros(batch.size, engine.k + 1, device=logit.device).scatter_(1, slot, torch.sigmoid(logit))
+        decided = torch.zeros(batch.size, engine.k + 1, dtype=torch.bool, device=logit.device).scatter_(1, slot, in_range)
+        penalty = mara_kl_penalties(p_all[:, :engine.k], batch.cand.logp, decided[:, :engine.k],
+                                    config=shaping).gather(1, cols)
+    token_kl = torch.where(ends_step, step_kl.unsqueeze(1), 0.0)
+    # float16 states: clamp first, a bf16/fp32 value beyond float16's range would become inf.
+    state = batch.cand_hidden.gather(1, cols.unsqueeze(-1).expand(*cols.shape, engine.hidden_size))
+    half = torch.finfo(torch.float16).max
+    record.add(taken=taken, row=batch.row_ids.unsqueeze(1).expand_as(cols), state=state.clamp(-half, half).half(),
+               action=action, logp=logp, rank=cols, base_logit=base, log_ratio=log_ratio, decision_kl=kl,
+               token_kl=token_kl, token_index=batch.n_new.unsqueeze(1).expand_as(cols), emit=ends_step,
+               mara_kl_penalty=penalty)
 
 
 @dataclass(frozen=True)
@@ -287,13 +302,13 @@ def generate_episodes(
         if preference.shape[0] != len(prompts):
             raise ValueError(f"preference has {preference.shape[0]} rows for {len(prompts)} prompts; give one w per prompt")
     batch = engine.start(prompts, keep_token_states=keep_token_states)
-    record = _DecisionLog()
+    record = _DecisionLog(engine.device)
     finished: dict[int, list[int]] = {}
     states: dict[int, torch.Tensor] = {}
     while batch.size:
         decide_block(engine, batch, accept_logit, generator=generator, greedy=greedy, record=record, shaping=shaping,
                      preference=preference)
-        if bool(batch.done.any()):
+        if batch.status.done:
             for row in batch.done.nonzero(as_tuple=True)[0].tolist():
                 finished[int(batch.row_ids[row])] = batch.response_tokens(row)
                 if batch.token_hidden is not None:

@@ -56,17 +56,15 @@ def proxy_decode(
     if engine.block < engine.k:
         raise ValueError(f"proxy strategy {strategy!r} looks at every candidate: give its engine candidate_block=0")
     batch = engine.start(prompts)
-    ranks = torch.arange(engine.k, device=engine.device)
     finished: dict[int, list[int]] = {}
     while batch.size:
+        ranks = torch.arange(engine.k, device=engine.device).expand(batch.size, engine.k)
         # The last candidate is never decided on: it is what an all-rejected step emits.
         window = batch.awaiting.unsqueeze(1) & (ranks < (batch.cand.count - 1).unsqueeze(1))
-        rows, cols = window.nonzero(as_tuple=True)
-        logit = torch.zeros(window.shape, device=engine.device)
-        logit[rows, cols] = accept_logit(observation(batch, rows, cols)).float()
+        rows = torch.arange(batch.size, device=engine.device).unsqueeze(1).expand_as(ranks)
+        logit = accept_logit(observation(batch, rows, ranks).flatten(0, 1)).float().view(ranks.shape)
         engine.emit(batch, batch.awaiting, _choose(batch, logit, window, strategy, generator))
-        engine.settle(batch)
-        if bool(batch.done.any()):
+        if engine.settle(batch).done:
             for row in batch.done.nonzero(as_tuple=True)[0].tolist():
                 finished[int(batch.row_ids[row])] = batch.response_tokens(row)
             engine.compact(batch, ~batch.done)
