@@ -14,6 +14,7 @@ setup(
     install_requires=[
         "torch>=2.3",
         "transformers>=5.0",
+        "accelerate>=1.0",
         "tokenizers>=0.20",
         "safetensors>=0.4",
         "gymnasium>=1.0",

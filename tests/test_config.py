@@ -54,5 +54,7 @@ def test_missing_or_malformed_file(tmp_path):
 
 def test_cluster_example_config_loads():
     cfg = load_config(DEMO.parent / "cluster_mistral7b.yaml")
-    assert cfg.rollout.num_actors == 7 and cfg.rollout.gpus_per_actor == 1 and cfg.learner.num_gpus == 1
-    assert [s.role for s in cfg.reward.scorers] == ["reward", "cost"]
+    assert cfg.rollout.num_actors == 5 and cfg.rollout.gpus_per_actor == 1 and cfg.learner.num_gpus == 1
+    assert [s.role for s in cfg.reward.scorers] == ["reward", "cost"] and cfg.lm.dtype == "auto"
+    # the node's 8 GPUs: five actors, the reward and cost models on a GPU each, the learner
+    assert cfg.rollout.num_actors * cfg.rollout.gpus_per_actor + cfg.rollout.reward_service_gpus + cfg.learner.num_gpus == 8

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import ray
+import torch
 
 from tokenalign.config import load_config
 from tokenalign.trainer import Trainer
@@ -55,6 +56,12 @@ def test_short_training_run_for_each_learner(ray_cluster, tmp_path, learner):
     latest = run_dir / "checkpoints" / (run_dir / "checkpoints" / "latest").read_text().strip()
     assert (latest / "learner.pt").is_file() and (latest / "policy_state.pt").is_file()
     assert any((run_dir / "wandb").iterdir())
+    # the actors decoded with weights the learner published after updating, and those weights moved: the
+    # agent's last layer starts at zero (it decodes as the base LM) and only updates change it
+    assert max(m.get("rollout/policy_version", -1) for m in metrics) > 0
+    weights = torch.load(latest / "policy_state.pt", weights_only=True)["state_dict"]
+    last = max((k for k in weights if k.startswith("body.") and k.endswith(".weight")), key=lambda k: int(k.split(".")[1]))
+    assert float(weights[last].abs().sum()) > 0
 
 
 def test_killed_rollout_actor_is_restarted_and_no_episode_is_lost(ray_cluster, tmp_path):

@@ -27,14 +27,16 @@ def cmd_generate(args: argparse.Namespace, config: TrainConfig) -> int:
     from tokenalign.envs.task import DecodingTask
     from tokenalign.eval.agent_source import load_agent
     from tokenalign.eval.evaluate import evaluate
+    from tokenalign.lm import pick_device
 
     prompts = args.prompt or load_prompts(config.data.test, prompt_field=config.data.prompt_field,
                                           seed=config.data.seed)[: args.num_prompts]
     task = DecodingTask.build(model=config.lm.path, prompts=prompts, scorers=config.reward,
                               sampling=config.engine.sampling, max_new_tokens=config.engine.max_new_tokens,
-                              candidate_block=config.engine.candidate_block, dtype=config.lm.dtype)
+                              candidate_block=config.engine.candidate_block, device=pick_device(args.device),
+                              dtype=config.lm.dtype)
     if args.agent:
-        policy = load_agent(args.agent, hidden_size=task.hidden_size)
+        policy = load_agent(args.agent, hidden_size=task.hidden_size, device=task.engine.device)
     else:
         torch.manual_seed(config.run.seed)
         policy = AcceptRejectPolicy(hidden_size=task.hidden_size).eval()
@@ -145,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--agent", default=None, help="run directory or checkpoint of a trained agent (default: untrained)")
     gen.add_argument("--prompt", action="append", help="a prompt to decode (repeatable); default: held-out prompts")
     gen.add_argument("--num-prompts", type=int, default=8, help="held-out prompts to decode without --prompt")
+    gen.add_argument("--device", default="auto", help="torch device of the LM and agent (auto = cuda if present)")
     add_preference_argument(gen)
     evaluate = sub.add_parser("eval", help="decode held-out prompts in baseline and agent modes; score and summarise")
     _add_config_args(evaluate)

@@ -21,6 +21,7 @@ import yaml
 from tokenalign.buffers.config import BufferConfig
 from tokenalign.data import DataConfig
 from tokenalign.envs.engine import EngineConfig
+from tokenalign.lm import LMDtype
 from tokenalign.objectives import ObjectiveSection
 from tokenalign.rewards.combine import RewardConfig
 from tokenalign.rewards.base import ScorerError
@@ -49,8 +50,8 @@ class LMConfig:
 
     path: str = "builtin:tiny"
     """`builtin:tiny` (bundled) or a local Hugging Face model directory."""
-    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
-    """Weights dtype on the rollout device (fp16/bf16 for 7B models on GPU)."""
+    dtype: LMDtype = "auto"
+    """Weights dtype: auto = bf16 on a GPU that supports it (else fp16), fp32 on a CPU."""
 
 
 @dataclass
@@ -93,6 +94,11 @@ class RolloutConfig:
         check_bounds("rollout", self, num_actors=(1, "≥"), gpus_per_actor=(0, "≥"), cpus_per_actor=(0, ">"),
                      episodes_per_batch=(1, "≥"), max_restarts=(0, "≥"), torch_threads=(1, "≥"),
                      reward_service_gpus=(0, "≥"))
+        for name in ("gpus_per_actor", "reward_service_gpus"):
+            value = getattr(self, name)
+            if value > 1 and value != int(value):
+                raise ConfigError(f"rollout.{name} above 1 must be a whole number of GPUs (the models spread over "
+                                  f"them), got {value}")
 
 
 @dataclass

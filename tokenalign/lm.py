@@ -10,11 +10,16 @@ No model hub is reachable where tokenalign runs, hence two sources only:
 
 Tokenizers are returned with a pad token and left padding, because batched
 generation appends tokens on the right and needs prompts flush against them.
+
+Weights load straight onto their device (`device_map`, through accelerate): a 7B model never passes
+through host RAM, which several actors per node could not afford. `dtype="auto"` is bf16 on a GPU that
+supports it (fp16 on one that does not) and fp32 on a CPU, where half-precision matmuls are slow.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
@@ -48,18 +53,46 @@ def resolve_lm_path(path: str) -> Path:
     return model_dir
 
 
+LMDtype = Literal["auto", "float32", "float16", "bfloat16"]
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: str | torch.device) -> torch.dtype:
+    """The weights dtype for `device`: `auto` is bf16 on a CUDA device that supports it, fp16 on one that does
+    not, fp32 on a CPU (the bundled weights are stored in fp16, whose matmuls are slow on CPUs)."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        if torch.device(device).type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; use auto, {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def pick_device(device: str) -> str:
+    """`auto` is CUDA when torch sees a GPU, else the CPU; any other name is returned as given."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
 def load_lm(
     path: str,
     *,
     device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float32,
+    dtype: str | torch.dtype = "auto",
+    spread: bool = False,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a frozen causal LM and its tokenizer, without any network access.
+    """Load a frozen causal LM and its tokenizer onto `device`, without any network access.
 
-    ``dtype`` is explicit because the bundled weights are stored in fp16, and
-    fp16 matmuls are slow or unsupported on many CPUs; fp32 is the safe default.
+    `spread` places the layers over every visible GPU (accelerate's `device_map="auto"`): a policy LM
+    larger than one GPU, on an actor given several. Inputs go to the first layer's device; the engine
+    brings outputs back to it.
     """
     model_dir = resolve_lm_path(path)
+    dtype = resolve_dtype(dtype, device)
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
@@ -67,8 +100,8 @@ def load_lm(
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True, dtype=dtype)
-    model.to(device)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True, dtype=dtype,
+                                                 device_map="auto" if spread else torch.device(device))
     model.eval()
     model.requires_grad_(False)
     if model.generation_config.pad_token_id is None:

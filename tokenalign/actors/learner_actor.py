@@ -18,7 +18,7 @@ from typing import Any
 import ray
 import torch
 
-from tokenalign.actors.rollout_actor import build_task, sample_generations, torch_device
+from tokenalign.actors.rollout_actor import actor_device, build_task, sample_generations
 from tokenalign.buffers.schema import RecordLayout
 from tokenalign.buffers.spec import BufferSpec
 from tokenalign.config import TrainConfig
@@ -43,7 +43,7 @@ class LearnerActor:
         torch.set_num_threads(config.rollout.torch_threads)
         torch.manual_seed(config.run.seed)
         self.config = config
-        self.device = torch_device(config.learner.num_gpus)
+        self.device = actor_device(config.learner.num_gpus)
         params = {"seed": config.run.seed, **config.learner.params}
         self.contract: LearnerContract = learner_class(config.learner.name).contract(make_config(config.learner.name, params))
         self.objective = make_objective(config.objective, reward=config.reward, shaping=config.shaping,

@@ -36,18 +36,32 @@ from tokenalign.rewards.combine import RewardCombiner
 log = logging.getLogger(__name__)
 
 
-def torch_device(gpus: float) -> str:
-    """CUDA when the actor was given GPUs and CUDA exists; CPU otherwise (e.g. a cluster's fake GPUs in tests)."""
-    if gpus > 0 and torch.cuda.is_available():
-        return "cuda"
-    if gpus > 0:
+def actor_device(gpus: float, *, gpu_ids: list[Any] | None = None, visible: int | None = None) -> str:
+    """The torch device of an actor Ray gave `gpus` GPUs (`gpu_ids`, default `ray.get_gpu_ids()`) while torch
+    sees `visible` CUDA devices (default `torch.cuda.device_count()`): cuda (its first GPU) or the CPU.
+
+    Ray points CUDA_VISIBLE_DEVICES at the actor's own GPUs, so torch must see exactly those; when it sees
+    others (Ray told not to set the variable), every actor would land on cuda:0 of the node: refused.
+    """
+    if gpus <= 0:
+        return "cpu"
+    visible = torch.cuda.device_count() if visible is None else visible
+    if visible == 0:
         log.warning("this actor was given %g GPU(s) but torch sees no CUDA device; running on CPU", gpus)
-    return "cpu"
+        return "cpu"
+    gpu_ids = [str(g) for g in (ray.get_gpu_ids() if gpu_ids is None else gpu_ids)]
+    if gpu_ids and visible != len(gpu_ids):
+        raise RuntimeError(f"Ray gave this actor GPU(s) {gpu_ids} but torch sees {visible} CUDA devices, so it "
+                           "cannot tell which are its own (all actors would share cuda:0): unset "
+                           "RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES so that Ray sets CUDA_VISIBLE_DEVICES per actor")
+    return "cuda"
 
 
 def build_task(config: TrainConfig, *, device: str, combiner: Any = None) -> DecodingTask:
-    """The actor's engine over the training prompts, with MARA's shaping forcing all-candidate blocks."""
-    model, tokenizer = load_lm(config.lm.path, device=device, dtype=getattr(torch, config.lm.dtype))
+    """The actor's engine over the training prompts, with MARA's shaping forcing all-candidate blocks; an LM
+    on several GPUs (gpus_per_actor > 1) spreads its layers over them."""
+    model, tokenizer = load_lm(config.lm.path, device=device, dtype=config.lm.dtype,
+                               spread=device == "cuda" and config.rollout.gpus_per_actor > 1)
     block = 0 if config.shaping.token_reward != "none" else config.engine.candidate_block
     engine_config = EngineConfig(sampling=config.engine.sampling, max_new_tokens=config.engine.max_new_tokens,
                                  candidate_block=block)
@@ -75,7 +89,7 @@ class RolloutActor:
         self.config = config
         self.objective = objective
         self.layout: RecordLayout = buffer_spec.layout
-        self.device = torch_device(config.rollout.gpus_per_actor)
+        self.device = actor_device(config.rollout.gpus_per_actor)
         combiner = None
         if reward_service is not None:
             from tokenalign.actors.reward_service import RemoteCombiner

@@ -382,7 +382,7 @@ class DecodingEngine:
 
         out = self.base(input_ids=input_ids, attention_mask=mask, position_ids=positions,
                         past_key_values=batch.cache, use_cache=True)
-        hidden = out.last_hidden_state.float()
+        hidden = out.last_hidden_state.to(self.device).float()  # an LM spread over GPUs ends on its last
         if q:
             batch.cache.crop(-q)
 
@@ -423,7 +423,7 @@ class DecodingEngine:
 
     def next_token_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Next-token logits from last hidden states (the LM head, with its final soft-cap when the model has one)."""
-        logits = self.lm_head(hidden.to(self.dtype)).float()
+        logits = self.lm_head(hidden.to(self.dtype)).to(self.device).float()
         if self._softcap:
             logits = torch.tanh(logits / self._softcap) * self._softcap
         return logits

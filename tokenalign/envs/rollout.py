@@ -7,8 +7,9 @@ one-at-a-time faces would take given the same actions (tests replay them to prov
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
-from typing import Callable, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -115,7 +116,7 @@ class _DecisionLog:
         cat = {k: torch.cat([p[k].flatten(0, 1) for p in self.parts])[taken] for k in self.parts[0] if k != "taken"}
         order = torch.argsort(cat["row"], stable=True)  # blocks were appended in time order, ranks in order within
         cat = {k: v[order] for k, v in cat.items()}
-        bounds = torch.searchsorted(cat["row"], torch.arange(n + 1)).tolist()
+        bounds = torch.searchsorted(cat["row"], torch.arange(n + 1, device=cat["row"].device)).tolist()
         return [
             {k: cat[k][bounds[i]: bounds[i + 1]].numpy().astype(t) for k, t in _TYPES.items()}
             for i in range(n)
@@ -246,6 +247,16 @@ class FixedPreference:
         return self.policy.accept_logit(torch.cat([observation.float(), w], -1))
 
 
+def on_device(policy: Any, device: torch.device) -> Any:
+    """The agent with its weights on `device` (the LM's): a module elsewhere is copied there once (an agent is
+    a small MLP), so a CPU agent decodes with a GPU LM without mixing devices; anything else is returned."""
+    if isinstance(policy, torch.nn.Module):
+        weights = next(policy.parameters(), None)
+        if weights is not None and weights.device != torch.device(device):
+            return copy.deepcopy(policy).to(device)
+    return policy
+
+
 def as_policy(policy: AcceptPolicy | Callable[[torch.Tensor], torch.Tensor]) -> AcceptPolicy:
     """An agent (anything with `accept_logit`), or a bare function of observations giving P(accept)."""
     if hasattr(policy, "accept_logit"):
@@ -296,7 +307,7 @@ def generate_episodes(
     `preference` (len(prompts), P) conditions a preference-conditioned agent: row i sees [state ; w_i].
     `keep_token_states` fills each Episode's `token_states` (for score heads on this LM).
     """
-    accept_logit = as_policy(policy).accept_logit
+    accept_logit = as_policy(on_device(policy, engine.device)).accept_logit
     if preference is not None:
         preference = torch.as_tensor(np.asarray(preference, dtype=np.float32), device=engine.device)
         if preference.shape[0] != len(prompts):

@@ -43,10 +43,10 @@ class DecodingTask:
         max_new_tokens: int = 32,
         candidate_block: int = 8,
         device: str = "cpu",
-        dtype: str = "float32",
+        dtype: str = "auto",
     ) -> "DecodingTask":
         if isinstance(model, str):
-            lm, tokenizer = load_lm(model, device=device, dtype=getattr(torch, dtype))
+            lm, tokenizer = load_lm(model, device=device, dtype=dtype)
         else:
             lm, tokenizer = model
         if isinstance(sampling, dict):

@@ -13,7 +13,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 
 from tokenalign.config import TrainConfig
 from tokenalign.data import load_prompts
@@ -25,6 +24,7 @@ from tokenalign.eval.evaluate import AGENT_MODES, DEFAULT_BEST_OF, MODES, evalua
 from tokenalign.eval.metrics import DEFAULT_COST_THRESHOLD, write_summary
 from tokenalign.eval.records import read_generations, write_generations
 from tokenalign.eval.report import summary_markdown
+from tokenalign.lm import pick_device
 
 USER_ERRORS = (ValueError, FileNotFoundError)
 """What bad input raises across tokenalign (DataError, ConfigError, EvalError, ... are ValueErrors)."""
@@ -88,7 +88,7 @@ def run_eval_command(args: argparse.Namespace, config: TrainConfig) -> int:
         modes = args.modes or ["base", "greedy", "best-of-n", *(["sample"] if args.agent else [])]
         _check_args(args, modes)
         checkpoint = find_checkpoint(args.agent) if args.agent else None
-        device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+        device = pick_device(args.device)
         prompts = load_prompts(config.data.test, prompt_field=config.data.prompt_field, seed=config.data.seed)
         prompts = prompts[: args.num_prompts if args.num_prompts is not None else config.run.eval_prompts]
         task = DecodingTask.build(model=config.lm.path, prompts=prompts, scorers=config.reward,

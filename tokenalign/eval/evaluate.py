@@ -29,7 +29,7 @@ import torch
 
 from tokenalign.data import Prompt
 from tokenalign.envs.engine import DecodingEngine
-from tokenalign.envs.rollout import AcceptPolicy, conditioned, generate_episodes
+from tokenalign.envs.rollout import AcceptPolicy, conditioned, generate_episodes, on_device
 from tokenalign.envs.task import DecodingTask
 from tokenalign.eval.errors import EvalError
 from tokenalign.eval.forward_tokens import ForwardTokenCounter
@@ -138,7 +138,7 @@ def _decoder(task: DecodingTask, mode: str, policy: AcceptPolicy | None, generat
 
         return lm_alone
     try:
-        agent = conditioned(policy, preference)
+        agent = conditioned(on_device(policy, engine.device), preference)
     except ValueError as err:
         raise EvalError(str(err)) from None
     if mode in AGENT_LOOP_MODES:

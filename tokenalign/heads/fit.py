@@ -25,6 +25,7 @@ import torch
 from tokenalign.heads.losses import bradley_terry_loss, cost_model_loss, soft_token_loss
 from tokenalign.heads.model import CONFIG_FILE, HeadConfig, HeadKind, ScoreHead, lm_fingerprint, save_head
 from tokenalign.heads.states import Pooling, ResponseStates, StateReader, pooled
+from tokenalign.lm import LMDtype
 from tokenalign.preferences import PreferencePair, load_pairs
 from tokenalign.token_labels import revision_labels
 
@@ -47,8 +48,8 @@ class FitConfig:
     """Directory the head is saved to (must not hold a head already)."""
     lm: str = "builtin:tiny"
     """The frozen LM whose states the head reads: the policy LM (so actors score for free) or any local HF model."""
-    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
-    """dtype of the LM's forwards."""
+    dtype: LMDtype = "auto"
+    """dtype of the LM's forwards (auto = bf16 on a GPU that supports it, fp32 on a CPU)."""
     device: str = "auto"
     """Where the LM and head run; auto = CUDA when present, else CPU."""
     eval_fraction: float = 0.1
@@ -124,7 +125,7 @@ def fit_head(config: FitConfig) -> FitResult:
     train, held_out = [pairs[i] for i in order[n_eval:]], [pairs[i] for i in order[:n_eval]]
 
     device = resolve_device(config.device)
-    model, tokenizer = load_lm(config.lm, device=device, dtype=getattr(torch, config.dtype))
+    model, tokenizer = load_lm(config.lm, device=device, dtype=config.dtype)
     reader = StateReader(model=model, tokenizer=tokenizer, batch_size=config.lm_batch_size)
     torch.manual_seed(config.seed)
     head = ScoreHead(HeadConfig(kind=config.kind, lm=config.lm, lm_fingerprint=lm_fingerprint(model),

@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from tokenalign.lm import DTYPES
 from tokenalign.rewards.base import ScorerBase, ScorerError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 @dataclass(frozen=True)
@@ -151,6 +151,9 @@ class HFScorerBase(ScorerBase):
 
     def _score(self, prompts: list[str], responses: list[str]) -> np.ndarray:
         texts = [self.template.format(prompt=p, response=r) for p, r in zip(prompts, responses)]
+        # Minibatches of similar lengths pad little: score in length order, return in the callers' order.
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        texts = [texts[i] for i in order]
         chunks = []
         for start in range(0, len(texts), self.batch_size):
             batch = self.tokenizer(
@@ -163,4 +166,6 @@ class HFScorerBase(ScorerBase):
             with torch.inference_mode():
                 scores = self._forward(batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device))
             chunks.append(scores.float().cpu())
-        return torch.cat(chunks).numpy()
+        scores = np.empty(len(texts), dtype=np.float32)
+        scores[order] = torch.cat(chunks).numpy()
+        return scores

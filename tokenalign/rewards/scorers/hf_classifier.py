@@ -58,7 +58,7 @@ class HFClassifierScorer(HFScorerBase):
 
         try:
             model, info = AutoModelForSequenceClassification.from_pretrained(
-                self.path, local_files_only=True, dtype=self.dtype, output_loading_info=True
+                self.path, local_files_only=True, dtype=self.dtype, device_map=self.device, output_loading_info=True
             )
         except (OSError, ValueError) as err:
             raise ScorerError(f"cannot load a sequence classifier from {str(self.path)!r} ({err})") from err
@@ -70,7 +70,7 @@ class HFClassifierScorer(HFScorerBase):
         if model.config.pad_token_id is None:
             # Decoder classifiers pool at the last non-pad token and refuse batches without a pad id.
             model.config.pad_token_id = self.tokenizer.pad_token_id
-        self.model = model.to(self.device).eval().requires_grad_(False)
+        self.model = model.eval().requires_grad_(False)
         self.label_index = resolve_label(label, id2label=dict(model.config.id2label), path=self.path)
         self.output = output
         self._sigmoid = model.config.num_labels == 1 or model.config.problem_type == "multi_label_classification"

@@ -74,7 +74,7 @@ class SafeRLHFScorer(HFScorerBase):
                 f"score_bias={self.score_head.bias is not None}): {err}. Is this a safe-rlhf score model?"
             ) from err
         self.score_head.to(device=self.device, dtype=self.dtype).requires_grad_(False)
-        self.backbone = _load_backbone(self.path, config, self.dtype).to(self.device).eval().requires_grad_(False)
+        self.backbone = _load_backbone(self.path, config, self.dtype, self.device).eval().requires_grad_(False)
 
     @classmethod
     def from_config(cls, config: ScorerConfig) -> "SafeRLHFScorer":
@@ -98,7 +98,7 @@ class SafeRLHFScorer(HFScorerBase):
         return scores
 
 
-def _load_backbone(model_dir: Path, config: PretrainedConfig, dtype: torch.dtype) -> nn.Module:
+def _load_backbone(model_dir: Path, config: PretrainedConfig, dtype: torch.dtype, device: torch.device) -> nn.Module:
     """The AutoModel backbone for `config`, its weights read from the checkpoint's base-model prefix."""
     from transformers import AutoModel
 
@@ -114,7 +114,7 @@ def _load_backbone(model_dir: Path, config: PretrainedConfig, dtype: torch.dtype
     )
     try:
         backbone, info = backbone_class.from_pretrained(
-            model_dir, config=config, local_files_only=True, dtype=dtype, output_loading_info=True
+            model_dir, config=config, local_files_only=True, dtype=dtype, device_map=device, output_loading_info=True
         )
     except (OSError, ValueError) as err:
         raise ScorerError(f"cannot load the score model's backbone from {str(model_dir)!r} ({err})") from err
