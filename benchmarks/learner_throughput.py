@@ -59,7 +59,7 @@ def measure(name: str, batch: Transitions, *, hidden_size: int, device: str, war
         learner.update(batch)
     start = time.perf_counter()
     for _ in range(repeats):
-        learner.update(batch)  # metrics are read back with .item(), so each update has finished here
+        learner.update(batch)  # metrics are read back (one transfer), so each update has finished here
     seconds = (time.perf_counter() - start) / repeats
     return {
         "learner": name,

@@ -276,8 +276,13 @@ class DecisionChain:
         return int(self.action.shape[0])
 
     def to(self, device: torch.device | str):
-        """Every tensor on `device`; states handed over as float16 (buffer.state_dtype) become float32 there."""
-        moved = {f.name: None if getattr(self, f.name) is None else getattr(self, f.name).to(device) for f in fields(self)}
+        """Every tensor on `device`; states handed over as float16 (buffer.state_dtype) become float32 there.
+        To a GPU, host tensors go through pinned memory without blocking: the copies overlap each other and
+        the update already queued, instead of a dozen waits on pageable copies."""
+        device = torch.device(device)
+        pinned = device.type == "cuda"
+        moved = {f.name: None if getattr(self, f.name) is None else
+                 _to_device(getattr(self, f.name), device, pinned=pinned) for f in fields(self)}
         moved["state"], moved["next_state"] = moved["state"].float(), moved["next_state"].float()
         return type(self)(**moved)
 
@@ -343,3 +348,9 @@ def with_rewards(decisions: Decisions, *, reward: torch.Tensor, cost: torch.Tens
     """The Transitions of `decisions` with the given per-decision reward and cost (what objectives return)."""
     chain = {f.name: getattr(decisions, f.name) for f in fields(DecisionChain)}
     return Transitions(**chain, reward=reward, cost=cost, preference=decisions.preference if conditioned else None)
+
+
+def _to_device(tensor: torch.Tensor, device: torch.device, *, pinned: bool) -> torch.Tensor:
+    if pinned and tensor.device.type == "cpu":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)

@@ -75,10 +75,10 @@ def gradient_step(
 
 
 @torch.no_grad()
-def approx_kl(policy: AcceptRejectPolicy, batch: Transitions) -> float:
+def approx_kl(policy: AcceptRejectPolicy, batch: Transitions) -> torch.Tensor:
     """KL(π_old ‖ π_θ) on the batch by the low-variance estimator E[(ρ − 1) − log ρ], ρ = π_θ(a|s)/π_old(a|s)."""
     log_ratio = policy.log_probs(batch.state).gather(-1, batch.action.unsqueeze(-1)).squeeze(-1) - batch.logp
-    return float(((log_ratio.exp() - 1.0) - log_ratio).mean())
+    return ((log_ratio.exp() - 1.0) - log_ratio).mean()
 
 
 class Learner(abc.ABC):
@@ -189,13 +189,13 @@ class Learner(abc.ABC):
         self.generator.set_state(state["rng"])
 
     @torch.no_grad()
-    def kl_to_base(self, batch: Transitions, log_probs: torch.Tensor | None = None) -> dict[str, float]:
+    def kl_to_base(self, batch: Transitions, log_probs: torch.Tensor | None = None) -> dict[str, float | torch.Tensor]:
         """β and KL(π_θ(·|s) ‖ π_ref(·|s)) per decision and per response on a checked batch; pass the policy's
         `log_probs` of the batch's states when the update has them, to spare a forward."""
         if log_probs is None:
             log_probs = self.policy.log_probs(batch.state)
         kl = decision_kl(log_probs.detach(), reference_log_probs(batch.base_logit))
-        return {"kl_coef": self.kl.value, "kl_per_decision": float(kl.mean()),
+        return {"kl_coef": self.kl.value, "kl_per_decision": kl.mean(),
                 "kl_per_response": kl_per_response(kl, batch.episode_decisions)}
 
     def check_batch(self, batch: Transitions) -> Transitions:
@@ -220,3 +220,17 @@ class Learner(abc.ABC):
             state.append(batch.preference)
             next_state.append(batch.preference)
         return dataclasses.replace(batch, state=torch.cat(state, -1), next_state=torch.cat(next_state, -1))
+
+
+def read_scalars(metrics: dict[str, float | torch.Tensor]) -> dict[str, float]:
+    """The metrics as floats, the tensors among them read from each device in ONE transfer: an `.item()` per
+    metric would wait for the GPU a dozen times per update."""
+    by_device: dict[torch.device, list[str]] = {}
+    for name, value in metrics.items():
+        if isinstance(value, torch.Tensor):
+            by_device.setdefault(value.device, []).append(name)
+    out = {name: float(value) for name, value in metrics.items() if not isinstance(value, torch.Tensor)}
+    for names in by_device.values():
+        values = torch.stack([metrics[n].detach().float().reshape(()) for n in names]).tolist()
+        out.update(zip(names, values))
+    return {name: out[name] for name in metrics}

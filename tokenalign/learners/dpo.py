@@ -25,7 +25,7 @@ from torch import nn
 from tokenalign.agents.mlp import check_widths
 from tokenalign.agents.policy import AcceptRejectPolicy
 from tokenalign.envs.teacher_forcing import decision_log_probs
-from tokenalign.learners.base import Learner, LearnerContract, adam, gradient_step, seeded
+from tokenalign.learners.base import Learner, LearnerContract, adam, gradient_step, read_scalars, seeded
 from tokenalign.learners.kl import KLConfig
 from tokenalign.learners.pairs import PairBatch, PairSide
 from tokenalign.learners.registry import register
@@ -134,6 +134,6 @@ class DPO(Learner):
                 target.lerp_(source, 1.0 - c.ema_tau)
         self.num_updates += 1
         h = h.detach()
-        return {"loss": loss.item(), "accuracy": float((h > 0).float().mean()), "margin": float(h.mean()),
-                "implied_reward_chosen": c.kl_coef * chosen.mean().item(),
-                "grad_norm": float(grad_norm), "kl_coef": c.kl_coef}
+        return read_scalars({"loss": loss, "accuracy": (h > 0).float().mean(), "margin": h.mean(),
+                             "implied_reward_chosen": c.kl_coef * chosen.detach().mean(),
+                             "grad_norm": grad_norm, "kl_coef": c.kl_coef})

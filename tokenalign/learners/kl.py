@@ -49,12 +49,13 @@ class KLController:
         self.config = config
         self.value = float(config.kl_coef)
 
-    def update(self, kl_per_response: float, *, episodes: float) -> None:
-        """Move β after `episodes` episodes whose KL per response was measured as `kl_per_response`."""
+    def update(self, kl_per_response: float | torch.Tensor, *, episodes: float) -> None:
+        """Move β after `episodes` episodes whose KL per response was measured as `kl_per_response` (read from
+        the device only when β adapts)."""
         target = self.config.kl_target
         if target is None:
             return
-        error = min(max(kl_per_response / target - 1.0, -PROPORTIONAL_CLIP), PROPORTIONAL_CLIP)
+        error = min(max(float(kl_per_response) / target - 1.0, -PROPORTIONAL_CLIP), PROPORTIONAL_CLIP)
         self.value *= 1.0 + error * episodes / self.config.kl_horizon
 
     def state_dict(self) -> dict[str, Any]:
@@ -80,10 +81,10 @@ def action_log_ratio(logp: torch.Tensor, action: torch.Tensor, base_logit: torch
     return logp - reference_log_probs(base_logit).gather(-1, action.unsqueeze(-1)).squeeze(-1)
 
 
-def kl_per_response(kl: torch.Tensor, episode_decisions: torch.Tensor) -> float:
+def kl_per_response(kl: torch.Tensor, episode_decisions: torch.Tensor) -> torch.Tensor:
     """KL per response from per-decision KLs of rows drawn uniformly from decisions: mean(KL)/mean(1/L).
 
     A row of an episode with L decisions is drawn with probability ∝ L, so mean(KL) is the KL per decision
     and 1/mean(1/L) the mean decisions per episode; for whole episodes this is exactly Σ KL / episodes.
     """
-    return float(kl.double().mean() / (1.0 / episode_decisions.double().clamp(min=1)).mean())
+    return (kl.double().mean() / (1.0 / episode_decisions.double().clamp(min=1)).mean()).float()

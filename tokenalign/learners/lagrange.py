@@ -45,7 +45,7 @@ class CostWindow:
 
     def __init__(self, *, size: int) -> None:
         self.size = size
-        self.costs = torch.zeros(0)
+        self.costs = torch.zeros(0, device="cpu")  # a host-side window: read once per update, never on the GPU
 
     def extend(self, costs: torch.Tensor) -> None:
         self.costs = torch.cat([self.costs, costs.detach().float().cpu()])[-self.size :]
@@ -64,7 +64,7 @@ class LagrangeMultiplier:
         self.threshold = config.threshold
         self.delay = config.lambda_update_delay_steps
         self.log_lambda_max = math.log(config.lambda_max) if config.lambda_max is not None else None
-        self.log_lambda = torch.nn.Parameter(torch.tensor(math.log(config.lambda_init)))
+        self.log_lambda = torch.nn.Parameter(torch.tensor(math.log(config.lambda_init), device="cpu"))  # a host scalar
         self.optimizer = torch.optim.SGD([self.log_lambda], lr=config.lambda_lr)
         self.steps = 0
 

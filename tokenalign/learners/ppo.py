@@ -26,7 +26,7 @@ from tokenalign.agents.policy import AcceptRejectPolicy
 from tokenalign.agents.value import ValueHead
 from tokenalign.buffers.schema import Transitions
 from tokenalign.learners.advantages import gae
-from tokenalign.learners.base import Learner, LearnerContract, adam, approx_kl, gradient_step, seeded
+from tokenalign.learners.base import Learner, LearnerContract, adam, approx_kl, gradient_step, read_scalars, seeded
 from tokenalign.learners.episodes import Episodes
 from tokenalign.learners.kl import KLConfig, action_log_ratio
 from tokenalign.learners.registry import register
@@ -161,26 +161,26 @@ class PPOLearner(Learner):
         steps = 0
         minibatch_size = math.ceil(len(batch) / cfg.num_minibatches)
         for _ in range(cfg.update_epochs):
-            for rows in torch.randperm(len(batch), generator=self.generator).to(self.device).split(minibatch_size):
+            for rows in torch.randperm(len(batch), generator=self.generator, device="cpu").to(self.device).split(minibatch_size):
                 for name, value in self._minibatch_step(batch, rows, actor_advantages, old_values, returns).items():
                     sums[name] = sums.get(name, 0.0) + value
                 steps += 1
         self.num_updates += 1
         self.kl.update(kl_metrics["kl_per_response"], episodes=episodes.count)
 
-        metrics.update({name: float(total / steps) for name, total in sums.items()})
+        metrics.update({name: total / steps for name, total in sums.items()})
         metrics.update(kl_metrics)
         metrics.update({
             "approx_kl": approx_kl(self.policy, batch),
-            "accept_rate": float(batch.action.float().mean()),
-            "reward": float(batch.reward.mean()),
-            "cost": float(batch.cost.mean()),
-            "episode_reward": float(episodes.sum(batch.reward).mean()),
-            "episode_kl_reward": float(episodes.sum(kl_reward).mean()),
-            "episode_cost": float(episodes.sum(batch.cost).mean()),
-            "advantage": float(actor_advantages.mean()),
+            "accept_rate": batch.action.float().mean(),
+            "reward": batch.reward.mean(),
+            "cost": batch.cost.mean(),
+            "episode_reward": episodes.sum(batch.reward).mean(),
+            "episode_kl_reward": episodes.sum(kl_reward).mean(),
+            "episode_cost": episodes.sum(batch.cost).mean(),
+            "advantage": actor_advantages.mean(),
         })
-        return metrics
+        return read_scalars(metrics)
 
     def _minibatch_step(
         self,

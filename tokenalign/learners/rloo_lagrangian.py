@@ -25,7 +25,7 @@ from torch import nn
 from tokenalign.agents.mlp import check_widths
 from tokenalign.agents.policy import AcceptRejectPolicy
 from tokenalign.buffers.schema import Transitions
-from tokenalign.learners.base import Learner, LearnerContract, adam, approx_kl, gradient_step, seeded
+from tokenalign.learners.base import Learner, LearnerContract, adam, approx_kl, gradient_step, read_scalars, seeded
 from tokenalign.learners.confidence import cost_surrogate, kappa, upper_bound
 from tokenalign.learners.episodes import Episodes
 from tokenalign.learners.kl import KLConfig, action_log_ratio
@@ -177,24 +177,24 @@ class RLOOLagrangianLearner(Learner):
         self.kl.update(kl_metrics["kl_per_response"], episodes=episodes.count)
 
         entropy = -(log_probs.exp() * log_probs).sum(-1).mean()
-        return {
-            "actor_loss": loss.item(),
-            "entropy": entropy.item(),
+        return read_scalars({
+            "actor_loss": loss,
+            "entropy": entropy,
             "approx_kl": approx_kl(self.policy, batch),
             "lambda": lam,
             "lambda_loss": lambda_loss,
             "cost_bound": cost_bound,
             "kappa": window_kappa,
             "baseline": self.baseline,
-            "net_return": float(net_returns.mean()),
-            "surrogate_cost": float(surrogate_costs.mean()),
-            "cost_success": float((costs <= cfg.threshold).float().mean()),
-            "accept_rate": float(batch.action.float().mean()),
-            "reward": float(batch.reward.mean()),
-            "cost": float(batch.cost.mean()),
-            "episode_reward": float(rewards.mean()),
-            "episode_cost": float(costs.mean()),
-            "actor_grad_norm": float(grad_norm),
-            "episode_kl_penalty": float(kl_penalty.mean()),
+            "net_return": net_returns.mean(),
+            "surrogate_cost": surrogate_costs.mean(),
+            "cost_success": (costs <= cfg.threshold).float().mean(),
+            "accept_rate": batch.action.float().mean(),
+            "reward": batch.reward.mean(),
+            "cost": batch.cost.mean(),
+            "episode_reward": rewards.mean(),
+            "episode_cost": costs.mean(),
+            "actor_grad_norm": grad_norm,
+            "episode_kl_penalty": kl_penalty.mean(),
             **kl_metrics,
-        }
+        })

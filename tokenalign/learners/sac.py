@@ -27,7 +27,7 @@ from tokenalign.agents.critics import TwinQCritic
 from tokenalign.agents.mlp import check_widths
 from tokenalign.agents.policy import AcceptRejectPolicy
 from tokenalign.buffers.schema import Transitions
-from tokenalign.learners.base import Learner, LearnerContract, adam, gradient_step, seeded
+from tokenalign.learners.base import Learner, LearnerContract, adam, gradient_step, read_scalars, seeded
 from tokenalign.learners.kl import KLConfig, reference_log_probs
 from tokenalign.learners.registry import register
 
@@ -162,22 +162,22 @@ class SACLearner(Learner):
         if self.num_updates % cfg.update_time == 0:
             self._polyak_update()
         probs = log_probs.detach().exp()
-        return {
-            "critic_loss": (q1_loss + q2_loss).item(),
-            "q1_loss": q1_loss.item(),
-            "q2_loss": q2_loss.item(),
-            "actor_loss": pi_loss.item(),
-            "entropy": float(-(probs * log_probs.detach()).sum(-1).mean()),
-            "q1": q1.mean().item(),
-            "q2": q2.mean().item(),
-            "accept_prob": probs[:, 1].mean().item(),
-            "accept_rate": batch.action.float().mean().item(),
-            "reward": batch.reward.mean().item(),
-            "cost": batch.cost.mean().item(),
-            "actor_grad_norm": actor_grad_norm.item(),
-            "critic_grad_norm": critic_grad_norm.item(),
+        return read_scalars({
+            "critic_loss": q1_loss + q2_loss,
+            "q1_loss": q1_loss,
+            "q2_loss": q2_loss,
+            "actor_loss": pi_loss,
+            "entropy": -(probs * log_probs.detach()).sum(-1).mean(),
+            "q1": q1.mean(),
+            "q2": q2.mean(),
+            "accept_prob": probs[:, 1].mean(),
+            "accept_rate": batch.action.float().mean(),
+            "reward": batch.reward.mean(),
+            "cost": batch.cost.mean(),
+            "actor_grad_norm": actor_grad_norm,
+            "critic_grad_norm": critic_grad_norm,
             **kl_metrics,
-        }
+        })
 
     @torch.no_grad()
     def _polyak_update(self) -> None:

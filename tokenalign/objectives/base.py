@@ -124,7 +124,8 @@ class Objective(abc.ABC):
         done = decisions.done.double()
         final = torch.from_numpy(np.asarray(episode_reward, dtype=np.float64))
         if self.shaping.postback:
-            reward = final * torch.pow(torch.tensor(self.gamma, dtype=torch.float64), decisions.accepts_to_end.double())
+            reward = final * torch.pow(torch.tensor(self.gamma, dtype=torch.float64, device=final.device),
+                                       decisions.accepts_to_end.double())
         else:
             reward = final * done
         reward = reward + decisions.token_reward.double()
