@@ -36,11 +36,19 @@ def response_perplexity(
         # Left padding puts every response at the right end, so only the last R+1 positions' logits matter.
         width = max(len(r) for r in responses)
         logits = model(input_ids=input_ids, attention_mask=attention_mask.long(), position_ids=position_ids,
-                       logits_to_keep=width + 1).logits[:, :-1].float()
+                       logits_to_keep=width + 1).logits[:, :-1]
         targets = input_ids[:, -width:]
-        logp = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        # log q(target) = logit − logsumexp, one row in fp32 at a time: a whole batch's fp32 logits and a
+        # log-softmax copy of them would take gigabytes at a 128k vocabulary.
+        logp = torch.stack([_target_logp(logits[i], targets[i]) for i in range(len(responses))])
         lengths = torch.tensor([len(r) for r in responses], device=device)
         in_response = torch.arange(width, device=device).unsqueeze(0) >= (width - lengths).unsqueeze(1)
         nll = -(logp * in_response).sum(dim=1) / lengths
         out[lo: lo + len(responses)] = torch.exp(nll).double().cpu().numpy()
     return out
+
+
+def _target_logp(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """(T,) log-probabilities of `targets` (T,) under next-token `logits` (T, V), computed in fp32."""
+    row = logits.float()
+    return row.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(row, dim=-1)
