@@ -33,10 +33,9 @@ setup(
         "alt-profanity-check>=1.5",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-timeout>=2.3", "stable-baselines3>=2.3"],
+        "test": ["pytest>=8", "pytest-timeout>=2.3", "stable-baselines3>=2.3", "ray[rllib]>=2.40"],
     },
     entry_points={
         "console_scripts": ["tokenalign=tokenalign.cli:main"],
-        "gymnasium.envs": ["tokenalign=tokenalign.envs:register_envs"],
     },
 )

@@ -1,7 +1,7 @@
 """`AcceptRejectEnv`: MARA's token-level accept/reject decoding as a single Gymnasium environment."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import gymnasium as gym
 import numpy as np
@@ -15,6 +15,8 @@ if TYPE_CHECKING:  # imported when a preference is given, so the unconditioned e
     from tokenalign.objectives.normalizer import EpisodeNormalizer
 
 _MAX_PROMPT_DRAWS = 100
+ENV_ARGUMENTS = ("model", "prompts", "scorers", "sampling", "max_new_tokens", "candidate_block", "device",
+                 "render_mode", "preference", "max_decisions")
 
 
 def check_preference(value: Any, names: Sequence[str]) -> np.ndarray:
@@ -32,6 +34,23 @@ def check_preference(value: Any, names: Sequence[str]) -> np.ndarray:
     if w.shape != (len(names),) or not np.isfinite(w).all() or bool((w < 0).any()) or not w.sum() > 0:
         raise ValueError(f"{expected}; got {value!r}")
     return (w / w.sum()).astype(np.float32)
+
+
+def check_render_mode(render_mode: str | None, supported: Sequence[str]) -> None:
+    """Refuse a render mode the env cannot draw. A TypeError, as for an argument the env does not take: that
+    is what Stable-Baselines3's `make_vec_env` catches to retry without its default `rgb_array`."""
+    if render_mode is not None and render_mode not in supported:
+        raise TypeError(f"render_mode {render_mode!r} is not supported; use one of {list(supported)} or None")
+
+
+RESET_OPTIONS = ("prompt", "preference")
+
+
+def check_options(options: dict[str, Any] | None) -> None:
+    """Refuse reset options the env does not know (a typo would otherwise be ignored without a word)."""
+    unknown = sorted(set(options or {}) - set(RESET_OPTIONS))
+    if unknown:
+        raise ValueError(f"unknown reset option(s) {unknown}; the env takes {list(RESET_OPTIONS)}")
 
 
 def observation_space(hidden_size: int, preference_dim: int) -> gym.spaces.Box:
@@ -110,15 +129,20 @@ class AcceptRejectEnv(gym.Env):
     scorers' raw scores; higher is less safe), as Safety-Gymnasium reports costs.
 
     ## Episode End
-    Terminated when the LLM's end-of-text token is emitted; truncated after `max_new_tokens` tokens.
+    Terminated when the LLM's end-of-text token is emitted; truncated after `max_new_tokens` tokens, or after
+    `max_decisions` decisions (the text so far is scored; info `truncated_by: "max_decisions"`). Gymnasium's
+    own `make(..., max_episode_steps=N)` cuts the episode in a TimeLimit wrapper that never lets the env
+    score it: that step's info says `scored: False` (every step's does, but the one that scored the text).
 
     ## Info
     `text` (response so far), `token_id` and `rank` of the decided candidate, `num_candidates` of the
-    step, `emitted` (whether the decision emitted a token), `num_tokens`, `cost`, and at the end
-    `reward_terms` (each scorer's raw score) and `reward` / `cost` apart for Lagrangian learners.
+    step, `emitted` (whether the decision emitted a token), `num_tokens`, `cost`, `scored` (whether this
+    step's reward carries the text's scores), and at the end `reward_terms` (each scorer's raw score) and
+    `reward` / `cost` apart for Lagrangian learners.
     With `preference`, every info also holds `preference`, the episode's w (float32 array of P).
 
     ## Arguments
+    Keywords, or (RLlib's convention) one dict of them as the only positional argument.
     - `model`: `"builtin:tiny"` (default, bundled), a local HF directory, or a `(model, tokenizer)` pair.
     - `prompts`: a dataset spec (`"builtin:demo-train"` default; JSON/JSONL/Parquet paths,
       `name:proportion:path` mixes) or a list of prompt strings.
@@ -128,7 +152,8 @@ class AcceptRejectEnv(gym.Env):
     - `max_new_tokens`: episode length cap in tokens (default 32).
     - `candidate_block`: candidates whose states are computed per forward (0 = all).
     - `device`: torch device of the LLM.
-    - `render_mode`: `"ansi"` returns the prompt and text so far.
+    - `render_mode`: `"ansi"` returns the prompt and text so far (any other mode is a TypeError).
+    - `max_decisions`: truncate (and score) after this many decisions (default None: no limit).
     - `preference`: None (default, unconditioned) or the default preference weights w, one non-negative
       weight per scorer in the order of `scorers` (e.g. `[0.5, 0.5]` for the demo's VADER / profanity);
       normalised to sum 1. Makes the env preference-conditioned (see Observation Space and Reward);
@@ -143,6 +168,7 @@ class AcceptRejectEnv(gym.Env):
 
     def __init__(
         self,
+        config: Mapping[str, Any] | None = None,
         *,
         model: ModelArg = "builtin:tiny",
         prompts: str | Sequence[str] = "builtin:demo-train",
@@ -153,9 +179,22 @@ class AcceptRejectEnv(gym.Env):
         device: str = "cpu",
         render_mode: str | None = None,
         preference: Sequence[float] | None = None,
+        max_decisions: int | None = None,
     ) -> None:
-        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(f"render_mode {render_mode!r} is not supported; use one of {self.metadata['render_modes']}")
+        if config:  # RLlib's convention: the env class called with one dict (an EnvContext) of the arguments
+            unknown = sorted(set(config) - set(ENV_ARGUMENTS))
+            if unknown:
+                raise TypeError(f"unknown AcceptRejectEnv argument(s) {unknown} in its config dict; the arguments "
+                                f"are {list(ENV_ARGUMENTS)}")
+            self.__init__(**{**dict(model=model, prompts=prompts, scorers=scorers, sampling=sampling,
+                                    max_new_tokens=max_new_tokens, candidate_block=candidate_block, device=device,
+                                    render_mode=render_mode, preference=preference, max_decisions=max_decisions),
+                             **config})
+            return
+        check_render_mode(render_mode, self.metadata["render_modes"])
+        if max_decisions is not None and (not isinstance(max_decisions, int) or max_decisions < 1):
+            raise ValueError(f"max_decisions must be a positive int or None, got {max_decisions!r}")
+        self.max_decisions = max_decisions
         self.task = DecodingTask.build(model=model, prompts=prompts, scorers=scorers, sampling=sampling,
                                        max_new_tokens=max_new_tokens, candidate_block=candidate_block, device=device)
         self.engine = self.task.engine
@@ -169,11 +208,14 @@ class AcceptRejectEnv(gym.Env):
         self._batch = None
         self._prompt: Prompt | None = None
         self._w = self.preference
+        self._decisions = 0
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
+        check_options(options)
         fixed = (options or {}).get("prompt")
         self._w = self._episode_preference(options)
+        self._decisions = 0
         for _ in range(_MAX_PROMPT_DRAWS):
             self._prompt = Prompt(id=prompt_id(fixed), text=fixed, source="options") if fixed is not None else self.task.pick_prompt(self.np_random)
             self._batch = self.engine.start([self._prompt.text])
@@ -194,9 +236,14 @@ class AcceptRejectEnv(gym.Env):
         batch = self._batch
         decided = (int(batch.cursor[0]), int(batch.cand.token_ids[0, batch.cursor[0]]), int(batch.cand.count[0]))
         emitted = bool(self.engine.apply(batch, torch.tensor([int(action)]))[0])
+        self._decisions += 1
         info = self._info(decided=decided, emitted=emitted)
         reward, cost = 0.0, 0.0
         finished = bool(batch.done[0])
+        if not finished and self.max_decisions is not None and self._decisions >= self.max_decisions:
+            batch.done[0] = finished = True
+            info["truncated_by"] = "max_decisions"
+        info["scored"] = finished
         if finished:
             scores = self.task.score([self._prompt], [info["text"]])
             reward, cost = float(scores.final[0]), float(scores.cost[0])

@@ -14,9 +14,9 @@ import torch
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from tokenalign.data import Prompt
+from tokenalign.data import Prompt, prompt_id
 from tokenalign.envs.accept_reject import (
-    check_preference, new_normalizer, observation_space, preference_rewards,
+    check_options, check_preference, check_render_mode, new_normalizer, observation_space, preference_rewards,
 )
 from tokenalign.envs.candidates import SamplingConfig
 from tokenalign.envs.task import DecodingTask, ModelArg, ScorersArg
@@ -37,9 +37,13 @@ class AcceptRejectVectorEnv(VectorEnv):
     together, then normalised), and `info["preference"]` is the (num_envs, P) weights. `reset(options=
     {"preference": w})` sets the weights of all rows: one w (P,) for every row or one per row
     (num_envs, P); otherwise every row gets the constructor's w. A row keeps its w when it autoresets.
+
+    `reset(options={"prompt": p})` decodes prompt p in every row, or one prompt per row (a list of
+    num_envs); rows that autoreset later draw prompts as usual. `render_mode="ansi"`: `render()` gives each
+    row's prompt and text so far.
     """
 
-    metadata = {"autoreset_mode": AutoresetMode.NEXT_STEP}
+    metadata = {"autoreset_mode": AutoresetMode.NEXT_STEP, "render_modes": ["ansi"]}
 
     def __init__(
         self,
@@ -53,9 +57,12 @@ class AcceptRejectVectorEnv(VectorEnv):
         candidate_block: int = 8,
         device: str = "cpu",
         preference: Sequence[float] | None = None,
+        render_mode: str | None = None,
     ) -> None:
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+        check_render_mode(render_mode, self.metadata["render_modes"])
+        self.render_mode = render_mode
         self.task = DecodingTask.build(model=model, prompts=prompts, scorers=scorers, sampling=sampling,
                                        max_new_tokens=max_new_tokens, candidate_block=candidate_block, device=device)
         self.engine = self.task.engine
@@ -76,10 +83,15 @@ class AcceptRejectVectorEnv(VectorEnv):
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         if seed is not None:
             self._np_random, self._np_random_seed = gym.utils.seeding.np_random(seed)
+        check_options(options)
         self._w = self._row_preferences(options)
-        self._prompts = [self.task.pick_prompt(self.np_random) for _ in range(self.num_envs)]
+        self._prompts = self._row_prompts(options)
         self._batch = self.engine.start([p.text for p in self._prompts])
-        self._restart(~self._batch.awaiting.cpu().numpy())
+        stuck = ~self._batch.awaiting.cpu().numpy()
+        if (options or {}).get("prompt") is not None and stuck.any():
+            raise ValueError(f"prompt(s) {[self._prompts[r].text for r in np.flatnonzero(stuck)]} leave the agent no "
+                             "decision (the LLM finished them without a step of two or more candidates); pick others")
+        self._restart(stuck)
         self._autoreset[:] = False
         return self._observations(), ({} if self._w is None else {"preference": self._w.copy()})
 
@@ -133,6 +145,22 @@ class AcceptRejectVectorEnv(VectorEnv):
         if self._w is None:
             return obs
         return np.concatenate([obs, self._w], axis=1).astype(np.float32)
+
+    def render(self) -> list[str] | None:
+        if self.render_mode != "ansi" or self._batch is None:
+            return None
+        return [f"{self._prompts[r].text}{self._text(r)}" for r in range(self.num_envs)]
+
+    def _row_prompts(self, options: dict[str, Any] | None) -> list[Prompt]:
+        """Each row's prompt for `reset(options=...)`: the option's (one for all rows, or one per row), else drawn."""
+        value = (options or {}).get("prompt")
+        if value is None:
+            return [self.task.pick_prompt(self.np_random) for _ in range(self.num_envs)]
+        texts = [value] * self.num_envs if isinstance(value, str) else list(value)
+        if len(texts) != self.num_envs or not all(isinstance(t, str) for t in texts):
+            raise ValueError(f"reset(options={{'prompt': ...}}) takes one prompt string or a list of {self.num_envs} "
+                             f"(one per env), got {value!r}")
+        return [Prompt(id=prompt_id(t), text=t, source="options") for t in texts]
 
     def _row_preferences(self, options: dict[str, Any] | None) -> np.ndarray | None:
         """Each row's w for the episodes `reset(options=...)` starts: the option's, else the constructor's."""
