@@ -122,3 +122,23 @@ def test_eval_bad_input_is_one_line_and_status_2(run_dir, tmp_path, capsys):
     assert "--best-of must be >= 1" in error_of(["eval", "--best-of", "0"])
     assert "does not exist; write one with `tokenalign eval`" in error_of(
         ["arena", str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl")])
+
+
+def test_eval_of_a_run_uses_the_runs_own_config_by_default(run_dir, capsys):
+    """A run trained on another reward is scored with that reward, not the demo's (a silently wrong result)."""
+    import yaml
+
+    from tokenalign.cli import main
+    from tokenalign.config import to_dict
+
+    config = load_config(None, ["reward.scorers=[distinct]", "engine.max_new_tokens=4"])
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    assert main(["eval", "--agent", str(run_dir / "checkpoints" / "step-00000200"), "--modes", "base",
+                 "--num-prompts", "2", "--out", str(run_dir / "own")]) == 0
+    assert f"using the agent's run config {run_dir / 'config.yaml'}" in capsys.readouterr().err
+    records = read_generations(run_dir / "own" / "generations-base.jsonl")
+    assert all(set(r.scores) == {"distinct"} and len(r.token_ids) <= 4 for r in records)
+    assert main(["eval", "--agent", str(run_dir), "--config", "configs/demo.yaml", "--modes", "base",
+                 "--num-prompts", "2", "--out", str(run_dir / "demo"), "engine.max_new_tokens=4"]) == 0
+    assert {frozenset(r.scores) for r in read_generations(run_dir / "demo" / "generations-base.jsonl")} == {
+        frozenset({"vader", "profanity"})}

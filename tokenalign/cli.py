@@ -169,8 +169,17 @@ def main(argv: list[str] | None = None) -> int:
         except (FileNotFoundError, FileExistsError, ValueError) as err:
             print(f"tokenalign fit-scorer: {err}", file=sys.stderr)
             return 1
+    config_path = args.config
+    if config_path is None and getattr(args, "agent", None):
+        # An agent is evaluated with its own run's LM, scorers and data, not the demo's.
+        from tokenalign.eval.agent_source import run_config
+
+        config_path = run_config(args.agent)
+        if config_path is not None:
+            print(f"tokenalign {args.command}: using the agent's run config {config_path} (--config to override)",
+                  file=sys.stderr)
     try:
-        config = load_config(args.config, args.overrides)
+        config = load_config(config_path, args.overrides)
     except ConfigError as err:
         print(f"tokenalign: {err}", file=sys.stderr)
         return 2

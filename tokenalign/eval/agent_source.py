@@ -42,6 +42,16 @@ def find_checkpoint(path: str | Path) -> Path:
                     "the run may not have reached its first checkpoint: pass a checkpoint file instead")
 
 
+def run_config(path: str | Path) -> Path | None:
+    """The config.yaml of the run an agent path belongs to (the run directory, one of its checkpoint
+    directories, or a file in one), or None for an agent outside a run directory."""
+    path = Path(path).expanduser().resolve()
+    for folder in [path, *path.parents][:4]:  # file → step-N → checkpoints → run directory
+        if (folder / "config.yaml").is_file() and (folder / "checkpoints").is_dir():
+            return folder / "config.yaml"
+    return None
+
+
 def load_agent(path: str | Path, *, hidden_size: int, device: torch.device | str = "cpu") -> AcceptRejectPolicy:
     """The agent saved at `path` (run directory or file), in eval mode, for an LM of `hidden_size`."""
     file = find_checkpoint(path)
