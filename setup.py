@@ -13,7 +13,7 @@ setup(
     include_package_data=True,
     install_requires=[
         "torch>=2.3",
-        "transformers>=5.0",
+        "transformers>=5.24,<6",  # the `cache` argument of forwards (past_key_values goes in 5.40)
         "accelerate>=1.0",
         "tokenizers>=0.20",
         "safetensors>=0.4",

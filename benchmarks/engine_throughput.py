@@ -47,7 +47,7 @@ def run_mara_loop(model, tokenizer, prompt, max_new_tokens, seed) -> tuple[int, 
     gen = torch.Generator().manual_seed(seed)
     ids = torch.tensor([tokenizer(prompt, add_special_tokens=False)["input_ids"]])
     cache = DynamicCache(config=model.config)
-    out = model(ids, past_key_values=cache, use_cache=True)
+    out = model(ids, cache=cache, use_cache=True)
     logits, decisions, tokens = out.logits[:, -1], 0, 0
     for _ in range(max_new_tokens):
         cands = propose(logits, sampling)
@@ -55,7 +55,7 @@ def run_mara_loop(model, tokenizer, prompt, max_new_tokens, seed) -> tuple[int, 
         states, caches, next_logits = [], [], []
         for rank in range(n):
             branch = copy.deepcopy(cache)
-            step = model(cands.token_ids[:, rank: rank + 1], past_key_values=branch, use_cache=True,
+            step = model(cands.token_ids[:, rank: rank + 1], cache=branch, use_cache=True,
                          output_hidden_states=True)
             states.append(step.hidden_states[-1][:, -1])
             caches.append(branch)

@@ -139,7 +139,7 @@ def _sample(engine: DecodingEngine, contexts: list[list[int]], *, copies: int, m
                                                            pad_token_id=engine.pad_token_id, device=device)
         cache = DynamicCache(config=model.config)
         logits = model(input_ids=input_ids, attention_mask=attention_mask.long(), position_ids=position_ids,
-                       past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1].float()
+                       cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1].float()
         cache.batch_repeat_interleave(copies)
         logits = logits.repeat_interleave(copies, dim=0)
         attention_mask = attention_mask.repeat_interleave(copies, dim=0)
@@ -160,7 +160,7 @@ def _sample(engine: DecodingEngine, contexts: list[list[int]], *, copies: int, m
                 rows, attention_mask, n_real, token = rows[keep], attention_mask[keep], n_real[keep], token[keep]
             attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(rows), 1)], dim=1)
             logits = model(input_ids=token.unsqueeze(1), attention_mask=attention_mask.long(),
-                           position_ids=n_real.unsqueeze(1), past_key_values=cache,
+                           position_ids=n_real.unsqueeze(1), cache=cache,
                            use_cache=True).logits[:, -1].float()
             n_real = n_real + 1
         for j, (row, n) in enumerate(zip(tokens.tolist(), length.tolist())):

@@ -381,7 +381,7 @@ class DecodingEngine:
         mask = self.attention_mask(allowed, positions, torch.cat([slot_pos, positions], dim=1))
 
         out = self.base(input_ids=input_ids, attention_mask=mask, position_ids=positions,
-                        past_key_values=batch.cache, use_cache=True)
+                        cache=batch.cache, use_cache=True)
         hidden = out.last_hidden_state.to(self.device).float()  # an LM spread over GPUs ends on its last
         if q:
             batch.cache.crop(-q)

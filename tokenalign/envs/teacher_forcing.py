@@ -87,7 +87,7 @@ def force_responses(engine: DecodingEngine, prompts: Sequence[str],
     causal |= torch.eye(width, dtype=torch.bool, device=dev)  # padding rows see themselves: no NaN softmax
     position = torch.arange(width, device=dev).expand(b, width)
     hidden = engine.base(input_ids=input_ids, attention_mask=engine.attention_mask(causal, position, position),
-                         position_ids=position, past_key_values=cache, use_cache=True).last_hidden_state
+                         position_ids=position, cache=cache, use_cache=True).last_hidden_state
 
     # Every response step: the context's last position, the candidates there, the forced token's rank.
     seq = torch.tensor([i for i, (_, r) in enumerate(sequences) for _ in r], dtype=torch.long, device=dev)
@@ -137,5 +137,5 @@ def _candidate_states(engine: DecodingEngine, cache: DynamicCache, real: torch.T
     allowed[:, diagonal, width + diagonal] = True
     key_pos = torch.cat([torch.arange(width, device=dev).expand(b, width), query_pos], dim=1)
     hidden = engine.base(input_ids=query_ids, attention_mask=engine.attention_mask(allowed, query_pos, key_pos),
-                         position_ids=query_pos, past_key_values=cache, use_cache=True).last_hidden_state
+                         position_ids=query_pos, cache=cache, use_cache=True).last_hidden_state
     return hidden[sequence, slot]

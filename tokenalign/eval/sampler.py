@@ -38,7 +38,7 @@ def sample_responses(
                                                        device=device)
     cache = DynamicCache(config=model.config)
     logits = model(input_ids=input_ids, attention_mask=attention_mask.long(), position_ids=position_ids,
-                   past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1].float()
+                   cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1].float()
     n_real = attention_mask.sum(dim=1)
     tokens = torch.full((len(prompts), max_new), engine.pad_token_id, dtype=torch.long, device=device)
     n_new = torch.zeros(len(prompts), dtype=torch.long, device=device)
@@ -56,6 +56,6 @@ def sample_responses(
             rows, attention_mask, n_real, token = rows[keep], attention_mask[keep], n_real[keep], token[keep]
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(rows), 1)], dim=1)
         logits = model(input_ids=token.unsqueeze(1), attention_mask=attention_mask.long(),
-                       position_ids=n_real.unsqueeze(1), past_key_values=cache, use_cache=True).logits[:, -1].float()
+                       position_ids=n_real.unsqueeze(1), cache=cache, use_cache=True).logits[:, -1].float()
         n_real = n_real + 1
     return [tokens[i, : int(n)].tolist() for i, n in enumerate(n_new)]
