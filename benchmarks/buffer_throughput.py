@@ -1,12 +1,14 @@
 """Replay-buffer throughput and footprint, side by side in one run, at MARA's state size and batch.
 
 Compares the memory backend and the Redis backend (1 and 2 embedded shards) with the MARA-style baseline
-(a deque of [state_list, action, reward, next_state_list, done]; random.sample then np.array) and with the
-raw rate of fetching the same state bytes from the same Redis by pipelined MGET of per-row keys.
+(a deque of [state_list, action, reward, next_state_list, done]; random.sample then np.array), with the
+raw rate of fetching the same state bytes from the same Redis by pipelined MGET of per-row keys, and with
+Redis read row by row (buffer.mirror_gib=0) instead of from the sampler's mirror of the stored states (the
+default, timed in steady state: the mirror holds every chunk; how fast a cold one fills is its own column).
 
 The whole measurement runs in several fresh processes one after another and the table gives the median
-run of each figure: where a process's allocator happens to place its large batch tensors swings a single
-run's figures by up to 2x, and the ratio column shows that range.
+run of each figure: where a process's allocator happens to place the large fresh tensors of the float32
+rows swings a single run's figures by up to 2x, and the ratio column shows that range.
 
     .venv/bin/python benchmarks/buffer_throughput.py
 """
@@ -36,9 +38,10 @@ from tokenalign.buffers.spec import BufferSpec, launch_buffer
 
 MGET_KEYS_PER_COMMAND = 256
 ROWS = (
-    "mara_baseline", "memory", "redis_1_shard", "redis_2_shards", "redis_raw_mget", "memory_float32",
-    "redis_1_shard_float32", "float32_batch_floor",
+    "mara_baseline", "memory", "redis_1_shard", "redis_2_shards", "redis_1_shard_unmirrored", "redis_raw_mget",
+    "memory_float32", "redis_1_shard_float32", "float32_batch_floor",
 )
+TARGET_PER_S = 200_000  # issue 16: what a GPU learner on this MLP can take from the Redis feed
 
 
 @dataclass
@@ -57,6 +60,8 @@ class Args:
     """Episodes per add() call, as a rollout actor writes a finished batch."""
     baseline_size: int = 2048
     """Transitions in the MARA-style deque (each costs ~262 KB, so it stays small; sampling cost depends on the batch)."""
+    torch_threads: int = 1  # rollout.torch_threads's default, which the learner actor runs with too
+    """Intra-op threads of the measuring process, as a learner actor sets them."""
     reps: int = 15
     """Timed sample calls per backend, taken round-robin across backends (the median is reported)."""
     processes: int = 3
@@ -167,10 +172,23 @@ def redis_key_bytes(url: str, password: str | None, namespace: str) -> int:
     return held
 
 
-def float32_sampler(args: Args, spec: BufferSpec) -> Callable[[], object]:
-    """A second reader of the same Redis data that hands over float32 states (buffer.state_dtype=float32)."""
-    buffer = replace(spec, config=replace(spec.config, state_dtype="float32")).connect()
+def second_reader(args: Args, spec: BufferSpec, **overrides) -> Callable[[], object]:
+    """A second reader of the same Redis data with other reader settings (e.g. buffer.state_dtype=float32)."""
+    buffer = replace(spec, config=replace(spec.config, **overrides)).connect()
     return lambda: buffer.sample(args.batch_size)
+
+
+def mirror_fill_per_s(args: Args, spec: BufferSpec, readers: int = 3) -> float:
+    """Transitions/s a fresh reader copies into its mirror (median of `readers`): its first sample reads every chunk."""
+    rates = []
+    for _ in range(readers):
+        buffer = spec.connect()
+        buffer.can_sample(1)  # index the chunks first, so that the copy (and one batch) is what is timed
+        start = time.perf_counter()
+        buffer.sample(args.batch_size)
+        rates.append(args.capacity / (time.perf_counter() - start))
+        buffer.close()
+    return statistics.median(rates)
 
 
 def float32_floor_sampler(args: Args, rng: np.random.Generator) -> Callable[[], object]:
@@ -207,12 +225,15 @@ def ratios(results: dict) -> dict[str, float]:
     base = results["mara_baseline"]
     raw = results["redis_raw_mget"]["sample_per_s"]
     return {
+        "redis_1_sample_vs_target_200k": results["redis_1_shard"]["sample_per_s"] / TARGET_PER_S,
+        "redis_2_sample_vs_target_200k": results["redis_2_shards"]["sample_per_s"] / TARGET_PER_S,
         "memory_bytes_vs_baseline": base["bytes_per_transition"] / results["memory"]["bytes_per_transition"],
         "redis_bytes_vs_baseline": base["bytes_per_transition"] / results["redis_1_shard"]["bytes_per_transition"],
         "memory_sample_vs_baseline": results["memory"]["sample_per_s"] / base["sample_per_s"],
         "redis_1_sample_vs_baseline": results["redis_1_shard"]["sample_per_s"] / base["sample_per_s"],
         "redis_2_sample_vs_baseline": results["redis_2_shards"]["sample_per_s"] / base["sample_per_s"],
         "redis_1_sample_vs_raw_mget": results["redis_1_shard"]["sample_per_s"] / raw,
+        "redis_1_unmirrored_sample_vs_raw_mget": results["redis_1_shard_unmirrored"]["sample_per_s"] / raw,
         "memory_float32_sample_vs_baseline": results["memory_float32"]["sample_per_s"] / base["sample_per_s"],
         "redis_1_float32_sample_vs_baseline": results["redis_1_shard_float32"]["sample_per_s"] / base["sample_per_s"],
         "redis_1_float32_sample_vs_raw_mget": results["redis_1_shard_float32"]["sample_per_s"] / raw,
@@ -244,29 +265,36 @@ def write_results(args: Args, results: dict, out_dir: Path) -> None:
         "",
         "    " + " ".join([".venv/bin/python", "benchmarks/buffer_throughput.py", *sys.argv[1:]]),
         "",
-        f"Machine: {os.cpu_count()} CPUs shared with other jobs; 1-minute load average "
+        f"Machine: {os.cpu_count()} CPUs shared with other jobs, {args.torch_threads} torch thread(s) as a learner actor "
+        f"runs; 1-minute load average "
         f"{min(r['machine']['load_start'] for r in results['runs']):.1f} to "
         f"{max(r['machine']['load_end'] for r in results['runs']):.1f} over the runs.",
         "",
-        "| backend | add transitions/s | sample transitions/s | bytes / transition |",
-        "| --- | ---: | ---: | ---: |",
+        "| backend | add transitions/s | sample transitions/s | mirror fill transitions/s | bytes / transition |",
+        "| --- | ---: | ---: | ---: | ---: |",
     ]
     for name in ROWS:
         row = results[name]
-        add = f"{row['add_per_s']:,.0f}" if "add_per_s" in row else "–"
-        size = f"{row['bytes_per_transition']:,.0f}" if "bytes_per_transition" in row else "–"
-        lines.append(f"| {name} | {add} | {row['sample_per_s']:,.0f} | {size} |")
+        add, fill, size = (
+            f"{row[key]:,.0f}" if key in row else "–" for key in ("add_per_s", "mirror_fill_per_s", "bytes_per_transition")
+        )
+        lines.append(f"| {name} | {add} | {row['sample_per_s']:,.0f} | {fill} | {size} |")
     targets = {
+        "redis_1_sample_vs_target_200k": 1, "redis_2_sample_vs_target_200k": 1,
         "memory_bytes_vs_baseline": 30, "redis_bytes_vs_baseline": 30, "memory_sample_vs_baseline": 50,
         "redis_1_sample_vs_baseline": 10, "redis_2_sample_vs_baseline": 10, "redis_1_sample_vs_raw_mget": 0.5,
-        "memory_float32_sample_vs_baseline": 50, "redis_1_float32_sample_vs_baseline": 10,
-        "redis_1_float32_sample_vs_raw_mget": 0.5,
+        "redis_1_unmirrored_sample_vs_raw_mget": 0.5, "memory_float32_sample_vs_baseline": 50,
+        "redis_1_float32_sample_vs_baseline": 10, "redis_1_float32_sample_vs_raw_mget": 0.5,
     }
     lines += [
         "",
         "Rows without a suffix use the default settings: states are handed over as stored, float16, and the learner",
-        "converts them on its own device (half the bytes to build and to move to a GPU). *_float32: the same data",
-        "with buffer.state_dtype=float32, converted on the host. redis_raw_mget: the same bytes (each sampled state",
+        "converts them on its own device (half the bytes to build and to move to a GPU); a Redis sampler gathers from",
+        "its mirror of the stored states (buffer.mirror_gib), which holds every chunk here: steady state. mirror fill:",
+        "transitions/s a fresh reader copies into its mirror in its first sample (whole chunks, one contiguous GETRANGE",
+        "each), the one read each inserted transition costs a sampler. redis_1_shard_unmirrored: the same data read",
+        "row by row (buffer.mirror_gib=0, a two-row GETRANGE per transition). *_float32: the same data with",
+        "buffer.state_dtype=float32, converted on the host. redis_raw_mget: the same bytes (each sampled state",
         "and its successor) fetched by pipelined MGET of per-row keys from the 1-shard server, as bytes, no tensors.",
         "float32_batch_floor: only making fresh float32 state and next_state tensors from float16 rows. The float32",
         "rows swing from run to run with where the allocator places each fresh 32 MB batch (fresh pages fault).",
@@ -283,6 +311,7 @@ def write_results(args: Args, results: dict, out_dir: Path) -> None:
 
 def measure(args: Args) -> dict:
     """One run of every row, side by side in this process."""
+    torch.set_num_threads(args.torch_threads)
     load_start = os.getloadavg()[0]
     rng = np.random.default_rng(0)
     batches = make_batches(args, rng)
@@ -302,8 +331,12 @@ def measure(args: Args) -> dict:
                 )
                 fleets.append(fleet)
                 if shards == 1:
+                    results[name]["mirror_fill_per_s"] = mirror_fill_per_s(args, spec)
                     results["redis_raw_mget"], samplers["redis_raw_mget"] = {}, raw_mget_sampler(args, batches, spec)
-                    results["redis_1_shard_float32"], samplers["redis_1_shard_float32"] = {}, float32_sampler(args, spec)
+                    results["redis_1_shard_unmirrored"] = {}
+                    samplers["redis_1_shard_unmirrored"] = second_reader(args, spec, mirror_gib=0)
+                    results["redis_1_shard_float32"] = {}
+                    samplers["redis_1_shard_float32"] = second_reader(args, spec, state_dtype="float32")
             for name, seconds in interleaved_medians(samplers, args.reps).items():
                 results[name]["sample_per_s"] = args.batch_size / seconds
         finally:

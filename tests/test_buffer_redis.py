@@ -122,13 +122,18 @@ def test_foreign_values_are_refused_and_never_unpickled(fleet: RedisFleet, tmp_p
         spec.connect().sample(4)
     assert not marker.exists()
 
-    spec = redis_spec(fleet, "foreign2", num_shards=1)
+    # Readers meet a states value where they read it: row by row without a mirror, whole when a mirror first
+    # copies the chunk (a chunk already copied is not read again).
+    spec = redis_spec(fleet, "foreign2", num_shards=1, mirror_gib=0)
     buffer = spec.connect()
     buffer.add(episodes([1, 2]))
     buffer.sample(4)
+    mirroring = redis_spec(fleet, "foreign2", num_shards=1).connect()
+    mirroring.can_sample(1)  # indexed before the value is replaced, mirrored after
     client.set("foreign2:states:1", pickle.dumps(_WritesAFile(marker)))
-    with pytest.raises(ForeignValueError, match="'foreign2:states:1' holds a value this buffer did not write .not the states"):
-        buffer.sample(64)
+    for reader in (buffer, mirroring):
+        with pytest.raises(ForeignValueError, match="'foreign2:states:1' holds a value this buffer did not write .not the states"):
+            reader.sample(64)
     with pytest.raises(ForeignValueError, match="foreign2:states:1"):
         spec.connect().sample(4)
     client.delete("foreign2:states:1")

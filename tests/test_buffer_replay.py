@@ -15,15 +15,18 @@ from tokenalign.buffers.schema import RecordSchemaError
 _namespaces = itertools.count()
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "redis_unmirrored"])
 def make_buffer(request: pytest.FixtureRequest):
-    """Factory of buffers of the parametrized backend; Redis ones get a fresh namespace on shared servers."""
+    """Factory of buffers of the parametrized backend; Redis ones get a fresh namespace on shared servers, and
+    redis_unmirrored reads every sampled row from Redis (buffer.mirror_gib=0)."""
     opened = []
 
     def make(**overrides):
         if request.param == "memory":
             spec = memory_spec(**overrides)
         else:
+            if request.param == "redis_unmirrored":
+                overrides["mirror_gib"] = 0
             spec = redis_spec(request.getfixturevalue("fleet"), f"replay-{next(_namespaces)}", **overrides)
         buffer = spec.connect()
         opened.append(buffer)
@@ -170,3 +173,16 @@ def test_clear_empties_but_keeps_counters(make_buffer) -> None:
     assert buffer.state_dict()["counters"] == counters
     buffer.add(episodes([4]))
     assert buffer.sample_episodes(1).episode_id.unique().tolist() == [4]
+
+
+@pytest.mark.parametrize("num_shards", [1, 2])  # the batch is one shard's gathered rows, or the shards' parts joined
+def test_a_batch_still_held_is_never_overwritten_by_later_samples(make_buffer, num_shards: int) -> None:
+    buffer = make_buffer(capacity=1000, num_shards=num_shards)
+    buffer.add(episodes(list(range(20)), length=6))
+    held = [buffer.sample(64) for _ in range(6)]  # more than the blocks batches are gathered into
+    copies = [(batch.state.clone(), batch.next_state.clone()) for batch in held]
+    for _ in range(6):
+        buffer.sample(64)
+    for batch, (state, next_state) in zip(held, copies):
+        assert torch.equal(batch.state, state) and torch.equal(batch.next_state, next_state)
+        assert_chain(batch)

@@ -44,6 +44,9 @@ class BufferConfig:
     """dtype of sampled state / next_state: "float16" (as stored; half the bytes to build and to move to a GPU,
     the learner converts on its device), or "float32" (converted on the host)."""
 
+    mirror_gib: float = 8.0  # MARA's whole buffer: 1e6 transitions of 4096-d float16 states are 7.6 GiB
+    """Host memory (GiB) a sampling process may fill with copies of Redis-held states (newest first), sampled locally."""
+
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise BufferSpecError(f"buffer.backend is {self.backend!r}; choose one of {BACKENDS}")
@@ -68,6 +71,8 @@ class BufferConfig:
             raise BufferSpecError(f"buffer.samples_per_insert is {self.samples_per_insert}; give a positive ratio or None")
         if self.state_dtype not in STATE_DTYPES:
             raise BufferSpecError(f"buffer.state_dtype is {self.state_dtype!r}; choose one of {STATE_DTYPES}")
+        if self.mirror_gib < 0:
+            raise BufferSpecError(f"buffer.mirror_gib is {self.mirror_gib}; give 0 (read every sample from Redis) or more")
         if self.max_policy_lag < 0:
             raise BufferSpecError(f"buffer.max_policy_lag is {self.max_policy_lag}; it must be 0 or more")
 

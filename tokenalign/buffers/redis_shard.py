@@ -1,11 +1,13 @@
-"""RedisShard: one Redis server as a shard, written atomically by many processes, sampled with pipelined GETRANGEs.
+"""RedisShard: one Redis server as a shard, written atomically by many processes, sampled from a local mirror.
 
 Layout under `<namespace>:` on the server: chunks numbered 1, 2, ... (`tail` is the newest, `head` the
 oldest live one), each as `meta:<id>` and `states:<id>` (see chunk_codec), `rows` (hash id → rows, for
-eviction), and the counters `size`, `inserted`, `sampled`, `evicted`. A Lua script adds a chunk and evicts
-the oldest whole chunks in one atomic step, and remembers the writer's token for a day, so a retried add
-is applied once. Readers mirror the scalar columns of the live chunks in a ChunkRing (synced by chunk id)
-and fetch only the state bytes of the rows they sample.
+eviction), the counters `size`, `inserted`, `sampled`, `evicted`, and `epoch`, set by the first add into an
+empty namespace, so a reader can tell that ids restarted under it. A Lua script adds a chunk and evicts the
+oldest whole chunks in one atomic step, and remembers the writer's token for a day, so a retried add is
+applied once. Readers keep the scalar columns of the live chunks in a ChunkRing (the index, synced by chunk
+id); a sampling reader also copies the states of the newest chunks into a StateMirror, each chunk once as one
+contiguous range, and fetches only the rows of chunks beyond the mirror's budget, one GETRANGE each.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import torch
 from tokenalign.buffers.chunk_codec import (
     ChunkMeta, check_states, decode_meta, encode_chunk, layout_signature, refusal,
 )
+from tokenalign.buffers.mirror import StateMirror
 from tokenalign.buffers.range_reader import RangeReader, Ranges
 from tokenalign.buffers.redis_client import connect, public_url, with_retry
 from tokenalign.buffers.ring import ChunkRing
@@ -27,6 +30,7 @@ from tokenalign.buffers.shard import Columns, ShardCounters, ViewOutdated, episo
 
 TOKEN_TTL_S = 86_400
 SYNC_BATCH = 256
+FILL_BYTES = 1 << 26  # whole chunks read per pipeline: amortises the round trip, bounds the reader's reused buffer
 
 _ADD = """
 local ns = ARGV[1]
@@ -38,6 +42,7 @@ if redis.call('EXISTS', ns .. ':hidden_size') == 1 then return redis.error_reply
 local layout = redis.call('GET', ns .. ':layout')
 if layout and layout ~= ARGV[5] then return redis.error_reply('LAYOUT ' .. layout) end
 redis.call('SET', ns .. ':layout', ARGV[5])
+redis.call('SET', ns .. ':epoch', ARGV[2], 'NX')
 local id = redis.call('INCR', ns .. ':tail')
 redis.call('SET', ns .. ':meta:' .. id, ARGV[6])
 redis.call('SET', ns .. ':states:' .. id, ARGV[7])
@@ -80,7 +85,7 @@ class RedisShard:
 
     def __init__(
         self, *, url: str, password: str | None, namespace: str, layout: RecordLayout, capacity: int,
-        write_timeout_s: float = 30.0, index: int = 0, state_dtype: torch.dtype = torch.float32,
+        write_timeout_s: float = 30.0, index: int = 0, state_dtype: torch.dtype = torch.float32, mirror_bytes: int = 0,
     ) -> None:
         self.name = f"redis shard {index} at {public_url(url)}"
         self.state_dtype = state_dtype
@@ -94,17 +99,27 @@ class RedisShard:
         self._clear_script = self._client.register_script(_CLEAR)
         self._ranges = RangeReader(self._client)
         self._row_bytes = hidden_size * 2
-        self._mirror_ring: ChunkRing | None = None
+        self._index_ring: ChunkRing | None = None
         self._metas: dict[int, ChunkMeta] = {}
+        self._epoch: bytes | None = None
+        self._mirror_rows = min(mirror_bytes // self._row_bytes, capacity)
+        self._mirror_copy: StateMirror | None = None
 
     @property
-    def _mirror(self) -> ChunkRing:
+    def _index(self) -> ChunkRing:
         """The scalar columns of the live chunks, allocated on first use: writers never need it."""
-        if self._mirror_ring is None:
+        if self._index_ring is None:
             specs = {col: ((), dtype) for col, dtype in self.layout.scalar_dtypes.items()}
             specs.update({name: ((), np.dtype(np.int64)) for name in ("chunk_id", "row", "state_offset")})
-            self._mirror_ring = ChunkRing(capacity=self.capacity, columns=specs)
-        return self._mirror_ring
+            self._index_ring = ChunkRing(capacity=self.capacity, columns=specs)
+        return self._index_ring
+
+    @property
+    def _mirror(self) -> StateMirror:
+        """Copies of the newest chunks' states, allocated on first use: only samplers fill it."""
+        if self._mirror_copy is None:
+            self._mirror_copy = StateMirror(rows=self._mirror_rows, hidden_size=self.hidden_size)
+        return self._mirror_copy
 
     def _key(self, *parts: object) -> str:
         return ":".join([self._ns, *map(str, parts)])
@@ -133,25 +148,30 @@ class RedisShard:
             ) from None
 
     def refresh(self) -> None:
-        """Mirror the chunks added and evicted since the last refresh (one round trip when nothing changed)."""
-        head_value, tail_value = self._client.mget(self._key("head"), self._key("tail"))
+        """Index the chunks added and evicted since the last refresh (one round trip when nothing changed)."""
+        head_value, tail_value, epoch = self._client.mget(self._key("head"), self._key("tail"), self._key("epoch"))
         head, tail = int(head_value or 1), int(tail_value or 0)
-        last = self._mirror.last_chunk_id
-        if last is not None and last > tail:  # the server lost its data (flushed, or restarted without its files)
-            self._mirror.clear()
+        last = self._index.last_chunk_id
+        # Ids restart when the server loses its data (flushed, or restarted without its files): the epoch changes
+        # with the first add after the loss, or is gone; a tail behind our newest id tells for a namespace written
+        # before epochs existed. Nothing indexed or mirrored from before is valid then.
+        if epoch != self._epoch or (last is not None and last > tail):
+            self._index.clear()
             self._metas.clear()
-            last = None
+            self._mirror.clear()
+            self._epoch, last = epoch, None
         self._forget_before(head)
         first = max(head, (last or 0) + 1)
         for batch_start in range(first, tail + 1, SYNC_BATCH):
-            self._mirror_chunks(list(range(batch_start, min(batch_start + SYNC_BATCH, tail + 1))))
+            self._index_chunks(list(range(batch_start, min(batch_start + SYNC_BATCH, tail + 1))))
 
     def _forget_before(self, chunk_id: int) -> None:
-        self._mirror.evict_before(chunk_id)
+        self._index.evict_before(chunk_id)
+        self._mirror.forget_before(chunk_id)
         for stale in [cid for cid in self._metas if cid < chunk_id]:
             del self._metas[stale]
 
-    def _mirror_chunks(self, ids: list[int]) -> None:
+    def _index_chunks(self, ids: list[int]) -> None:
         payloads = self._client.mget([self._key("meta", cid) for cid in ids])
         missing = [cid for cid, payload in zip(ids, payloads) if payload is None]
         if missing:  # evicted since `head` was read; FIFO, so everything up to the last missing id is gone
@@ -175,7 +195,7 @@ class RedisShard:
                 row=np.arange(meta.rows),
                 state_offset=np.full(meta.rows, meta.state_offset),
             )
-            self._mirror.append(cid, values, episode_starts(meta.scalars["episode_id"]))
+            self._index.append(cid, values, episode_starts(meta.scalars["episode_id"]))
             self._metas[cid] = meta
 
     def _evicted(self, chunk_id: int) -> bool:
@@ -183,34 +203,71 @@ class RedisShard:
         return head is not None and int(head) > chunk_id
 
     def __len__(self) -> int:
-        return self._mirror.size
+        return self._index.size
 
     def episode_prompts(self) -> np.ndarray:
-        return self._mirror.episodes()[2]
+        return self._index.episodes()[2]
 
     def gather(self, offsets: np.ndarray) -> Decisions:
-        """Rows at `offsets`: each one GETRANGE of the state and its successor, read straight into one buffer."""
-        cols = self._mirror.columns
-        positions = self._mirror.positions(offsets)
+        """Rows at `offsets`: from the mirror where it holds their chunk, the others one GETRANGE each of the state
+        and its successor, read straight into one buffer. Mirrored rows come first (a batch is a set of draws)."""
+        self._fill_mirror()
+        cols = self._index.columns
+        positions = self._index.positions(offsets)
+        local = self._mirror.locate(cols["chunk_id"][positions], cols["row"][positions])
+        held = local >= 0
+        state, next_state = self._mirror.gather(local[held])
+        if not held.all():
+            near = len(state)
+            far, pairs = self._read_pairs(positions[~held])
+            state, next_state = torch.cat([state, pairs[:, 0]]), torch.cat([next_state, pairs[:, 1]])
+            next_state[near:][torch.from_numpy(cols["done"][far])] = 0.0  # the successor row is another episode's
+            positions = np.concatenate([positions[held], far])
+        self._client.incrby(self._key("sampled"), len(positions))
+        scalars = {name: cols[name][positions] for name in self.layout.scalar_dtypes}
+        return make_decisions(scalars, state, next_state, layout=self.layout, state_dtype=self.state_dtype)
+
+    def _read_pairs(self, positions: np.ndarray) -> tuple[np.ndarray, torch.Tensor]:
+        """(positions read, (m, 2, hidden) float16 view of the reader's buffer): each row's state and successor.
+        Rows of chunks evicted since the refresh are left out."""
+        cols = self._index.columns
         chunk_ids = cols["chunk_id"][positions]
         starts = cols["state_offset"][positions] + cols["row"][positions] * self._row_bytes
         rows, ranges = self._ranges.read_rows(self._state_keys(chunk_ids), starts, 2 * self._row_bytes)
         self._check_ranges(chunk_ids, ranges)
-        positions = positions[ranges.read]  # rows of chunks evicted since the refresh are dropped
-        self._client.incrby(self._key("sampled"), len(positions))
-        pairs = torch.from_numpy(rows.view(np.float16)).view(len(positions), 2, self.hidden_size)
-        state = torch.empty((len(positions), self.hidden_size), dtype=self.state_dtype)
-        next_state = torch.empty_like(state)
-        state.copy_(pairs[:, 0])
-        next_state.copy_(pairs[:, 1])
-        scalars = {name: cols[name][positions] for name in self.layout.scalar_dtypes}
-        next_state[torch.from_numpy(scalars["done"])] = 0.0  # the chain ends: the successor row is another episode's
-        return make_decisions(scalars, state, next_state, layout=self.layout, state_dtype=self.state_dtype)
+        return positions[ranges.read], torch.from_numpy(rows.view(np.float16)).view(-1, 2, self.hidden_size)
+
+    def _fill_mirror(self) -> None:
+        """Copy into the mirror the indexed chunks it should hold and does not: whole chunks, in pipelined reads."""
+        wanted = self._mirror.wanted((cid, self._metas[cid].rows) for cid in reversed(self._metas))
+        batch, size = [], 0
+        for chunk_id in wanted:
+            batch.append(chunk_id)
+            size += self._metas[chunk_id].rows * self._row_bytes
+            if size >= FILL_BYTES:
+                self._mirror_chunks(batch)
+                batch, size = [], 0
+        if batch:
+            self._mirror_chunks(batch)
+
+    def _mirror_chunks(self, ids: list[int]) -> None:
+        """Copy chunks `ids` (oldest first) into the mirror, each one contiguous GETRANGE of its state rows."""
+        metas = [self._metas[cid] for cid in ids]
+        lengths = np.array([meta.rows for meta in metas]) * self._row_bytes
+        chunk_ids = np.array(ids)
+        starts = np.array([meta.state_offset for meta in metas])
+        ranges = self._ranges.read_ranges(self._state_keys(chunk_ids), starts, lengths)
+        self._check_ranges(chunk_ids, ranges)
+        data = np.frombuffer(ranges.buffer, dtype=np.uint8)
+        for chunk_id, meta, offset, length in zip(ids, metas, ranges.offsets.tolist(), lengths.tolist()):
+            if offset >= 0:  # else evicted since the refresh: its rows are read one by one until the next one drops it
+                states = data[offset: offset + length].view(np.float16).reshape(meta.rows, self.hidden_size)
+                self._mirror.add(chunk_id, states, meta.scalars, episode_starts(meta.scalars["episode_id"]))
 
     def gather_episodes(self, indices: np.ndarray) -> Decisions:
         """Whole episodes, each one GETRANGE of its contiguous state rows."""
-        cols = self._mirror.columns
-        starts, lengths, _ = self._mirror.episodes()
+        cols = self._index.columns
+        starts, lengths, _ = self._index.episodes()
         first, lengths = starts[indices], lengths[indices]
         chunk_ids = cols["chunk_id"][first]
         byte_starts = cols["state_offset"][first] + cols["row"][first] * self._row_bytes
@@ -223,7 +280,7 @@ class RedisShard:
         state = state.to(self.state_dtype)
         next_state = torch.zeros_like(state)
         next_state[:-1] = state[1:]
-        positions = self._mirror.episode_positions(indices)
+        positions = self._index.episode_positions(indices)
         scalars = {name: cols[name][positions] for name in self.layout.scalar_dtypes}
         next_state[torch.from_numpy(scalars["done"])] = 0.0
         return make_decisions(scalars, state, next_state, layout=self.layout, state_dtype=self.state_dtype)
@@ -264,14 +321,16 @@ class RedisShard:
 
     def clear(self) -> None:
         self._clear_script(args=[self._ns])
-        self._mirror.clear()
+        self._index.clear()
         self._metas.clear()
+        self._mirror.clear()
 
     def stats(self) -> dict[str, float]:
         memory = self._client.info("memory")
         return {
             "size": len(self),
             "capacity": self.capacity,
+            "mirrored": self._mirror.held_rows,
             "server_used_memory": int(memory["used_memory"]),
             "server_dataset_bytes": int(memory["used_memory_dataset"]),
             **vars(self.counters()),

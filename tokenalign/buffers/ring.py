@@ -33,6 +33,7 @@ class ChunkRing:
         self.size = 0
         self._chunks: deque[_Chunk] = deque()
         self._episode_cache: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._chunk_cache: tuple[np.ndarray, np.ndarray] | None = None
 
     @property
     def zero_row(self) -> int:
@@ -60,7 +61,7 @@ class ChunkRing:
         prompts = values["prompt_id"][episode_starts]
         self._chunks.append(_Chunk(chunk_id, start, rows, (start + episode_starts) % self.capacity, lengths, prompts))
         self.size += rows
-        self._episode_cache = None
+        self._episode_cache = self._chunk_cache = None
         return evicted
 
     def evict_before(self, chunk_id: int) -> int:
@@ -74,18 +75,33 @@ class ChunkRing:
         chunk = self._chunks.popleft()
         self.head = (self.head + chunk.rows) % self.capacity
         self.size -= chunk.rows
-        self._episode_cache = None
+        self._episode_cache = self._chunk_cache = None
         return chunk.rows
 
     def clear(self) -> None:
         """Forget every chunk (the arrays are kept for reuse)."""
         self._chunks.clear()
         self.head = self.size = 0
-        self._episode_cache = None
+        self._episode_cache = self._chunk_cache = None
 
     def positions(self, offsets: np.ndarray) -> np.ndarray:
         """Ring positions of live rows `offsets` in [0, size), oldest first."""
         return (self.head + offsets) % self.capacity
+
+    def chunk_positions(self, chunk_ids: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Ring position of row `rows[i]` of chunk `chunk_ids[i]`, -1 where that chunk is not held."""
+        if self._chunk_cache is None:
+            self._chunk_cache = (
+                np.array([c.chunk_id for c in self._chunks], dtype=np.int64),
+                np.array([c.start for c in self._chunks], dtype=np.int64),
+            )
+        ids, starts = self._chunk_cache
+        if not len(ids):
+            return np.full(len(chunk_ids), -1, dtype=np.int64)
+        # Chunks are appended in increasing id order, so a binary search finds each one.
+        index = np.minimum(np.searchsorted(ids, chunk_ids), len(ids) - 1)
+        held = ids[index] == chunk_ids
+        return np.where(held, (starts[index] + rows) % self.capacity, -1)
 
     def successors(self, positions: np.ndarray) -> np.ndarray:
         """Chain successor of each position: the next row, or the zero row after an episode's last decision."""

@@ -335,13 +335,20 @@ def select_rows(batch, rows: torch.Tensor):
                           for f in fields(batch)})
 
 
-def concat_rows(parts: list):
-    """Rows of several Decisions (or Transitions) batches, one after another."""
+def concat_rows(parts: list, *, into: dict[str, torch.Tensor] | None = None):
+    """Rows of several Decisions (or Transitions) batches, one after another; the fields named in `into` are
+    written into the tensors given there (one row per row of all parts)."""
     if len(parts) == 1:
         return parts[0]
-    first = parts[0]
-    return type(first)(**{f.name: None if getattr(first, f.name) is None else torch.cat([getattr(p, f.name) for p in parts])
-                          for f in fields(first)})
+    into = into or {}
+
+    def joined(name: str) -> torch.Tensor | None:
+        column = [getattr(p, name) for p in parts]
+        if column[0] is None:
+            return None
+        return torch.cat(column, out=into[name]) if name in into else torch.cat(column)
+
+    return type(parts[0])(**{f.name: joined(f.name) for f in fields(parts[0])})
 
 
 def with_rewards(decisions: Decisions, *, reward: torch.Tensor, cost: torch.Tensor, conditioned: bool) -> Transitions:

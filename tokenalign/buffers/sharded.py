@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from tokenalign.buffers.batch_memory import BatchMemory
 from tokenalign.buffers.errors import ShardUnavailableError
 from tokenalign.buffers.rate_limiter import SampleToInsertRatio, wait_until
 from tokenalign.buffers.redis_client import TRANSIENT
@@ -52,6 +53,7 @@ class ShardedReplayBuffer:
         self.sample_timeout_s = sample_timeout_s
         self._rng = np.random.default_rng(seed)
         self._down: set[int] = set()
+        self._batches = BatchMemory(width=layout.hidden_size)
         self._readers = ThreadPoolExecutor(max_workers=len(self.shards), thread_name_prefix="shard-reader")
 
     # -- writers ---------------------------------------------------------------------------------------------
@@ -106,9 +108,17 @@ class ShardedReplayBuffer:
             except TRANSIENT:
                 pass  # a shard died since the refresh: the next one marks it down and the draw goes to the others
             if not missing:
-                return concat_rows(parts)
+                return self._joined(parts)
             self._refresh()  # writers evicted some drawn rows meanwhile, or a shard died: draw replacements afresh
         raise RuntimeError(f"writers evicted sampled chunks {REDRAWS} times in a row; raise buffer.capacity")
+
+    def _joined(self, parts: list[Decisions]) -> Decisions:
+        """The shards' parts as one batch, the states written into reused memory (fresh pages would fault)."""
+        if len(parts) == 1:
+            return parts[0]
+        rows = sum(len(part) for part in parts)
+        block = self._batches.lend(2 * rows, parts[0].state.dtype)
+        return concat_rows(parts, into={"state": block[:rows], "next_state": block[rows:]})
 
     def sample_episodes(self, n: int) -> Decisions:
         """n distinct episodes drawn uniformly, rows of each in step order."""

@@ -83,6 +83,7 @@ class BufferSpec:
             RedisShard(
                 url=url, password=self.password, namespace=cfg.namespace, layout=self.layout,
                 capacity=cfg.shard_capacity, write_timeout_s=cfg.write_timeout_s, index=i, state_dtype=self._state_dtype,
+                mirror_bytes=int(cfg.mirror_gib * 2**30) // cfg.num_shards,
             )
             for i, url in enumerate(self.redis_urls)
         ]
