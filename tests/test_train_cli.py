@@ -133,6 +133,62 @@ def test_bad_input_is_one_clear_error(tmp_path, argv, message):
     assert "Traceback" not in out.stderr
 
 
+def _scorer_module(tmp_path: Path) -> None:
+    (tmp_path / "my_scores.py").write_text("def as_text(prompts, responses):\n    return ['1.5'] * len(responses)\n")
+
+
+def _broken_model(tmp_path: Path) -> str:
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.json").write_text('{"model_type": "gpt2", ')
+    return str(tmp_path / "broken")
+
+
+def _non_utf8_config(tmp_path: Path) -> str:
+    (tmp_path / "latin1.yaml").write_bytes("run:\n  name: caf\xe9\n".encode("latin-1"))
+    return str(tmp_path / "latin1.yaml")
+
+
+BEFORE_A_RUN = {
+    "non-UTF-8 config": (lambda t: ["--config", _non_utf8_config(t)], "cannot read it as UTF-8 text"),
+    "too many new tokens": (lambda t: ["engine.max_new_tokens=300"],
+                            "engine.max_new_tokens=300 leaves no room for a prompt in the model's 256 positions"),
+    "broken model config": (lambda t: [f"lm.path={_broken_model(t)}"], "lm.path: "),
+    "missing scorer module": (lambda t: ['reward.scorers=["python:no_such_module:f"]'],
+                              "python scorer cannot import module 'no_such_module'"),
+    "missing scorer function": (lambda t: ['reward.scorers=["python:math:no_such_fn"]'],
+                                "module 'math' has no attribute 'no_such_fn'"),
+    "scorer that raises": (lambda t: ['reward.scorers=["python:math:fsum"]'], "scorer 'python:math:fsum' raised TypeError"),
+    "scorer returning text": (lambda t: _scorer_module(t) or ['reward.scorers=["python:my_scores:as_text"]'],
+                              "scorer 'python:my_scores:as_text'"),
+    "unknown scorer kind": (lambda t: ['reward.scorers=["nokind"]'], "unknown scorer kind 'nokind'"),
+    "scorer option typo": (lambda t: ['reward.scorers=["vader,multipler=2"]'], "scorer kind 'vader' has no option 'multipler'"),
+    "unknown role": (lambda t: ['reward.scorers=["vader,role=penalty"]'], "scorer role 'penalty' is unknown"),
+    "memory buffer with actors": (lambda t: ["buffer.backend=memory"], "buffer.backend=memory keeps the buffer inside one process"),
+    "closed redis port": (lambda t: [f'buffer.redis_urls=["redis://127.0.0.1:{_free_port()}"]', "buffer.num_shards=1"],
+                          "buffer.redis_urls[0] (redis://127.0.0.1:"),
+    "zero checkpoint interval": (lambda t: ["run.checkpoint_every=0"], "run.checkpoint_every must be ≥ 1"),
+    "no actors": (lambda t: ["rollout.num_actors=0"], "rollout.num_actors must be ≥ 1"),
+    "negative episodes": (lambda t: ["run.total_episodes=-5"], "run.total_episodes must be ≥ 1"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BEFORE_A_RUN))
+def test_bad_input_is_one_line_before_any_run_directory(tmp_path, monkeypatch, capsys, case):
+    """Every case is refused with one line naming the key or file, before a run directory is written (the
+    command's own main, in this process: the subprocess cases above cover the console script)."""
+    from tokenalign.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    build, message = BEFORE_A_RUN[case]
+    runs = tmp_path / "runs"
+    assert main(["train", *build(tmp_path), f"run.runs_dir={runs}"]) != 0
+    err = capsys.readouterr().err
+    assert message in err, err[-2000:]
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err[-2000:]
+    assert not runs.exists() or not any(runs.iterdir())
+
+
 def test_sigterm_checkpoints_and_shuts_down_cleanly(tmp_path):
     runs = tmp_path / "runs"
     driver = subprocess.Popen([str(BIN / "tokenalign"), "train", *SHORT, f"run.runs_dir={runs}", "run.total_episodes=100000",
@@ -159,3 +215,21 @@ def test_sigterm_checkpoints_and_shuts_down_cleanly(tmp_path):
 def _listening(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_resume_bad_input_is_one_line(tmp_path, capsys):
+    """A run whose config.yaml or every checkpoint is damaged cannot resume: one line says which and why."""
+    from tokenalign.checkpoints import write_checkpoint
+    from tokenalign.cli import main
+
+    run_dir = tmp_path / "demo-run"
+    write_checkpoint(run_dir / "checkpoints", step=2, learner={}, policy={}, progress={"episodes": 8})
+    (run_dir / "config.yaml").write_text("run: [unclosed\n")
+    assert main(["train", "--resume", str(run_dir)]) != 0
+    err = capsys.readouterr().err
+    assert f"{run_dir / 'config.yaml'} cannot be read" in err and len(err.strip().splitlines()) == 1, err
+    (run_dir / "config.yaml").write_text("run: {name: demo}\n")
+    (run_dir / "checkpoints" / "step-00000002" / "learner.pt").write_bytes(b"truncated")
+    assert main(["train", "--resume", str(run_dir)]) != 0
+    err = capsys.readouterr().err
+    assert "no checkpoint in" in err and "step-00000002" in err and len(err.strip().splitlines()) == 1, err

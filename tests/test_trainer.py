@@ -144,3 +144,37 @@ def test_a_run_resumes_with_another_objective_over_its_stored_data(ray_cluster, 
     state = torch.load(latest / "learner.pt", weights_only=True)
     assert state["objective"]["name"] == "hierarchical" and state["objective"]["state"]["normalizer"]["count"] >= 2
     assert resumed.progress.episodes >= 96
+
+
+def test_the_driver_writes_checkpoints_wherever_the_learner_runs_and_resumes_past_a_corrupt_one(
+        ray_cluster, tmp_path, monkeypatch):
+    """No shared filesystem: the learner actor hands its state over and the driver writes it, so a learner in
+    another working directory (another node) still checkpoints into the run directory; and a resume skips a
+    newest checkpoint that does not load, for the one before."""
+    import os
+
+    elsewhere = tmp_path / "learner-node"
+    elsewhere.mkdir()
+
+    class LearnerElsewhere(Trainer):
+        def _start(self):
+            super()._start()
+            ray.get(self.learner.__ray_call__.remote(lambda actor, path: os.chdir(path), str(elsewhere)))
+
+    monkeypatch.chdir(tmp_path)
+    config = short_config(Path("runs"), "sac", "run.eval_prompts=0")  # a relative run directory
+    first = LearnerElsewhere(config=config, run_dir=Trainer.new_run(config).run_dir)
+    first.run()
+    steps = sorted((tmp_path / first.run_dir / "checkpoints").glob("step-*"))
+    assert len(steps) >= 2 and all((s / "learner.pt").is_file() for s in steps)
+    assert not any(elsewhere.rglob("*.pt"))
+
+    newest, before = steps[-1], steps[-2]
+    (newest / "learner.pt").write_bytes((newest / "learner.pt").read_bytes()[:100])
+    resumed = Trainer.from_run_dir(first.run_dir, ["run.total_episodes=48"])
+    assert resumed._checkpoint.path.name == before.name
+    resumed.run()
+    assert resumed.progress.episodes >= 48
+    metrics = read_metrics(tmp_path / first.run_dir)
+    episodes = [m["episodes"] for m in metrics]
+    assert episodes == sorted(episodes)  # the lines written after the restored checkpoint were dropped

@@ -11,6 +11,7 @@ import sys
 
 import torch
 
+from tokenalign.checkpoints import CheckpointError
 from tokenalign.cluster.ray_cluster import ClusterResourceError
 from tokenalign.config import ConfigError, TrainConfig, load_config
 
@@ -185,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return {"generate": cmd_generate, "train": cmd_train, "eval": run_eval_command}[args.command](args, config)
-    except (FileNotFoundError, ValueError, TimeoutError, ClusterResourceError) as err:
+    except (FileNotFoundError, ValueError, TimeoutError, ClusterResourceError, CheckpointError) as err:
         print(f"tokenalign {args.command}: {err}", file=sys.stderr)
         return 1
 

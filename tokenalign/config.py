@@ -19,6 +19,7 @@ from typing import Any, Literal
 import yaml
 
 from tokenalign.buffers.config import BufferConfig
+from tokenalign.buffers.redis_client import public_url
 from tokenalign.data import DataConfig
 from tokenalign.envs.engine import EngineConfig
 from tokenalign.lm import LMDtype
@@ -189,6 +190,27 @@ class TrainConfig:
             raise ConfigError(str(err)) from err
 
 
+def yaml_problem(err: yaml.YAMLError) -> str:
+    """A YAML error on one line: where (line:column of the file) and what."""
+    mark = getattr(err, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return where + (getattr(err, "problem", None) or str(err).splitlines()[0])
+
+
+def save_config(path: Path, config: "TrainConfig") -> None:
+    """Write `config` as YAML to `path` without secrets (`without_secrets`), readable by its owner only."""
+    path.write_text(yaml.safe_dump(without_secrets(config), sort_keys=False))
+    path.chmod(0o600)
+
+
+def without_secrets(config: "TrainConfig") -> dict[str, Any]:
+    """The config as a dict for files and logs (config.yaml, wandb): Redis URLs without their passwords, which
+    a run reads from the URL given at start or from TOKENALIGN_REDIS_PASSWORD on resume."""
+    data = to_dict(config)
+    data["buffer"]["redis_urls"] = [public_url(url) for url in config.buffer.redis_urls]
+    return data
+
+
 def to_dict(config: Any) -> Any:
     """A plain dict (YAML-ready) of a dataclass config."""
     return dataclasses.asdict(config)
@@ -300,9 +322,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         if not path.is_file():
             raise ConfigError(f"config file {str(path)!r} does not exist; pass an existing YAML file (e.g. configs/demo.yaml)")
         try:
-            loaded = yaml.safe_load(path.read_text()) or {}
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (OSError, UnicodeDecodeError) as err:
+            raise ConfigError(f"{path}: cannot read it as UTF-8 text ({err}); save it as UTF-8 YAML") from None
         except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML ({err})") from err
+            raise ConfigError(f"{path}: not valid YAML ({yaml_problem(err)})") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections (lm, engine, learner, ...)")
         _merge(data, loaded, where="")

@@ -36,11 +36,15 @@ from tokenalign.actors.weights import WeightStore
 from tokenalign.buffers.schema import RecordLayout
 from tokenalign.buffers.spec import launch_buffer
 from tokenalign.cluster import ray_cluster
-from tokenalign.config import TrainConfig, apply_override, from_dict, to_dict
+from tokenalign.checkpoints import Checkpoint, read_newest, write_checkpoint
+from tokenalign.config import (
+    ConfigError, TrainConfig, apply_override, from_dict, save_config, without_secrets, yaml_problem,
+)
 from tokenalign.data import load_prompts
 from tokenalign.learners.registry import learner_class, make_config
 from tokenalign.lm import resolve_lm_path
 from tokenalign.objectives import make_objective
+from tokenalign.preflight import preflight
 
 log = logging.getLogger(__name__)
 
@@ -75,13 +79,17 @@ class Trainer:
         self._stop_reason: str | None = None
         self._fleet = None
         self._started_ray = False
+        self._checkpoint: Checkpoint | None = None
 
     # ------------------------------------------------------------------------------------------- set-up
     @classmethod
     def new_run(cls, config: TrainConfig) -> "Trainer":
+        """A new run directory for `config`, once `preflight` found nothing a run would fail on."""
+        preflight(config, data_mode=learner_class(config.learner.name).contract(
+            make_config(config.learner.name, config.learner.params)).data_mode)
         run_dir = Path(config.run.runs_dir) / f"{config.run.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         run_dir.mkdir(parents=True, exist_ok=False)
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+        save_config(run_dir / "config.yaml", config)
         return cls(config=config, run_dir=run_dir)
 
     @classmethod
@@ -93,18 +101,28 @@ class Trainer:
         """
         if not (run_dir / "config.yaml").is_file():
             raise FileNotFoundError(f"{run_dir} is not a tokenalign run directory (no config.yaml); pass runs/<name>-<time>")
-        if not (run_dir / "checkpoints" / "latest").is_file():
-            raise FileNotFoundError(f"{run_dir} has no checkpoint yet (checkpoints/latest missing); start a new run instead")
-        data = yaml.safe_load((run_dir / "config.yaml").read_text())
+        if not any((run_dir / "checkpoints").glob("step-*")):
+            raise FileNotFoundError(f"{run_dir} has no checkpoint yet (no checkpoints/step-*); start a new run instead")
+        try:
+            data = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+            why = yaml_problem(err) if isinstance(err, yaml.YAMLError) else f"{type(err).__name__}: {err}"
+            raise ConfigError(f"{run_dir / 'config.yaml'} cannot be read ({why}); the run's config is needed to resume "
+                              "it: restore the file") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{run_dir / 'config.yaml'} is not a mapping of config sections; restore the file")
         for override in overrides:
             if not override.startswith(RESUMABLE):
                 raise ValueError(f"override {override!r} cannot change a run being resumed; only {', '.join(RESUMABLE)} "
                                  "keys can (the LM, data, reward and learner shape the stored records and checkpoints)")
             apply_override(data, override)
         config = from_dict(TrainConfig, data)
+        checkpoint = read_newest(run_dir / "checkpoints")  # before anything starts: the run may not be resumable
         if overrides:
-            (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
-        return cls(config=config, run_dir=run_dir, resume=True)
+            save_config(run_dir / "config.yaml", config)
+        trainer = cls(config=config, run_dir=run_dir, resume=True)
+        trainer._checkpoint = checkpoint
+        return trainer
 
     def _resources(self) -> ray_cluster.ResourceRequest:
         r = self.config.rollout
@@ -192,7 +210,7 @@ class Trainer:
         try:
             self._start()
             self.wandb = wandb.init(project="tokenalign", name=self.run_dir.name, dir=str(self.run_dir),
-                                    mode=self.config.run.wandb_mode, config=to_dict(self.config), resume="allow",
+                                    mode=self.config.run.wandb_mode, config=without_secrets(self.config), resume="allow",
                                     id=self.run_dir.name.replace(":", "-"))
             # Installed after ray.init, whose own SIGTERM handler would otherwise abort the driver unsaved.
             previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -338,35 +356,31 @@ class Trainer:
 
     # ---------------------------------------------------------------------------------------- checkpoint
     def checkpoint(self) -> Path:
-        """Write checkpoints/step-<updates>/ (learner, buffer counters, progress), then point `latest` at it."""
+        """Write checkpoints/step-<updates>/ from the state the learner hands over (`checkpoints.py`)."""
         p = self.progress
         p.elapsed_s = time.monotonic() - self._t0
-        root = self.run_dir / "checkpoints"
-        final = root / f"step-{p.updates:08d}"
-        tmp = root / f".tmp-{p.updates:08d}"
-        tmp.mkdir(parents=True, exist_ok=True)
-        self._call(self.learner.save.remote(str(tmp / "learner.pt")))
-        (tmp / "progress.json").write_text(json.dumps(vars(p)))
-        self._call(self.learner.save_policy.remote(str(tmp / "policy_state.pt")))
-        if final.exists():
-            for f in final.iterdir():
-                f.unlink()
-            final.rmdir()
-        tmp.rename(final)
-        pointer = root / "latest.tmp"
-        pointer.write_text(final.name)
-        pointer.replace(root / "latest")
         p.last_checkpoint_updates = p.updates
-        return final
+        state, policy = self._call([self.learner.state.remote(), self.learner.policy_state.remote()])
+        return write_checkpoint(self.run_dir / "checkpoints", step=p.updates, learner=state, policy=policy,
+                                progress=vars(p))
 
     def _restore(self) -> None:
-        root = self.run_dir / "checkpoints"
-        ckpt = root / (root / "latest").read_text().strip()
-        self._call(self.learner.load.remote(str(ckpt / "learner.pt")))
-        saved = json.loads((ckpt / "progress.json").read_text())
-        self.progress = Progress(**saved)
-        log.info("resumed %s from %s: %d episodes, %d updates", self.run_dir, ckpt.name, self.progress.episodes,
+        ckpt = self._checkpoint
+        self._call(self.learner.load_state.remote(ckpt.learner))
+        self.progress = Progress(**ckpt.progress)
+        self._truncate_metrics()
+        log.info("resumed %s from %s: %d episodes, %d updates", self.run_dir, ckpt.path.name, self.progress.episodes,
                  self.progress.updates)
+
+    def _truncate_metrics(self) -> None:
+        """Drop metrics lines written after the checkpoint: the resumed run writes them again, so every count in
+        metrics.jsonl stays monotone and nothing is counted twice."""
+        path = self.run_dir / "metrics.jsonl"
+        if not path.is_file():
+            return
+        kept = [line for line in path.read_text().splitlines(keepends=True)
+                if json.loads(line).get("episodes", 0) <= self.progress.episodes]
+        path.write_text("".join(kept))
 
     # ------------------------------------------------------------------------------------------- finish
     def _finish(self) -> dict[str, Any]:

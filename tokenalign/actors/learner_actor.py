@@ -1,5 +1,5 @@
 """LearnerActor: owns the learner and the run's objective, samples straight from the buffer, publishes weights,
-writes checkpoints.
+hands its state to the driver for checkpoints.
 
 Every sampled batch of observed `Decisions` is labelled by the objective (rewards and costs) right here,
 then trained on. Replay learners (SAC) take `train(n)` calls of n gradient steps on sampled batches;
@@ -11,8 +11,6 @@ WeightStore with the learner's update count as version.
 """
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
 
 import ray
@@ -27,11 +25,15 @@ from tokenalign.learners.registry import learner_class, make_config, make_learne
 from tokenalign.objectives import make_objective
 
 
-def save_atomically(obj: Any, path: Path) -> None:
-    """torch.save to a temporary file beside `path`, then rename: a crash never leaves half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+def _on_cpu(obj: Any) -> Any:
+    """`obj` with every tensor copied to the CPU (a driver without the learner's GPU must unpickle it)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _on_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_on_cpu(v) for v in obj)
+    return obj
 
 
 @ray.remote
@@ -134,19 +136,19 @@ class LearnerActor:
             return evaluate_run(self.task, self.learner.policy, config=self.config, num_prompts=num_prompts,
                                 best_of=best_of, seed=seed)
 
-    def save(self, path: str) -> None:
-        """Learner state (networks, optimizers, multipliers, counters, RNG) and the buffer's counters."""
+    def state(self) -> dict[str, Any]:
+        """Learner state (networks, optimizers, multipliers, counters, RNG), the buffer's counters and the
+        objective's statistics, on the CPU: the driver writes them (`tokenalign/checkpoints.py`)."""
         buffer = {} if self.buffer is None else self.buffer.state_dict()
-        save_atomically({"learner": self.learner.state_dict(), "buffer": buffer,
-                         "objective": {"name": self.objective.name, "state": self.objective.state_dict()}}, Path(path))
+        return _on_cpu({"learner": self.learner.state_dict(), "buffer": buffer,
+                        "objective": {"name": self.objective.name, "state": self.objective.state_dict()}})
 
-    def save_policy(self, path: str) -> None:
-        """The agent alone (policy_state), what `tokenalign generate --agent` and evaluation load."""
-        save_atomically(self.learner.policy_state(), Path(path))
+    def policy_state(self) -> dict[str, Any]:
+        """The agent alone, what `tokenalign generate --agent` and evaluation load."""
+        return self.learner.policy_state()
 
-    def load(self, path: str) -> int:
-        """Restore what `save` wrote; returns the restored update count."""
-        state = torch.load(path, map_location=self.device, weights_only=True)
+    def load_state(self, state: dict[str, Any]) -> int:
+        """Restore what `state` returned; returns the restored update count."""
         self.learner.load_state_dict(state["learner"])
         if self.buffer is not None:
             self.buffer.load_state_dict(state["buffer"])

@@ -1,6 +1,7 @@
 """Reaching one Redis server: a client with no hidden retries, and our bounded retry with backoff for writers."""
 from __future__ import annotations
 
+import os
 import time
 from typing import Callable, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -14,6 +15,15 @@ from tokenalign.buffers.errors import ShardUnavailableError
 T = TypeVar("T")
 TRANSIENT = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
 """Errors that a restarted or briefly unreachable server causes, worth retrying."""
+
+
+PASSWORD_ENV = "TOKENALIGN_REDIS_PASSWORD"
+
+
+def redis_password() -> str | None:
+    """The password for external servers whose URL carries none: URLs are written to the run directory (with
+    any password removed), the environment is not."""
+    return os.environ.get(PASSWORD_ENV) or None
 
 
 def public_url(url: str) -> str:

@@ -13,6 +13,7 @@ from tokenalign.buffers.episode_store import MemoryEpisodeStore, RedisEpisodeSto
 from tokenalign.buffers.errors import BufferSpecError
 from tokenalign.buffers.memory import MemoryShard
 from tokenalign.buffers.rate_limiter import SampleToInsertRatio
+from tokenalign.buffers.redis_client import redis_password
 from tokenalign.buffers.redis_shard import RedisShard
 from tokenalign.buffers.schema import RecordLayout
 from tokenalign.buffers.sharded import ShardedReplayBuffer
@@ -113,7 +114,7 @@ def launch_buffer(
     The caller owns the returned fleet and stops it at the end of the run (its data stays in run_dir).
     """
     if config.backend == "memory" or config.redis_urls:
-        return BufferSpec(data_mode, layout, config, tuple(config.redis_urls)), None
+        return BufferSpec(data_mode, layout, config, tuple(config.redis_urls), redis_password()), None
     start = RedisFleet.start_on_ray if on_ray else RedisFleet.start
     fleet = start(num_servers=config.num_shards, run_dir=Path(run_dir) / "buffer", appendfsync=config.appendfsync)
     return BufferSpec(data_mode, layout, config, tuple(fleet.urls), fleet.password), fleet
