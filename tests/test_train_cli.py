@@ -47,10 +47,15 @@ def test_resume_after_sigkill_of_the_driver(tmp_path):
         wait_for(lambda: any(runs.glob("*/checkpoints/latest")), timeout_s=240, what="a first checkpoint")
         run_dir = next(runs.iterdir())
         wait_for(lambda: len((run_dir / "checkpoints" / "latest").read_text()) > 0, timeout_s=30, what="latest")
+        ports = redis_ports(run_dir)
         time.sleep(2)
     finally:
-        os.killpg(driver.pid, signal.SIGKILL)
+        driver.kill()  # the driver alone, as the OOM killer would: what it started must not outlive it
         driver.wait()
+    # Ray's processes (in the driver's group: the watchdog ends it) and the Redis servers (their own sessions,
+    # dying with their starter) are all gone.
+    wait_for(lambda: not session_processes(driver.pid) and not any(_listening(p) for p in ports), timeout_s=30,
+             what=f"the run's processes to exit (left: {session_processes(driver.pid)})")
     ckpt = run_dir / "checkpoints" / (run_dir / "checkpoints" / "latest").read_text().strip()
     saved = json.loads((ckpt / "progress.json").read_text())
     assert saved["updates"] >= 2
@@ -66,6 +71,30 @@ def test_resume_after_sigkill_of_the_driver(tmp_path):
     assert saved["episodes"] + 16 <= training["episodes"] <= saved["episodes"] + 16 + 8
     assert training["updates"] >= saved["updates"]
     assert (run_dir / "summary.json").is_file()
+    # Nothing counted twice: the buffer's counts are what it holds, the metrics run forwards.
+    buffer = training["buffer"]
+    for shard in range(2):
+        assert (buffer[f"shard{shard}/size"]
+                == buffer[f"shard{shard}/inserted"] - buffer[f"shard{shard}/evicted"]), buffer
+    episodes = [json.loads(line)["episodes"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert episodes == sorted(episodes)
+
+
+def redis_ports(run_dir: Path) -> list[int]:
+    return [int(line.split()[1]) for conf in (run_dir / "buffer").glob("*/redis.conf")
+            for line in conf.read_text().splitlines() if line.startswith("port ")]
+
+
+def session_processes(sid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.getsid(int(entry)) == sid:
+                    found.append(int(entry))
+            except (ProcessLookupError, PermissionError):
+                pass
+    return found
 
 
 def _free_port() -> int:
@@ -189,27 +218,40 @@ def test_bad_input_is_one_line_before_any_run_directory(tmp_path, monkeypatch, c
     assert not runs.exists() or not any(runs.iterdir())
 
 
-def test_sigterm_checkpoints_and_shuts_down_cleanly(tmp_path):
+def test_ctrl_c_to_the_whole_process_group_checkpoints_and_resumes_exactly(tmp_path):
+    """A terminal's Ctrl-C signals every process of the foreground group: the driver, Ray's processes, and
+    (were they in it) the Redis servers. The run still stops with a final checkpoint, its servers stopped in
+    order, and resumes from exactly there."""
     runs = tmp_path / "runs"
     driver = subprocess.Popen([str(BIN / "tokenalign"), "train", *SHORT, f"run.runs_dir={runs}", "run.total_episodes=100000",
                                "run.max_minutes=null"], env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True)
+                              text=True, start_new_session=True)
     wait_for(lambda: any(m.stat().st_size > 0 for m in runs.glob("*/metrics.jsonl")), timeout_s=240,
              what="training to start")
     run_dir = next(runs.iterdir())
-    ports = [int(line.split()[1]) for conf in (run_dir / "buffer").glob("*/redis.conf")
-             for line in conf.read_text().splitlines() if line.startswith("port ")]
+    ports = redis_ports(run_dir)
     assert len(ports) == 2 and all(_listening(p) for p in ports)
-    driver.send_signal(signal.SIGTERM)
+    os.killpg(driver.pid, signal.SIGINT)
     out, _ = driver.communicate(timeout=300)
     assert driver.returncode == 0, out[-3000:]
     training = json.loads((run_dir / "training.json").read_text())
-    assert training["stopped_by"] == "SIGTERM"
+    assert training["stopped_by"] == "SIGINT"
     latest = run_dir / "checkpoints" / (run_dir / "checkpoints" / "latest").read_text().strip()
-    assert json.loads((latest / "progress.json").read_text())["episodes"] == training["episodes"]
-    # The embedded Redis servers are gone; their data stays in the run directory.
+    saved = json.loads((latest / "progress.json").read_text())
+    assert saved["episodes"] == training["episodes"] and saved["updates"] == training["updates"]
+    # The embedded Redis servers are gone; their data stays in the run directory, owner-only.
     assert not any(_listening(p) for p in ports)
-    assert any((run_dir / "buffer").rglob("*.aof*"))
+    data = [f for f in (run_dir / "buffer").rglob("*") if f.is_file()]
+    assert any(".aof" in f.name for f in data) and all(f.stat().st_mode & 0o077 == 0 for f in data)
+
+    config = (run_dir / "config.yaml").read_text().replace("total_episodes: 100000", f"total_episodes: {saved['episodes'] + 8}")
+    (run_dir / "config.yaml").write_text(config)
+    resumed = subprocess.run([str(BIN / "tokenalign"), "train", "--resume", str(run_dir)], env=env(),
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    after = json.loads((run_dir / "training.json").read_text())
+    assert saved["episodes"] + 8 <= after["episodes"] <= saved["episodes"] + 8 + 4
+    assert after["updates"] >= saved["updates"]
 
 
 def _listening(port: int) -> bool:

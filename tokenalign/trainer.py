@@ -15,13 +15,14 @@ and shut everything down. Every wait on a remote call has a timeout.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import ray
@@ -36,6 +37,7 @@ from tokenalign.actors.weights import WeightStore
 from tokenalign.buffers.schema import RecordLayout
 from tokenalign.buffers.spec import launch_buffer
 from tokenalign.cluster import ray_cluster
+from tokenalign.cluster.watchdog import DriverWatchdog
 from tokenalign.checkpoints import Checkpoint, read_newest, write_checkpoint
 from tokenalign.config import (
     ConfigError, TrainConfig, apply_override, from_dict, save_config, without_secrets, yaml_problem,
@@ -45,11 +47,22 @@ from tokenalign.learners.registry import learner_class, make_config
 from tokenalign.lm import resolve_lm_path
 from tokenalign.objectives import make_objective
 from tokenalign.preflight import preflight
+from tokenalign.run_lock import RunLock
 
 log = logging.getLogger(__name__)
 
 RESUMABLE = ("objective.", "run.total_episodes", "run.total_decisions", "run.max_minutes", "run.eval_prompts")
 """Config keys a resumed run may change: what it optimises and how long it goes on."""
+
+
+@contextlib.contextmanager
+def sigint_ignored() -> Iterator[None]:
+    """SIGINT ignored meanwhile: processes started in the block inherit the ignore."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @dataclass
@@ -80,6 +93,7 @@ class Trainer:
         self._fleet = None
         self._started_ray = False
         self._checkpoint: Checkpoint | None = None
+        self._watchdog: DriverWatchdog | None = None
 
     # ------------------------------------------------------------------------------------------- set-up
     @classmethod
@@ -206,31 +220,40 @@ class Trainer:
         import wandb
         from tqdm import tqdm
 
-        previous: dict[int, Any] = {}
-        try:
-            self._start()
-            self.wandb = wandb.init(project="tokenalign", name=self.run_dir.name, dir=str(self.run_dir),
-                                    mode=self.config.run.wandb_mode, config=without_secrets(self.config), resume="allow",
-                                    id=self.run_dir.name.replace(":", "-"))
-            # Installed after ray.init, whose own SIGTERM handler would otherwise abort the driver unsaved.
-            previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-            self.metrics_file = (self.run_dir / "metrics.jsonl").open("a")
-            self.bar = tqdm(total=self.config.run.total_episodes, initial=self.progress.episodes, unit="ep",
-                            desc="train", dynamic_ncols=True)
-            self._t0 = time.monotonic() - self.progress.elapsed_s
-            if self.data_mode == "replay":
-                self._loop_async()
-            elif self.data_mode == "pairs":
-                self._loop_pairs()
-            else:
-                self._loop_sync()
-            self.bar.close()
-            self.checkpoint()
-            return self._finish()
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-            self._shutdown()
+        with RunLock(self.run_dir):
+            previous = self._catch_signals()  # from the start: a Ctrl-C while Ray starts stops the run, checkpointed
+            try:
+                self._start()
+                self._catch_signals()  # again: ray.init installs a SIGTERM handler that would abort the driver unsaved
+                if self._started_ray and DriverWatchdog.applies():
+                    self._watchdog = DriverWatchdog()
+                with sigint_ignored():  # wandb's service inherits the ignore: a Ctrl-C to the group spares it
+                    self.wandb = wandb.init(project="tokenalign", name=self.run_dir.name, dir=str(self.run_dir),
+                                            mode=self.config.run.wandb_mode, config=without_secrets(self.config),
+                                            resume="allow", id=self.run_dir.name.replace(":", "-"))
+                self.metrics_file = (self.run_dir / "metrics.jsonl").open("a")
+                self.bar = tqdm(total=self.config.run.total_episodes, initial=self.progress.episodes, unit="ep",
+                                desc="train", dynamic_ncols=True)
+                self._t0 = time.monotonic() - self.progress.elapsed_s
+                if self.data_mode == "replay":
+                    self._loop_async()
+                elif self.data_mode == "pairs":
+                    self._loop_pairs()
+                else:
+                    self._loop_sync()
+                self.bar.close()
+                self.checkpoint()
+                return self._finish()
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+                self._shutdown()
+                if self._watchdog is not None:
+                    self._watchdog.disarm()
+
+    def _catch_signals(self) -> dict[int, Any]:
+        """SIGINT and SIGTERM stop the run after the calls in flight, with a checkpoint; returns the old handlers."""
+        return {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
         self._stop_reason = signal.Signals(signum).name

@@ -1,6 +1,8 @@
 """ShardedReplayBuffer: routes writers' episodes to shards and samples uniformly over every stored transition."""
 from __future__ import annotations
 
+import dataclasses
+
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Sequence
@@ -261,14 +263,16 @@ class ShardedReplayBuffer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what state_dict returned; the number of shards must match."""
+        """Restore what state_dict returned (the sampler's RNG and sampled counts); the number of shards must match."""
         if len(state["counters"]) != len(self.shards):
             raise ValueError(
                 f"checkpoint has {len(state['counters'])} shards, this buffer {len(self.shards)}: "
                 "resume with the same buffer.num_shards"
             )
         for shard, counters in zip(self.shards, state["counters"]):
-            shard.set_counters(ShardCounters(**counters))
+            # A shard keeps what actors wrote after the checkpoint (sound episodes, of an older policy), so its
+            # own inserted and evicted counts are what it holds; only `sampled`, the learner's, rolls back.
+            shard.set_counters(dataclasses.replace(shard.counters(), sampled=ShardCounters(**counters).sampled))
         self._rng.bit_generator.state = state["rng"]
 
     def close(self) -> None:

@@ -2,7 +2,13 @@
 
 Every server binds loopback (plus the node's address when other machines must reach it), requires a
 generated password, and keeps an append-only file in its own directory, so a killed and restarted server
-reloads what it had acknowledged. The password goes in a 0600 config file, never on a command line.
+reloads what it had acknowledged. The password reaches the server on its standard input: never on a
+command line, never in a file of the run directory. Its files are owner-only.
+
+A server's lifetime is its starter's: it runs in a session of its own, so the terminal's Ctrl-C (SIGINT to
+the driver's whole process group) does not stop it before the driver has checkpointed and stops it in
+order; and it gets SIGTERM when its starter dies (PR_SET_PDEATHSIG), even by SIGKILL, so no server
+outlives the run that started it.
 """
 from __future__ import annotations
 
@@ -16,6 +22,7 @@ import subprocess
 import sys
 import time
 import weakref
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +34,7 @@ from tokenalign.buffers.redis_client import connect
 READY_TIMEOUT_S = 30.0
 PORT_ATTEMPTS = 5  # a free port found by binding may be taken by someone else before the server binds it
 PR_SET_PDEATHSIG = 1
+_SPAWNER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="redis-spawner")
 
 
 def redis_server_binary() -> str:
@@ -49,9 +57,11 @@ def _free_port(host: str) -> int:
         return int(sock.getsockname()[1])
 
 
-def _die_with_parent() -> None:
-    # Runs in the child between fork and exec: a server started by a Ray actor must not outlive the actor.
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+def _server_process_setup() -> None:
+    # Runs in the child between fork and exec: owner-only files, and no server outlives its starter.
+    os.umask(0o077)
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _terminate(process: subprocess.Popen) -> None:
@@ -75,14 +85,12 @@ class RedisServer:
         appendfsync: str = "always",
         bind: tuple[str, ...] = ("127.0.0.1",),
         advertise_host: str = "127.0.0.1",
-        die_with_parent: bool = False,
     ) -> None:
         self.run_dir = Path(run_dir)
         self.password = password
         self.appendfsync = appendfsync
         self.bind = bind
         self.advertise_host = advertise_host
-        self.die_with_parent = die_with_parent
         self.port: int | None = None
         self._process: subprocess.Popen | None = None
         self._finalizer: weakref.finalize | None = None
@@ -124,12 +132,12 @@ class RedisServer:
         conf = self.run_dir / "redis.conf"
         conf.touch(mode=0o600)
         conf.chmod(0o600)
+        self.run_dir.chmod(0o700)
         conf.write_text(
             "\n".join(
                 [
                     f"bind {' '.join(self.bind)}",
                     f"port {self.port}",
-                    f"requirepass {self.password}",
                     "protected-mode yes",
                     f'dir "{self.run_dir.resolve()}"',
                     "appendonly yes",
@@ -141,14 +149,16 @@ class RedisServer:
             )
             + "\n"
         )
-        preexec = _die_with_parent if self.die_with_parent and sys.platform.startswith("linux") else None
-        self._process = subprocess.Popen(
-            [redis_server_binary(), str(conf.resolve())],  # the server starts in run_dir: a relative path would miss
-            cwd=self.run_dir,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            preexec_fn=preexec,
-        )
+        # The server starts in run_dir (a relative config path would miss); "-" appends its stdin to the config.
+        # PR_SET_PDEATHSIG follows the *thread* that forks, so every server is forked by one thread that lives
+        # as long as this process (a restart from a short-lived thread would otherwise kill the server with it).
+        self._process = _SPAWNER.submit(
+            subprocess.Popen, [redis_server_binary(), str(conf.resolve()), "-"], cwd=self.run_dir,
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            preexec_fn=_server_process_setup, start_new_session=True,
+        ).result()
+        self._process.stdin.write(f"requirepass {self.password}\n".encode())
+        self._process.stdin.close()
         self._finalizer = weakref.finalize(self, _terminate, self._process)
 
     def _wait_ready(self) -> None:
@@ -207,7 +217,6 @@ class RedisServerActor:
         bind = ("127.0.0.1",) if node_ip == "127.0.0.1" else ("127.0.0.1", node_ip)
         self._server = RedisServer(
             run_dir=run_dir, password=password, appendfsync=appendfsync, bind=bind, advertise_host=node_ip,
-            die_with_parent=True,
         )
 
     def start(self) -> str:
@@ -305,7 +314,7 @@ class RedisFleet:
             try:
                 ray.get(actor.stop.remote())
             except ray.exceptions.RayActorError:
-                pass  # the actor died, and its server with it (die_with_parent)
+                pass  # the actor died, and its server with it (PR_SET_PDEATHSIG)
             ray.kill(actor)
 
     def __enter__(self) -> "RedisFleet":
