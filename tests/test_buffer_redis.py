@@ -186,3 +186,24 @@ def _columns(batch) -> dict[str, np.ndarray]:
              if ":" not in f.name and f.name != "state"}
     state = batch.column("state").flatten().to_numpy(zero_copy_only=False).reshape(batch.num_rows, -1)
     return {**fixed, "state": state}
+
+
+def test_a_checkpoint_never_waits_for_a_dead_shard_and_a_restarted_one_rejoins(tmp_path: Path) -> None:
+    with RedisFleet.start(num_servers=2, run_dir=tmp_path) as two:
+        buffer = redis_spec(two, "down", num_shards=2, write_timeout_s=1.0).connect()
+        buffer.add(episodes([1, 2, 3, 4]))
+        held = buffer.state_dict()["counters"]
+        two.kill(1)
+        state = buffer.state_dict()  # shard 1 is down: its last counters stand in
+        assert state["counters"] == held
+        restarts: list[int] = []
+        watcher = two.keep_alive(on_restart=restarts.append, interval_s=0.1)
+        try:
+            deadline = time.monotonic() + 20
+            while not restarts and time.monotonic() < deadline:
+                time.sleep(0.05)
+        finally:
+            watcher.set()
+        assert restarts == [1] and two.alive(1)
+        assert [vars(s.counters()) for s in buffer.shards] == held  # its data came back from the append-only file
+        assert len(buffer) == 20

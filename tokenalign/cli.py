@@ -11,9 +11,11 @@ import sys
 
 import torch
 
+from tokenalign.buffers.errors import ShardUnavailableError
 from tokenalign.checkpoints import CheckpointError
 from tokenalign.cluster.ray_cluster import ClusterResourceError
 from tokenalign.config import ConfigError, TrainConfig, load_config
+from tokenalign.run_lock import RunLockedError
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -186,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return {"generate": cmd_generate, "train": cmd_train, "eval": run_eval_command}[args.command](args, config)
-    except (FileNotFoundError, ValueError, TimeoutError, ClusterResourceError, CheckpointError) as err:
+    except (FileNotFoundError, ValueError, TimeoutError, ClusterResourceError, CheckpointError, ShardUnavailableError,
+            RunLockedError) as err:
         print(f"tokenalign {args.command}: {err}", file=sys.stderr)
         return 1
 

@@ -19,6 +19,7 @@ import contextlib
 import json
 import logging
 import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,7 @@ from transformers import AutoConfig
 from tokenalign.actors.learner_actor import LearnerActor
 from tokenalign.actors.rollout_actor import RolloutActor
 from tokenalign.actors.weights import WeightStore
+from tokenalign.buffers.errors import ShardUnavailableError
 from tokenalign.buffers.schema import RecordLayout
 from tokenalign.buffers.spec import launch_buffer
 from tokenalign.cluster import ray_cluster
@@ -76,6 +78,7 @@ class Progress:
     epoch: int = 0
     elapsed_s: float = 0.0
     actor_restarts: int = 0
+    shard_restarts: int = 0
     last_checkpoint_updates: int = -1
     rollout: dict[str, float] = field(default_factory=dict)
     learner: dict[str, float] = field(default_factory=dict)
@@ -94,6 +97,7 @@ class Trainer:
         self._started_ray = False
         self._checkpoint: Checkpoint | None = None
         self._watchdog: DriverWatchdog | None = None
+        self._keep_alive: threading.Event | None = None
 
     # ------------------------------------------------------------------------------------------- set-up
     @classmethod
@@ -164,6 +168,8 @@ class Trainer:
         if self.data_mode != "pairs":
             self.buffer_spec, self._fleet = launch_buffer(cfg.buffer, layout=layout, data_mode=self.data_mode,
                                                           run_dir=self.run_dir, on_ray=not self._started_ray)
+            if self._fleet is not None:  # a dead embedded shard restarts from its append-only file and rejoins
+                self._keep_alive = self._fleet.keep_alive(on_restart=self._shard_restarted)
         self.weights = WeightStore.remote()
         self.learner = LearnerActor.options(num_gpus=cfg.learner.num_gpus, num_cpus=1).remote(
             config=cfg, layout=layout, weights=self.weights, buffer_spec=self.buffer_spec)
@@ -244,6 +250,13 @@ class Trainer:
                 self.bar.close()
                 self.checkpoint()
                 return self._finish()
+            except ShardUnavailableError as err:
+                # A shard that stays down (an external one; an embedded one restarts itself): stop in order.
+                ckpt = self.checkpoint()
+                raise ShardUnavailableError(
+                    f"the replay buffer stayed unreachable ({str(err).split(';')[0]}); the run stopped with a "
+                    f"checkpoint ({ckpt.name}): bring the shard back, then `tokenalign train --resume {self.run_dir}`"
+                ) from None
             finally:
                 for sig, handler in previous.items():
                     signal.signal(sig, handler)
@@ -419,7 +432,8 @@ class Trainer:
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         training = {"episodes": self.progress.episodes, "decisions": self.progress.decisions,
                     "updates": self.progress.updates, "minutes": round(self.progress.elapsed_s / 60, 2),
-                    "actor_restarts": self.progress.actor_restarts, "stopped_by": self._stop_reason or "budget",
+                    "actor_restarts": self.progress.actor_restarts, "shard_restarts": self.progress.shard_restarts,
+                    "stopped_by": self._stop_reason or "budget",
                     "buffer": self._call(self.learner.buffer_stats.remote())}
         (self.run_dir / "training.json").write_text(json.dumps(training, indent=2))
         self.metrics_file.close()
@@ -429,8 +443,15 @@ class Trainer:
         self.wandb.finish()
         return summary
 
+    def _shard_restarted(self, index: int) -> None:
+        self.progress.shard_restarts += 1
+        log.warning("buffer shard %d died; restarted it from its append-only file (writers retried meanwhile, "
+                    "the learner sampled the other shards)", index)
+
     def _shutdown(self) -> None:
         """Stop what this run started, so a Ray cluster can host the next run (or a test session many)."""
+        if self._keep_alive is not None:
+            self._keep_alive.set()  # before the fleet stops: a stopped server is not a dead one
         for name in ("actors", "learner", "weights", "reward_service"):
             handles = getattr(self, name, None)
             for handle in handles if isinstance(handles, list) else [handles]:

@@ -55,6 +55,7 @@ class ShardedReplayBuffer:
         self.sample_timeout_s = sample_timeout_s
         self._rng = np.random.default_rng(seed)
         self._down: set[int] = set()
+        self._counters_seen = [ShardCounters() for _ in self.shards]
         self._batches = BatchMemory(width=layout.hidden_size)
         self._readers = ThreadPoolExecutor(max_workers=len(self.shards), thread_name_prefix="shard-reader")
 
@@ -212,7 +213,7 @@ class ShardedReplayBuffer:
     def _totals(self) -> ShardCounters:
         total = ShardCounters()
         for shard in self._reachable():
-            counters = shard.counters()
+            counters = self._counters_seen[self.shards.index(shard)] = shard.counters()
             total.inserted += counters.inserted
             total.sampled += counters.sampled
             total.evicted += counters.evicted
@@ -256,9 +257,16 @@ class ShardedReplayBuffer:
         return out
 
     def state_dict(self) -> dict[str, Any]:
-        """Counters of every shard (the rate limiter's state) and the sampler's RNG, for exact resume."""
+        """Counters of every shard (the rate limiter's state) and the sampler's RNG, for exact resume. A shard
+        that is down contributes its last counters read (here or by the rate limiter): a checkpoint never
+        waits for a shard."""
+        for index, shard in enumerate(self.shards):
+            try:
+                self._counters_seen[index] = shard.counters()
+            except TRANSIENT:
+                pass
         return {
-            "counters": [vars(shard.counters()) for shard in self.shards],
+            "counters": [vars(counters) for counters in self._counters_seen],
             "rng": self._rng.bit_generator.state,
         }
 

@@ -13,6 +13,7 @@ outlives the run that started it.
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import secrets
 import shutil
@@ -20,17 +21,19 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import redis
 
 from tokenalign.buffers.errors import ShardUnavailableError
 from tokenalign.buffers.redis_client import connect
 
+log = logging.getLogger(__name__)
 READY_TIMEOUT_S = 30.0
 PORT_ATTEMPTS = 5  # a free port found by binding may be taken by someone else before the server binds it
 PR_SET_PDEATHSIG = 1
@@ -301,6 +304,24 @@ class RedisFleet:
     def alive(self, index: int) -> bool:
         """Whether server `index` is running."""
         return bool(self._call(index, "alive"))
+
+    def keep_alive(self, *, on_restart: Callable[[int], None], interval_s: float = 1.0) -> threading.Event:
+        """Restart any server that dies (on its port: it reloads its append-only file and rejoins), checking
+        every `interval_s` in a daemon thread until the returned event is set (set it before `stop`)."""
+        stopped = threading.Event()
+
+        def watch() -> None:
+            while not stopped.wait(interval_s):
+                for index in range(len(self)):
+                    try:
+                        if not stopped.is_set() and not self.alive(index):
+                            self.restart(index)
+                            on_restart(index)
+                    except Exception as err:  # noqa: BLE001 - keep watching the others; the next round retries
+                        log.warning("could not restart buffer server %d: %s", index, err)
+
+        threading.Thread(target=watch, name="redis-keep-alive", daemon=True).start()
+        return stopped
 
     def stop(self) -> None:
         """Shut every server down gracefully (data stays on disk); servers whose actor already died are gone."""
