@@ -58,3 +58,15 @@ def test_cluster_example_config_loads():
     assert [s.role for s in cfg.reward.scorers] == ["reward", "cost"] and cfg.lm.dtype == "auto"
     # the node's 8 GPUs: five actors, the reward and cost models on a GPU each, the learner
     assert cfg.rollout.num_actors * cfg.rollout.gpus_per_actor + cfg.rollout.reward_service_gpus + cfg.learner.num_gpus == 8
+
+
+def test_a_redis_password_never_reaches_the_saved_config(tmp_path):
+    from tokenalign.config import save_config, without_secrets
+
+    cfg = load_config(None, ['buffer.redis_urls=["redis://:hunter2@10.0.0.5:6379/0"]', "buffer.num_shards=1"])
+    save_config(tmp_path / "config.yaml", cfg)
+    text = (tmp_path / "config.yaml").read_text()
+    assert "hunter2" not in text and "redis://10.0.0.5:6379/0" in text
+    assert (tmp_path / "config.yaml").stat().st_mode & 0o777 == 0o600
+    assert without_secrets(cfg)["buffer"]["redis_urls"] == ["redis://10.0.0.5:6379/0"]
+    assert cfg.buffer.redis_urls == ["redis://:hunter2@10.0.0.5:6379/0"]  # the running config keeps it

@@ -122,7 +122,7 @@ def test_ray_job_submit_against_a_local_head(tmp_path):
     job_env = dict(env(), RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
     temp_dir = tempfile.mkdtemp(prefix="tajob", dir="/tmp")  # Ray's socket paths must stay short
     head = subprocess.Popen(
-        [ray_bin, "start", "--head", "--block", f"--port={_free_port()}", "--num-cpus=4", "--include-dashboard=true",
+        [ray_bin, "start", "--head", "--block", f"--port={_free_port()}", "--num-cpus=2", "--include-dashboard=true",
          f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1", f"--dashboard-agent-listen-port={_free_port()}",
          f"--ray-client-server-port={_free_port()}", "--disable-usage-stats", f"--temp-dir={temp_dir}"],
         env=job_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)

@@ -59,6 +59,9 @@ def test_short_training_run_for_each_learner(ray_cluster, tmp_path, learner):
     # the actors decoded with weights the learner published after updating, and those weights moved: the
     # agent's last layer starts at zero (it decodes as the base LM) and only updates change it
     assert max(m.get("rollout/policy_version", -1) for m in metrics) > 0
+    # no secret in any file of the run directory (wandb's and the servers' own files included)
+    secret = trainer._fleet.password.encode()
+    assert not [f for f in run_dir.rglob("*") if f.is_file() and secret in f.read_bytes()]
     weights = torch.load(latest / "policy_state.pt", weights_only=True)["state_dict"]
     last = max((k for k in weights if k.startswith("body.") and k.endswith(".weight")), key=lambda k: int(k.split(".")[1]))
     assert float(weights[last].abs().sum()) > 0

@@ -167,8 +167,8 @@ class TrainConfig:
     buffer: BufferConfig = field(default_factory=lambda: BufferConfig(
         backend="redis", num_shards=2, capacity=200_000, min_size_to_sample=1025))
     """The replay buffer / on-policy queue."""
-    rollout: RolloutConfig = field(default_factory=RolloutConfig)
-    """Rollout actors."""
+    rollout: RolloutConfig = field(default_factory=lambda: RolloutConfig(cpus_per_actor=0.5))
+    """Rollout actors (half a CPU reserved each: the demo fits a 2-CPU Ray head with its learner)."""
     run: RunConfig = field(default_factory=RunConfig)
     """Run-level settings."""
 
