@@ -45,5 +45,5 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before_saying_so(tmp_
 def test_no_readable_checkpoint_is_one_error_naming_each_failure(tmp_path):
     only = write(tmp_path, 2)
     (only / "learner.pt").write_bytes(b"\x00" * 10)
-    with pytest.raises(CheckpointError, match=r"no checkpoint in .* loads \(step-00000002: .*\); .*start a new run"):
+    with pytest.raises(CheckpointError, match=r"no checkpoint in .* loads \(step-00000002/learner.pt: .*\); .*start a new run"):
         read_newest(tmp_path)

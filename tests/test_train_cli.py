@@ -198,6 +198,8 @@ BEFORE_A_RUN = {
     "zero checkpoint interval": (lambda t: ["run.checkpoint_every=0"], "run.checkpoint_every must be ≥ 1"),
     "no actors": (lambda t: ["rollout.num_actors=0"], "rollout.num_actors must be ≥ 1"),
     "negative episodes": (lambda t: ["run.total_episodes=-5"], "run.total_episodes must be ≥ 1"),
+    "empty episode batches": (lambda t: ["rollout.episodes_per_batch=0"], "rollout.episodes_per_batch must be ≥ 1"),
+    "negative learner GPUs": (lambda t: ["learner.num_gpus=-1"], "learner.num_gpus must be ≥ 0"),
 }
 
 
@@ -275,3 +277,18 @@ def test_resume_bad_input_is_one_line(tmp_path, capsys):
     assert main(["train", "--resume", str(run_dir)]) != 0
     err = capsys.readouterr().err
     assert "no checkpoint in" in err and "step-00000002" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_wrong_redis_password_is_one_line_without_the_password(tmp_path, monkeypatch, capsys):
+    from tokenalign.cli import main
+    from tokenalign.cluster.redis_fleet import RedisFleet
+
+    monkeypatch.chdir(tmp_path)
+    with RedisFleet.start(num_servers=1, run_dir=tmp_path / "server") as server:
+        port = server.urls[0].rsplit(":", 1)[1].split("/")[0]
+        assert main(["train", f'buffer.redis_urls=["redis://:not-the-password@127.0.0.1:{port}/0"]',
+                     "buffer.num_shards=1", f"run.runs_dir={tmp_path / 'runs'}"]) != 0
+    err = capsys.readouterr().err
+    assert f"buffer.redis_urls[0] (redis://127.0.0.1:{port}/0) refused the password" in err, err
+    assert "not-the-password" not in err and len(err.strip().splitlines()) == 1
+

@@ -74,11 +74,13 @@ def read_newest(root: Path) -> Checkpoint:
     candidates += sorted((p for p in root.glob("step-*") if p.is_dir()), reverse=True)
     problems: list[str] = []
     for path in dict.fromkeys(candidates):  # in order, without repeats
+        file = path / LEARNER_FILE
         try:
-            learner = torch.load(path / LEARNER_FILE, map_location="cpu", weights_only=True)
-            progress = json.loads((path / PROGRESS_FILE).read_text(encoding="utf-8"))
+            learner = torch.load(file, map_location="cpu", weights_only=True)
+            file = path / PROGRESS_FILE
+            progress = json.loads(file.read_text(encoding="utf-8"))
         except Exception as err:  # noqa: BLE001 - garbage bytes make torch's unpickler raise almost any error
-            problems.append(f"{path.name}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+            problems.append(f"{path.name}/{file.name}: {type(err).__name__}: {(str(err).splitlines() or [''])[0]}")
             continue
         if problems:
             log.warning("resuming from %s: newer checkpoints do not load (%s)", path.name, "; ".join(problems))
