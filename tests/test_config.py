@@ -70,3 +70,11 @@ def test_a_redis_password_never_reaches_the_saved_config(tmp_path):
     assert (tmp_path / "config.yaml").stat().st_mode & 0o777 == 0o600
     assert without_secrets(cfg)["buffer"]["redis_urls"] == ["redis://10.0.0.5:6379/0"]
     assert cfg.buffer.redis_urls == ["redis://:hunter2@10.0.0.5:6379/0"]  # the running config keeps it
+
+
+def test_the_gemma_configs_load():
+    cpu = load_config(DEMO.parent / "gemma270m.yaml")
+    gpu = load_config(DEMO.parent / "gemma270m_gpu.yaml")
+    assert cpu.lm.path == gpu.lm.path == "builtin:gemma3-270m" and cpu.lm.dtype == gpu.lm.dtype == "auto"
+    assert cpu.rollout.num_actors * cpu.rollout.cpus_per_actor + 1 <= 2  # fits the 2-core machine
+    assert gpu.rollout.num_actors * gpu.rollout.gpus_per_actor + gpu.learner.num_gpus <= 1  # fits one GPU

@@ -15,7 +15,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedModel, PreTraine
 from tokenalign.lm import BUILTIN_MODELS, load_lm
 
 EOS = "<|endoftext|>"
-TINY_DIR = BUILTIN_MODELS["tiny"]
+TINY_DIR = BUILTIN_MODELS["tiny"]()
 PROMPTS_DIR = TINY_DIR.parent / "prompts"
 
 

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from transformers import DynamicCache
 
+from tokenalign.cache import cache_dir
 from tokenalign.data import load_prompts
 from tokenalign.envs.candidates import SamplingConfig
 from tokenalign.envs.engine import DecodingEngine, EngineConfig
@@ -312,11 +313,6 @@ def make_demo_preferences(*, pairs: int, out: Path, seed: int = 0, model: str = 
     _write_atomic(out.with_name(out.name + ".meta.json"), json.dumps(dataclasses.asdict(report), indent=2) + "\n")
     _write_atomic(out, "\n".join(lines) + "\n")
     return report
-
-
-def cache_dir() -> Path:
-    """Where generated data is cached: `$TOKENALIGN_CACHE`, else ~/.cache/tokenalign."""
-    return Path(os.environ.get("TOKENALIGN_CACHE") or "~/.cache/tokenalign").expanduser()
 
 
 def ensure_demo_preferences(*, pairs: int = 2000, seed: int = 0) -> Path:

@@ -4,8 +4,10 @@ tokenalign never fine-tunes the LLM: an accept/reject agent acts on its
 proposals. So every model comes back in eval mode with gradients switched off.
 No model hub is reachable where tokenalign runs, hence two sources only:
 
-* ``"builtin:<name>"`` -- a model bundled in ``tokenalign/assets`` (see
-  ``scripts/train_tiny_lm.py`` for how ``builtin:tiny`` was made);
+* ``"builtin:tiny"`` -- the model bundled in ``tokenalign/assets`` (see
+  ``scripts/train_tiny_lm.py`` for how it was made); ``"builtin:gemma3-270m"`` -- Gemma 3 270M from
+  the optional ``gemma`` extra (``tokenalign/gguf_models.py``);
+* a path ending in ``.gguf`` -- a local GGUF file, converted once into a cached HF copy;
 * any other string -- a local Hugging Face directory, loaded offline.
 
 Tokenizers are returned with a pad token and left padding, because batched
@@ -19,30 +21,38 @@ supports it (fp16 on one that does not) and fp32 on a CPU, where half-precision 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Callable, Literal
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from tokenalign.gguf_models import builtin_gemma3_270m, hf_copy_of_gguf
+
 BUILTIN_PREFIX = "builtin:"
 _ASSETS = Path(__file__).resolve().parent / "assets"
-BUILTIN_MODELS: dict[str, Path] = {"tiny": _ASSETS / "tiny_lm"}
+BUILTIN_MODELS: dict[str, Callable[[], Path]] = {
+    "tiny": lambda: _ASSETS / "tiny_lm",
+    "gemma3-270m": builtin_gemma3_270m,  # the optional `gemma` extra (tokenalign/gguf_models.py)
+}
 
 
 def resolve_lm_path(path: str) -> Path:
-    """Map ``builtin:<name>`` or a local directory to a checked model directory."""
+    """Map ``builtin:<name>``, a local directory or a local ``.gguf`` file to a checked model directory."""
     if path.startswith(BUILTIN_PREFIX):
         name = path[len(BUILTIN_PREFIX) :]
         if name not in BUILTIN_MODELS:
             known = ", ".join(BUILTIN_PREFIX + k for k in sorted(BUILTIN_MODELS))
             raise ValueError(f"unknown built-in model {path!r}; known built-in models: {known}")
-        model_dir = BUILTIN_MODELS[name]
+        model_dir = BUILTIN_MODELS[name]()
         hint = "the package install is incomplete; reinstall tokenalign or rerun scripts/train_tiny_lm.py"
+    elif path.endswith(".gguf"):
+        model_dir = hf_copy_of_gguf(Path(path).expanduser())
+        hint = "delete the cached copy to convert the GGUF file again"
     else:
         model_dir = Path(path).expanduser()
         hint = (
-            "pass a local directory saved with save_pretrained() (config.json, weights, tokenizer files) "
-            f"or one of: {', '.join(BUILTIN_PREFIX + k for k in sorted(BUILTIN_MODELS))}"
+            "pass a local directory saved with save_pretrained() (config.json, weights, tokenizer files), a .gguf "
+            f"file or one of: {', '.join(BUILTIN_PREFIX + k for k in sorted(BUILTIN_MODELS))}"
         )
     if not model_dir.is_dir():
         raise FileNotFoundError(f"model directory {str(model_dir)!r} (from {path!r}) does not exist: {hint}")

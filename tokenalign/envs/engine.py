@@ -127,6 +127,16 @@ class DecodeBatch:
         return self.tokens[row, : int(self.n_new[row])].tolist()
 
 
+def prompt_token_ids(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+    """A prompt's ids as its LM starts a text: with the tokenizer's start tokens (Gemma's and Llama's BOS;
+    without it Gemma 3 degenerates at once: " language, language, ..."), and an empty prompt as EOS alone
+    for GPT-2 style LMs, which add none."""
+    ids = tokenizer(text, add_special_tokens=True)["input_ids"]
+    if len(ids) > 1 and ids[-1] == tokenizer.eos_token_id and tokenizer.eos_token_id != tokenizer.bos_token_id:
+        ids = ids[:-1]  # a tokenizer that also closes texts: a prompt is continued, not closed
+    return ids or [tokenizer.eos_token_id]
+
+
 def observation(batch: DecodeBatch, rows: torch.Tensor, ranks: torch.Tensor) -> torch.Tensor:
     """(N, H + 1) what the agent sees of candidate `ranks[n]` of row `rows[n]`: the LM's last hidden state of
     context + candidate, then π_ref's accept logit (the agent's accept logit is it plus a learned residual)."""
@@ -236,15 +246,14 @@ class DecodingEngine:
             )
         encoded = []
         for prompt in prompts:
-            ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
-            if not ids:  # an empty prompt starts from the end-of-text token, as GPT-2 style LMs expect
-                ids = [self.eos_token_id]
+            ids = prompt_token_ids(self.tokenizer, prompt)
             if budget is not None and len(ids) > budget:
                 if not self._truncation_warned:
                     log.warning("prompts longer than %d tokens are cut from the left to fit the model's %d positions",
                                 budget, self.max_positions)
                     self._truncation_warned = True
-                ids = ids[-budget:]
+                start = ids[:1] if ids[0] == self.tokenizer.bos_token_id else []  # a cut prompt keeps its BOS
+                ids = start + ids[len(ids) - budget + len(start):]
             encoded.append(ids)
         return encoded
 

@@ -17,6 +17,8 @@ from typing import Literal
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from tokenalign.envs.engine import prompt_token_ids
+
 
 @dataclass(frozen=True)
 class ResponseStates:
@@ -64,7 +66,7 @@ class StateReader:
         """(prompt ids, response ids) of each pair, tokenised as the engine feeds them."""
         pairs = []
         for prompt, response in zip(prompts, responses, strict=True):
-            prompt_ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"] or [self.tokenizer.eos_token_id]
+            prompt_ids = prompt_token_ids(self.tokenizer, prompt)
             pairs.append((prompt_ids, self.tokenizer(response, add_special_tokens=False)["input_ids"]))
         return pairs
 
