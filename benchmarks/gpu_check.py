@@ -149,18 +149,11 @@ def host_reads(model, tokenizer, args: Args) -> dict[str, Any]:
     counted by a torch function mode outside the timing."""
     engine = DecodingEngine(model=model, tokenizer=tokenizer, dense_rows=True,
                             config=EngineConfig(max_new_tokens=args.max_new_tokens))
-    forwards = [0]
-    forward = engine._forward
-
-    def counted(batch, status):
-        forwards[0] += 1
-        return forward(batch, status)
-
-    engine._forward = counted
     with HostSyncCounter() as reads:
         tokens = engine_tokens(engine, PROMPTS, 0)
-    return {"host_reads": reads.total, "forwards": forwards[0], "host_reads_per_forward": reads.total / forwards[0],
-            "host_reads_by_op": dict(reads.by_op), "tokens_counted": tokens}
+    return {"host_reads": reads.total, "forwards": engine.forwards,
+            "host_reads_per_forward": reads.total / engine.forwards, "host_reads_by_op": dict(reads.by_op),
+            "tokens_counted": tokens}
 
 
 def learner_rates(args: Args, device: str) -> list[dict[str, Any]]:

@@ -13,18 +13,6 @@ from tokenalign.lm import load_lm
 PROMPTS = ["The secret of life is", "A man", "Never trust a computer you can't throw out a window, said", "Love"]
 
 
-def counting_forwards(engine: DecodingEngine) -> list[int]:
-    calls = [0]
-    forward = engine._forward
-
-    def counted(batch, status):
-        calls[0] += 1
-        return forward(batch, status)
-
-    engine._forward = counted
-    return calls
-
-
 @pytest.mark.parametrize("block", [0, 3])
 def test_a_rollout_reads_the_device_twice_per_forward(tiny_lm, block):
     """The accelerator path reads one status per settle round: 2 per forward, plus a bounded harvest per
@@ -32,13 +20,12 @@ def test_a_rollout_reads_the_device_twice_per_forward(tiny_lm, block):
     model, tokenizer = tiny_lm
     engine = DecodingEngine(model=model, tokenizer=tokenizer, dense_rows=True,
                             config=EngineConfig(max_new_tokens=24, candidate_block=block))
-    forwards = counting_forwards(engine)
     with HostSyncCounter() as syncs:
         episodes = generate_episodes(engine, lambda s: torch.full((s.shape[0],), 0.3), PROMPTS * 2,
                                      generator=torch.Generator().manual_seed(0))
-    assert sum(e.num_decisions for e in episodes) > 50 and forwards[0] > 24
+    assert sum(e.num_decisions for e in episodes) > 50 and engine.forwards > 24
     per_sequence = 8
-    assert syncs.total <= 2 * forwards[0] + per_sequence * len(episodes), syncs.by_op
+    assert syncs.total <= 2 * engine.forwards + per_sequence * len(episodes), syncs.by_op
 
 
 def test_host_sync_counter_sees_each_kind_of_read():

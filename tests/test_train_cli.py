@@ -62,12 +62,7 @@ def test_resume_after_sigkill_of_the_driver(tmp_path):
     assert not (run_dir / "summary.json").exists()
 
     # The resumed run keeps its counters and finishes the remaining episodes only.
-    config = (run_dir / "config.yaml").read_text().replace("total_episodes: 400", f"total_episodes: {saved['episodes'] + 16}")
-    (run_dir / "config.yaml").write_text(config)
-    resumed = subprocess.run([str(BIN / "tokenalign"), "train", "--resume", str(run_dir)], env=env(),
-                             capture_output=True, text=True, timeout=600)
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    training = json.loads((run_dir / "training.json").read_text())
+    training = resume(run_dir, total_episodes=(400, saved["episodes"] + 16))
     assert saved["episodes"] + 16 <= training["episodes"] <= saved["episodes"] + 16 + 8
     assert training["updates"] >= saved["updates"]
     assert (run_dir / "summary.json").is_file()
@@ -78,6 +73,18 @@ def test_resume_after_sigkill_of_the_driver(tmp_path):
                 == buffer[f"shard{shard}/inserted"] - buffer[f"shard{shard}/evicted"]), buffer
     episodes = [json.loads(line)["episodes"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert episodes == sorted(episodes)
+
+
+def resume(run_dir: Path, *, total_episodes: tuple[int, int]) -> dict:
+    """`tokenalign train --resume` of `run_dir` with its episode budget moved from one total to another;
+    the resumed run's training.json."""
+    old, new = total_episodes
+    config = (run_dir / "config.yaml").read_text().replace(f"total_episodes: {old}", f"total_episodes: {new}")
+    (run_dir / "config.yaml").write_text(config)
+    resumed = subprocess.run([str(BIN / "tokenalign"), "train", "--resume", str(run_dir)], env=env(),
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    return json.loads((run_dir / "training.json").read_text())
 
 
 def redis_ports(run_dir: Path) -> list[int]:
@@ -246,12 +253,7 @@ def test_ctrl_c_to_the_whole_process_group_checkpoints_and_resumes_exactly(tmp_p
     data = [f for f in (run_dir / "buffer").rglob("*") if f.is_file()]
     assert any(".aof" in f.name for f in data) and all(f.stat().st_mode & 0o077 == 0 for f in data)
 
-    config = (run_dir / "config.yaml").read_text().replace("total_episodes: 100000", f"total_episodes: {saved['episodes'] + 8}")
-    (run_dir / "config.yaml").write_text(config)
-    resumed = subprocess.run([str(BIN / "tokenalign"), "train", "--resume", str(run_dir)], env=env(),
-                             capture_output=True, text=True, timeout=600)
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    after = json.loads((run_dir / "training.json").read_text())
+    after = resume(run_dir, total_episodes=(100000, saved["episodes"] + 8))
     assert saved["episodes"] + 8 <= after["episodes"] <= saved["episodes"] + 8 + 4
     assert after["updates"] >= saved["updates"]
 

@@ -178,6 +178,7 @@ class DecodingEngine:
         self.sliding_window = getattr(model.config, "sliding_window", None) if "sliding_attention" in layer_types else None
         self._truncation_warned = False
         self.dense_rows = dense_rows if dense_rows is not None else self.device.type != "cpu"
+        self.forwards = 0  # LM forwards run so far (what host reads and costs are counted per)
 
     # ----------------------------------------------------------------------------------------- batches
     def start(self, prompts: list[str], *, keep_token_states: bool = False) -> DecodeBatch:
@@ -359,6 +360,7 @@ class DecodingEngine:
 
     @torch.no_grad()
     def _forward(self, batch: DecodeBatch, status: StepStatus) -> None:
+        self.forwards += 1
         if status.dead_slots:
             batch.cache.drop_front(status.dead_slots)
             batch.attn = batch.attn[:, status.dead_slots:]
