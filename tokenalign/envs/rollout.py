@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from tokenalign.envs.candidates import BASE_LOGIT_BOUND
-from tokenalign.envs.engine import DecodeBatch, DecodingEngine, observation
+from tokenalign.envs.decode_batch import DecodeBatch, observation
+from tokenalign.envs.engine import DecodingEngine
 from tokenalign.rewards.shaping import ShapingConfig, mara_kl_penalties
 
 

@@ -19,7 +19,8 @@ from typing import Literal
 
 import torch
 
-from tokenalign.envs.engine import DecodeBatch, DecodingEngine, observation
+from tokenalign.envs.decode_batch import DecodeBatch, observation
+from tokenalign.envs.engine import DecodingEngine
 from tokenalign.envs.rollout import AcceptLogitFn
 
 Strategy = Literal["top1", "random", "max_prob"]
