@@ -12,7 +12,7 @@ import redis
 
 from test_buffer_support import HIDDEN, LAYOUT, assert_chain, episodes, fleet, redis_spec  # noqa: F401
 from tokenalign.buffers.chunk_codec import encode_chunk, layout_signature
-from tokenalign.buffers.errors import ForeignValueError, ShardUnavailableError
+from tokenalign.buffers.errors import ForeignValueError
 from tokenalign.buffers.redis_client import connect
 from tokenalign.buffers.schema import RecordLayout, RecordSchemaError, make_record_batch, to_ipc
 from tokenalign.buffers.shard import Columns
@@ -73,7 +73,7 @@ def test_killed_shard_restarts_with_its_data(tmp_path: Path) -> None:
         assert len(reopened) == 23
 
 
-def test_dead_shard_writers_give_up_naming_it_and_sampling_goes_on(tmp_path: Path) -> None:
+def test_dead_shard_writers_route_around_it_naming_it_and_sampling_goes_on(tmp_path: Path) -> None:
     with RedisFleet.start(num_servers=2, run_dir=tmp_path) as two:
         buffer = redis_spec(two, "faults").connect()
         on0, on1 = _ids_on(0, 3), _ids_on(1, 3)
@@ -83,12 +83,14 @@ def test_dead_shard_writers_give_up_naming_it_and_sampling_goes_on(tmp_path: Pat
             batch = buffer.sample(64)
         assert set(batch.episode_id.tolist()) <= set(on0)
         started = time.monotonic()
-        with pytest.raises(ShardUnavailableError, match=r"redis shard 1 at redis://127\.0\.0\.1:\d+/0 stayed unreachable"):
-            buffer.add(episodes(_ids_on(0, 1, start=100) + _ids_on(1, 1, start=100)))
+        new = _ids_on(0, 1, start=100) + _ids_on(1, 1, start=100)
+        with pytest.warns(UserWarning, match=r"redis shard 1 at redis://127\.0\.0\.1:\d+/0 stayed unreachable.*"
+                                             r"its episodes were written to the live shards"):
+            buffer.add(episodes(new))
         assert time.monotonic() - started >= 0.9  # it retried for write_timeout_s, not once
         two.restart(1)
-        assert len(buffer) == 7 * 5  # shard 0 got its episode of the failed add; shard 1 kept its data
-        assert set(buffer.sample_episodes(7).episode_id.tolist()) == set(on0 + on1 + _ids_on(0, 1, start=100))
+        assert len(buffer) == 8 * 5  # both new episodes on shard 0; shard 1 kept its data
+        assert set(buffer.sample_episodes(8).episode_id.tolist()) == set(on0 + on1 + new)
 
 
 def test_a_writer_retrying_through_a_restart_writes_once(tmp_path: Path) -> None:
@@ -207,3 +209,22 @@ def test_a_checkpoint_never_waits_for_a_dead_shard_and_a_restarted_one_rejoins(t
         assert restarts == [1] and two.alive(1)
         assert [vars(s.counters()) for s in buffer.shards] == held  # its data came back from the append-only file
         assert len(buffer) == 20
+
+
+def test_writers_route_around_a_dead_shard_and_return_to_it_once_it_is_back(tmp_path: Path) -> None:
+    with RedisFleet.start(num_servers=2, run_dir=tmp_path) as two:
+        buffer = redis_spec(two, "around", num_shards=2, write_timeout_s=0.5).connect()
+        ids = list(range(1, 21))
+        assert set(route(np.array(ids), 2).tolist()) == {0, 1}  # these episodes use both shards
+        two.kill(1)
+        with pytest.warns(UserWarning, match="its episodes were written to the live shards"):
+            buffer.add(episodes(ids))  # shard 1 fails after its retry window; its episodes go to shard 0
+        assert buffer.shards[0].counters().inserted == 5 * len(ids)  # every episode, each written once
+        started = time.monotonic()
+        buffer.add(episodes([21, 22, 23, 24]))  # within the window: shard 1 is skipped without a wait
+        assert time.monotonic() - started < 0.4
+        assert buffer.shards[0].counters().inserted == 5 * (len(ids) + 4)
+        two.restart(1)
+        time.sleep(0.6)  # the window has passed: the shard is tried again and takes its share
+        buffer.add(episodes(list(range(30, 50))))
+        assert buffer.shards[1].counters().inserted > 0

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -56,6 +57,7 @@ class ShardedReplayBuffer:
         self._rng = np.random.default_rng(seed)
         self._down: set[int] = set()
         self._counters_seen = [ShardCounters() for _ in self.shards]
+        self._write_skip_until: dict[int, float] = {}
         self._batches = BatchMemory(width=layout.hidden_size)
         self._readers = ThreadPoolExecutor(max_workers=len(self.shards), thread_name_prefix="shard-reader")
 
@@ -66,7 +68,8 @@ class ShardedReplayBuffer:
         columns = Columns.from_batch(record_batch, layout=self.layout)
         starts = columns.episode_starts()
         lengths = np.diff(np.r_[starts, len(columns)])
-        row_shard = np.repeat(route(columns.scalars["episode_id"][starts], len(self.shards)), lengths)
+        episode_ids = columns.scalars["episode_id"][starts]
+        row_shard = np.repeat(self._write_route(episode_ids, skip=self._writes_skipping()), lengths)
         for index, rows in enumerate(np.bincount(row_shard, minlength=len(self.shards)).tolist()):
             if rows > self.shards[index].capacity:
                 raise ValueError(
@@ -80,16 +83,40 @@ class ShardedReplayBuffer:
                 blocked=lambda: "insert blocked by the rate limiter (is the learner sampling?): "
                 + self.limiter.describe(counters=self._totals(), size=self._server_size()),
             )
-        failures = []
-        for index in np.unique(row_shard).tolist():
+        failed: set[int] = set()
+        failures: list[str] = []
+        written = np.zeros(len(columns), dtype=bool)
+        pending = np.unique(row_shard).tolist()
+        while pending:
+            index = pending.pop(0)
+            rows = np.flatnonzero((row_shard == index) & ~written)
             try:
-                self.shards[index].add(columns.take(np.flatnonzero(row_shard == index)))
+                self.shards[index].add(columns.take(rows))
+                written[rows] = True
             except ShardUnavailableError as err:
+                # A shard down past the retry window is routed around: its episodes go to the live shards,
+                # and later writes skip it for one more window before trying it again.
+                failed.add(index)
                 failures.append(str(err))
+                self._write_skip_until[index] = time.monotonic() + self.write_timeout_s
+                skip = self._writes_skipping() | failed
+                if len(skip) == len(self.shards):
+                    raise ShardUnavailableError("every shard is unreachable: " + "; ".join(failures)) from None
+                episodes = np.repeat(np.arange(len(starts)), lengths)[rows]
+                row_shard[rows] = self._write_route(episode_ids, skip=skip)[episodes]
+                pending = sorted(set(pending) | set(np.unique(row_shard[rows]).tolist()))
         if failures:
-            raise ShardUnavailableError(
-                "; ".join(failures) + " — the episodes routed to the other shards were written"
-            )
+            warnings.warn("; ".join(failures) + " — its episodes were written to the live shards", stacklevel=2)
+
+    def _writes_skipping(self) -> set[int]:
+        """Shards that failed a write less than a retry window ago."""
+        now = time.monotonic()
+        return {index for index, until in self._write_skip_until.items() if until > now}
+
+    def _write_route(self, episode_ids: np.ndarray, *, skip: set[int]) -> np.ndarray:
+        """Each episode's shard: by episode id over all shards, or over the live ones while some are skipped."""
+        live = [i for i in range(len(self.shards)) if i not in skip] or list(range(len(self.shards)))
+        return np.asarray(live, dtype=np.int64)[route(episode_ids, len(live))]
 
     # -- learners --------------------------------------------------------------------------------------------
     def sample(self, n: int, *, timeout_s: float | None = None) -> Decisions:
