@@ -175,7 +175,7 @@ def test_the_driver_writes_checkpoints_wherever_the_learner_runs_and_resumes_pas
     newest, before = steps[-1], steps[-2]
     (newest / "learner.pt").write_bytes((newest / "learner.pt").read_bytes()[:100])
     resumed = Trainer.from_run_dir(first.run_dir, ["run.total_episodes=48"])
-    assert resumed._checkpoint.path.name == before.name
+    assert resumed.resume_from.path.name == before.name
     resumed.run()
     assert resumed.progress.episodes >= 48
     metrics = read_metrics(tmp_path / first.run_dir)

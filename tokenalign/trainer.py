@@ -87,15 +87,15 @@ class Progress:
 class Trainer:
     """One training run; `run()` returns the summary."""
 
-    def __init__(self, *, config: TrainConfig, run_dir: Path, resume: bool = False) -> None:
+    def __init__(self, *, config: TrainConfig, run_dir: Path, resume_from: Checkpoint | None = None) -> None:
+        """`resume_from`: the checkpoint a resumed run restores (None: a new run)."""
         self.config = config
         self.run_dir = run_dir
-        self.resume = resume
+        self.resume_from = resume_from
         self.progress = Progress()
         self._stop_reason: str | None = None
         self._fleet = None
         self._started_ray = False
-        self._checkpoint: Checkpoint | None = None
         self._watchdog: DriverWatchdog | None = None
         self._keep_alive: threading.Event | None = None
 
@@ -138,9 +138,7 @@ class Trainer:
         checkpoint = read_newest(run_dir / "checkpoints")  # before anything starts: the run may not be resumable
         if overrides:
             save_config(run_dir / "config.yaml", config)
-        trainer = cls(config=config, run_dir=run_dir, resume=True)
-        trainer._checkpoint = checkpoint
-        return trainer
+        return cls(config=config, run_dir=run_dir, resume_from=checkpoint)
 
     def _resources(self) -> ray_cluster.ResourceRequest:
         r = self.config.rollout
@@ -173,7 +171,7 @@ class Trainer:
         self.weights = WeightStore.remote()
         self.learner = LearnerActor.options(num_gpus=cfg.learner.num_gpus, num_cpus=1).remote(
             config=cfg, layout=layout, weights=self.weights, buffer_spec=self.buffer_spec)
-        if self.resume:
+        if self.resume_from is not None:
             self._restore()
         self._call(self.learner.publish.remote())
         self.reward_service = None
@@ -401,7 +399,7 @@ class Trainer:
                                 progress=vars(p))
 
     def _restore(self) -> None:
-        ckpt = self._checkpoint
+        ckpt = self.resume_from
         self._call(self.learner.load_state.remote(ckpt.learner))
         self.progress = Progress(**ckpt.progress)
         self._truncate_metrics()

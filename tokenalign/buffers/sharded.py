@@ -239,8 +239,11 @@ class ShardedReplayBuffer:
 
     def _totals(self) -> ShardCounters:
         total = ShardCounters()
-        for shard in self._reachable():
-            counters = self._counters_seen[self.shards.index(shard)] = shard.counters()
+        reachable = self._reachable()
+        for index, shard in enumerate(self.shards):
+            if shard not in reachable:
+                continue
+            counters = self._counters_seen[index] = shard.counters()
             total.inserted += counters.inserted
             total.sampled += counters.sampled
             total.evicted += counters.evicted
