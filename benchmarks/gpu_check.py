@@ -151,7 +151,7 @@ def host_reads(model, tokenizer, args: Args) -> dict[str, Any]:
                             config=EngineConfig(max_new_tokens=args.max_new_tokens))
     with HostSyncCounter() as reads:
         tokens = engine_tokens(engine, PROMPTS, 0)
-    return {"host_reads": reads.total, "forwards": engine.forwards,
+    return {"host_reads": reads.total, "forwards": engine.forwards, "forced_rounds": engine.forced_rounds,
             "host_reads_per_forward": reads.total / engine.forwards, "host_reads_by_op": dict(reads.by_op),
             "tokens_counted": tokens}
 
@@ -190,7 +190,8 @@ def markdown(report: dict[str, Any]) -> str:
     lines += [f"| {r['batch']} | {r['engine_tokens_per_s']:.1f} | {r['generate_tokens_per_s']:.1f} | "
               f"{r['engine_vs_generate']:.2f} |" for r in t["rows"]]
     lines += ["", f"Host reads per forward: {t['host_reads_per_forward']:.2f} ({t['host_reads']} over {t['forwards']} "
-              f"forwards, batch 8; target ≤ {TARGETS['host_reads_per_forward']:g}).", "",
+              f"forwards and {t['forced_rounds']} forced emissions, batch 8; target ≤ {TARGETS['host_reads_per_forward']:g}).",
+              "",
               "| learner | updates/s | decisions/s |", "|---|---|---|"]
     lines += [f"| {r['learner']} | {r['updates_per_s']:.1f} | {r['samples_per_s']:.0f} |" for r in report["learners"]]
     tr = report["training"]

@@ -45,6 +45,21 @@ def test_propose_matches_hf_warpers():
         torch.testing.assert_close(cands.logp[row, :n], expected_logp[row, ids])
 
 
+def test_tied_candidates_are_ordered_by_token_id_whatever_the_batch():
+    """Equal logits (common in bf16) go lowest token id first, as argmax takes them, in every row of every
+    batch: the rollout's batch and the one-at-a-time replay must present the same order."""
+    row = torch.full((50,), -5.0)
+    row[[31, 7, 19]] = 2.0  # a three-way tie at the top
+    row[[40, 3]] = 1.0
+    for batch in (row[None], torch.stack([torch.randn(50), row, row.flip(0), row])):
+        cands = propose(batch.to(torch.bfloat16), SamplingConfig(top_k=5, top_p=1.0))
+        for r in range(batch.shape[0]):
+            if torch.equal(batch[r], row):
+                assert cands.token_ids[r].tolist() == [7, 19, 31, 3, 40]
+    flipped = propose(row.flip(0)[None], SamplingConfig(top_k=5, top_p=1.0))
+    assert flipped.token_ids[0].tolist() == [49 - 31, 49 - 19, 49 - 7, 49 - 40, 49 - 3]
+
+
 @pytest.mark.parametrize("order", ["prob_asc", "top1_last"])
 def test_candidate_orders(order):
     logits = torch.randn(3, 100) * 2

@@ -93,6 +93,11 @@ def propose(logits: torch.Tensor, config: SamplingConfig) -> Candidates:
     """Warp next-token `logits` (B, V) and return the surviving candidates of every row."""
     k = min(config.top_k, logits.shape[-1])
     top_logits, top_ids = torch.topk(logits.float() / config.temperature, k, dim=-1)  # sorted, highest first
+    # topk orders equal logits as the kernel happens to (it varies with the batch), and low-precision logits
+    # tie often: ties go to the lower token id (as argmax), so every batch presents the same order.
+    by_id = top_ids.argsort(dim=-1)
+    order = top_logits.gather(1, by_id).argsort(dim=-1, descending=True, stable=True)
+    top_logits, top_ids = top_logits.gather(1, by_id).gather(1, order), top_ids.gather(1, by_id).gather(1, order)
     probs = torch.softmax(top_logits, dim=-1)
     mass_before = torch.cumsum(probs, dim=-1) - probs
     # A token survives top-p while the mass of the tokens ranked above it is still short of top_p,

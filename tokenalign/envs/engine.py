@@ -109,6 +109,7 @@ class DecodingEngine:
         self._truncation_warned = False
         self.dense_rows = dense_rows if dense_rows is not None else self.device.type != "cpu"
         self.forwards = 0  # LM forwards run so far (what host reads and costs are counted per)
+        self.forced_rounds = 0  # settle rounds that emitted a last candidate left, without a decision or a forward
 
     # ----------------------------------------------------------------------------------------- batches
     def start(self, prompts: list[str], *, keep_token_states: bool = False) -> DecodeBatch:
@@ -257,6 +258,7 @@ class DecodingEngine:
         while True:
             status = batch.status = self.read_status(batch)
             if status.last_left:
+                self.forced_rounds += 1
                 self.emit(batch, self._last_left(batch), batch.cursor)
             elif status.forward:
                 self._forward(batch, status)
