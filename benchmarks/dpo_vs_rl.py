@@ -6,8 +6,8 @@
 Each method trains for `minutes` of wall-clock on this machine (run.max_minutes: the training loop; the
 start-up — DPO teacher-forcing its pairs once, PPO starting actors and Redis — is reported beside it), 3 seeds:
 
-    ppo              the demo (`make run`'s config): VADER × 2 − profanity from rollouts, β = 0.1
-    dpo              learner.name=dpo on builtin:demo-prefs (pairs of base-LM samples, `better` by VADER), β = 0.1
+    ppo              the demo (`make run`'s config): VADER × 2 − profanity from rollouts, β = the demo's kl_coef
+    dpo              learner.name=dpo on builtin:demo-prefs (pairs of base-LM samples, `better` by VADER), the same β
     adaptive_margin  HC-RLHF's adaptive margin (EMA copy, margins 0..10), same data and β
 
 Every agent is measured on the same held-out prompts: reward (the demo's VADER × 2 − profanity), cost,

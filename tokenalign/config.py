@@ -162,7 +162,7 @@ class TrainConfig:
     objective: ObjectiveSection = field(default_factory=ObjectiveSection)
     """How the learner turns the recorded raw scores into rewards and costs (weighted: MARA's sum)."""
     learner: LearnerSection = field(default_factory=lambda: LearnerSection(
-        name="ppo", params={"episodes_per_update": 32, "actor_lr": 1e-3, "critic_lr": 1e-3, "kl_coef": 0.1}))
+        name="ppo", params={"episodes_per_update": 32, "actor_lr": 1e-3, "critic_lr": 1e-3, "kl_coef": 0.3}))
     """The learner."""
     buffer: BufferConfig = field(default_factory=lambda: BufferConfig(
         backend="redis", num_shards=2, capacity=200_000, min_size_to_sample=1025))

@@ -25,7 +25,7 @@ PROPORTIONAL_CLIP = 0.2  # Ziegler et al. 2019
 class KLConfig:
     """The KL-to-base-LM term of a learner's objective (a mixin of every learner's config)."""
 
-    kl_coef: float = 0.02  # InstructGPT (Ouyang et al. 2022); the demo's 0.1 comes from benchmarks/results/reward_kl.md
+    kl_coef: float = 0.02  # InstructGPT (Ouyang et al. 2022); the demo's 0.3: benchmarks/results/demo_run/README.md
     """β: weight of KL(π ‖ π_ref) to the base LM; the starting value when kl_target is set."""
     kl_target: float | None = None
     """Target KL per response in nats; None keeps β fixed, a value adapts β towards it (Ziegler et al. 2019)."""
