@@ -96,8 +96,9 @@ def propose(logits: torch.Tensor, config: SamplingConfig) -> Candidates:
     # topk orders equal logits as the kernel happens to (it varies with the batch), and low-precision logits
     # tie often: ties go to the lower token id (as argmax), so every batch presents the same order.
     by_id = top_ids.argsort(dim=-1)
-    order = top_logits.gather(1, by_id).argsort(dim=-1, descending=True, stable=True)
-    top_logits, top_ids = top_logits.gather(1, by_id).gather(1, order), top_ids.gather(1, by_id).gather(1, order)
+    top_logits, top_ids = top_logits.gather(1, by_id), top_ids.gather(1, by_id)
+    order = top_logits.argsort(dim=-1, descending=True, stable=True)
+    top_logits, top_ids = top_logits.gather(1, order), top_ids.gather(1, order)
     probs = torch.softmax(top_logits, dim=-1)
     mass_before = torch.cumsum(probs, dim=-1) - probs
     # A token survives top-p while the mass of the tokens ranked above it is still short of top_p,
