@@ -227,13 +227,18 @@ def write_model_card(out_dir: Path, facts: dict[str, object]) -> None:
     (out_dir / "README.md").write_text("\n".join(lines), encoding="utf-8")
 
 
+def saved_perplexity(out_dir: Path, val_texts: list[str], *, block_size: int) -> tuple[float, int]:
+    """Validation perplexity (and tokens scored) of the model and tokenizer saved in `out_dir`, loaded exactly
+    as users load them, on the blocks training validates on."""
+    model = AutoModelForCausalLM.from_pretrained(out_dir, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(out_dir)
+    val = val_blocks(encode_stream(tokenizer, val_texts), block_size)
+    return perplexity(model, val, batch_size=64), val[:, 1:].numel()
+
+
 def measure(args: argparse.Namespace, split: Split) -> None:
-    """Validation perplexity of the saved model, on the split and blocks training used."""
-    model = AutoModelForCausalLM.from_pretrained(args.out_dir, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(args.out_dir)
-    val = val_blocks(encode_stream(tokenizer, split.val), args.block_size)
-    ppl = perplexity(model, val, batch_size=64)
-    print(f"{args.out_dir}: val perplexity {ppl:.2f} over {val[:, 1:].numel():,} tokens", flush=True)
+    ppl, n_tokens = saved_perplexity(args.out_dir, split.val, block_size=args.block_size)
+    print(f"{args.out_dir}: val perplexity {ppl:.2f} over {n_tokens:,} tokens", flush=True)
 
 
 def parse_args() -> argparse.Namespace:
@@ -378,9 +383,7 @@ def main() -> None:
     assert best_state is not None, "budget too short for a single evaluation"
 
     # Re-measure from the saved fp16 files, exactly as users will load them.
-    reloaded = AutoModelForCausalLM.from_pretrained(args.out_dir, dtype=torch.float32)
-    AutoTokenizer.from_pretrained(args.out_dir)  # fails loudly if the tokenizer files are unusable
-    ppl_fp16 = perplexity(reloaded, val, batch_size=64)
+    ppl_fp16, _ = saved_perplexity(args.out_dir, split.val, block_size=args.block_size)
     size_mb = sum(f.stat().st_size for f in args.out_dir.iterdir() if f.is_file()) / 2**20
     print(f"best val ppl fp32 {best_ppl:.2f} at step {best_step}; fp16 reloaded {ppl_fp16:.2f}", flush=True)
 
