@@ -19,7 +19,10 @@ $(STAMP): setup.py
 run: $(STAMP)
 	$(VENV)/bin/tokenalign train
 
+# The layers (.importlinter) and lint (ruff.toml) first: a violation fails the suite before any test runs.
 test: $(STAMP)
+	$(VENV)/bin/lint-imports --no-cache
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 clean-venv:

@@ -16,11 +16,11 @@ import numpy as np
 
 from tokenalign.cluster import ray_cluster
 from tokenalign.config import TrainConfig, load_config
-from tokenalign.data import load_prompts
+from tokenalign.data.prompts import load_prompts
 from tokenalign.envs.task import DecodingTask
 from tokenalign.eval.evaluate import Generation, evaluate
 from tokenalign.eval.metrics import distinct_n
-from tokenalign.trainer import Trainer
+from tokenalign.run.trainer import Trainer
 
 A = TypeVar("A")
 

@@ -24,17 +24,18 @@ import sys
 import tempfile
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import redis
 import torch
 
 from tokenalign.buffers.config import BufferConfig
-from tokenalign.buffers.schema import RecordLayout, make_record_batch
-from tokenalign.buffers.spec import BufferSpec, launch_buffer
+from tokenalign.buffers.layout import RecordLayout, make_record_batch
+from tokenalign.buffers.spec import BufferSpec
+from tokenalign.cluster.buffer_servers import launch_buffer
 
 MGET_KEYS_PER_COMMAND = 256
 ROWS = (

@@ -32,12 +32,12 @@ from compare_report import write_report  # noqa: E402
 
 from tokenalign.cluster import ray_cluster  # noqa: E402
 from tokenalign.config import TrainConfig, load_config  # noqa: E402
-from tokenalign.data import load_prompts  # noqa: E402
+from tokenalign.data.prompts import load_prompts  # noqa: E402
 from tokenalign.envs.task import DecodingTask  # noqa: E402
 from tokenalign.eval.agent_source import load_agent  # noqa: E402
 from tokenalign.eval.evaluate import evaluate  # noqa: E402
 from tokenalign.learners import config_class  # noqa: E402
-from tokenalign.trainer import Trainer  # noqa: E402
+from tokenalign.run.trainer import Trainer  # noqa: E402
 
 LEARNERS = ("sac", "ppo", "ppo_lagrangian", "rloo_lagrangian")
 DEMO_PARAMS: dict[str, dict[str, Any]] = {

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bench_runs import best_of_pool, budget_overrides, command, held_out_task, machine, mean_se, parse_args, train
+
 from tokenalign.eval.agent_source import load_agent
 from tokenalign.eval.evaluate import evaluate
 

@@ -23,9 +23,10 @@ import torch
 from transformers import DynamicCache, GPT2Config, GPT2LMHeadModel
 
 from tokenalign.envs.candidates import SamplingConfig, propose
-from tokenalign.envs.engine import DecodingEngine, EngineConfig, prompt_token_ids
+from tokenalign.envs.engine import DecodingEngine, EngineConfig
 from tokenalign.envs.rollout import generate_episodes
-from tokenalign.lm import load_lm
+from tokenalign.lm.loader import load_lm
+from tokenalign.lm.prompt_ids import prompt_token_ids
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PROMPTS = ["The secret of life is", "A man walks into a bar and", "Never trust a computer", "In the beginning",

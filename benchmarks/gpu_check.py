@@ -34,8 +34,8 @@ from tokenalign.config import load_config
 from tokenalign.envs.engine import DecodingEngine, EngineConfig
 from tokenalign.envs.host_syncs import HostSyncCounter
 from tokenalign.envs.rollout import generate_episodes
-from tokenalign.lm import load_lm
-from tokenalign.trainer import Trainer
+from tokenalign.lm.loader import load_lm
+from tokenalign.run.trainer import Trainer
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PROMPTS = ["The secret of life is", "A man walks into a bar and", "Never trust a computer", "In the beginning",
@@ -125,8 +125,8 @@ def throughput(args: Args, model, tokenizer) -> dict[str, Any]:
     rows = []
     for batch in args.batches:
         prompts = (PROMPTS * (batch // len(PROMPTS) + 1))[:batch]
-        methods = {"engine": lambda s: engine_tokens(engine, prompts, s),
-                   "generate": lambda s: generate_tokens(model, tokenizer, prompts, args.max_new_tokens, s)}
+        methods = {"engine": lambda s, prompts=prompts: engine_tokens(engine, prompts, s),
+                   "generate": lambda s, prompts=prompts: generate_tokens(model, tokenizer, prompts, args.max_new_tokens, s)}
         for method in methods.values():  # warm-up (kernels, allocator)
             method(0)
         totals = {name: [0.0, 0] for name in methods}

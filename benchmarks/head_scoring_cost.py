@@ -24,14 +24,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-
 from bench_runs import command, machine, parse_args
-from tokenalign.data import load_prompts
+
+from tokenalign.data.prompts import load_prompts
 from tokenalign.envs.engine import DecodingEngine, EngineConfig
 from tokenalign.envs.rollout import generate_episodes
 from tokenalign.heads.model import HeadConfig, ScoreHead, lm_fingerprint, save_head
 from tokenalign.heads.states import ResponseStates, response_length
-from tokenalign.lm import load_lm
+from tokenalign.lm.loader import load_lm
 from tokenalign.rewards import make_scorer
 
 

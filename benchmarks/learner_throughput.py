@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from tokenalign.buffers.schema import Transitions
+from tokenalign.buffers.batches import Transitions
 from tokenalign.learners import learner_names, make_learner
 
 

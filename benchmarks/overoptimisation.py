@@ -7,7 +7,7 @@ head against the sequence reward of the largest reward head.
     python benchmarks/overoptimisation.py --kl-coef 0.3   # the same heads, agents nearer the base LM
     python benchmarks/overoptimisation.py --quick    # a smoke run
 
-Data: the demo preference set (tokenalign/demo_preferences.py): two base-LM samples per demo prompt,
+Data: the demo preference set (tokenalign/workflows/demo_preferences.py): two base-LM samples per demo prompt,
 `better` by VADER, ties dropped, revisions for the token head. Each head holds out a ninth of its pairs
 (fit-scorer's eval_fraction 0.1 of N/0.9). Agents: PPO as the demo trains it, at β = `kl_coef`, with the
 proxy head as the only reward and VADER recorded at ×0 (so its training curve is logged, not optimised).
@@ -26,12 +26,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from bench_runs import best_of_pool, budget_overrides, command, held_out_task, machine, mean_se, parse_args, train
-from tokenalign.demo_preferences import ensure_demo_preferences
+
 from tokenalign.eval.agent_source import load_agent
 from tokenalign.eval.evaluate import evaluate
-from tokenalign.heads.fit import FitConfig, fit_head
+from tokenalign.workflows.demo_preferences import ensure_demo_preferences
+from tokenalign.workflows.fit_head import FitConfig, fit_head
 
 GOLD = "vader"
 
@@ -108,7 +108,7 @@ def main() -> None:
 
     heads = {str(n): root / "heads" / f"reward-{n}" for n in sizes}
     heads["token"] = root / "heads" / f"token-{max(sizes)}"
-    source = f"$TOKENALIGN_CACHE/{data_file.name} (tokenalign.demo_preferences.ensure_demo_preferences)"
+    source = f"$TOKENALIGN_CACHE/{data_file.name} (tokenalign.workflows.demo_preferences.ensure_demo_preferences)"
     data: dict[str, Any] = {"command": command("overoptimisation.py", args, QUICK), "args": asdict(args),
                             "machine": machine(), "data": source, "heads": {}, "scale": {}, "seeds": []}
     for label, out in heads.items():
@@ -130,9 +130,10 @@ def main() -> None:
         if not data["scale"]:  # each proxy at unit std over base samples, so that β means the same for all of them
             data["scale"] = {label: 1.0 / float(np.std([r.scores[proxy_name(label)] for r in pool.records]))
                              for label in heads}
+        # each lambda binds its label's proxy name as a default
         row["best_of"] = {label: best_of_pool(pool.records, prompts=len(task.prompts), pool=args.pool, eos=eos,
-                                              rank_by=lambda r, name=proxy_name(label): r.scores[name],
-                                              report={"proxy": lambda r, name=proxy_name(label): r.scores[name],
+                                              rank_by=lambda r, name=proxy_name(label): r.scores[name],  # noqa: B008
+                                              report={"proxy": lambda r, name=proxy_name(label): r.scores[name],  # noqa: B008
                                                       "gold": lambda r: r.scores[GOLD]})
                           for label in heads if label != "token"}
         for label, head in heads.items():

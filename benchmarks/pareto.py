@@ -42,8 +42,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_runs import (  # noqa: E402
-    AGENT_MODES, budget_overrides, command, decode, held_out_task, machine, mean_se, parse_args, train,
+    AGENT_MODES,
+    budget_overrides,
+    command,
+    decode,
+    held_out_task,
+    machine,
+    mean_se,
+    parse_args,
+    train,
 )
+
 from tokenalign.agents.policy import AcceptRejectPolicy  # noqa: E402
 from tokenalign.envs.task import DecodingTask  # noqa: E402
 from tokenalign.eval.agent_source import find_checkpoint, load_agent  # noqa: E402

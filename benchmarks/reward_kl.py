@@ -37,6 +37,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_runs import budget_overrides, command, held_out_task, machine, mean_se, parse_args, train  # noqa: E402
+
 from tokenalign.eval.agent_source import load_agent  # noqa: E402
 from tokenalign.eval.evaluate import evaluate  # noqa: E402
 from tokenalign.eval.forward_tokens import ForwardTokenCounter  # noqa: E402

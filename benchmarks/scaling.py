@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 from tokenalign.config import load_config
-from tokenalign.trainer import Trainer
+from tokenalign.run.trainer import Trainer
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

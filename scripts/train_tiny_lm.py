@@ -216,7 +216,7 @@ def write_model_card(out_dir: Path, facts: dict[str, object]) -> None:
         "fortunes packed into blocks (each fortune followed by `<|endoftext|>`), so it",
         "is not comparable with numbers measured under other tokenizers.",
         "",
-        "Load it with `tokenalign.lm.load_lm(\"builtin:tiny\")`.",
+        "Load it with `tokenalign.lm.loader.load_lm(\"builtin:tiny\")`.",
         "",
         "Re-measure the validation perplexity of the shipped files (needs Debian's",
         "`fortunes` package; nothing is trained or written):",

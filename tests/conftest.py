@@ -16,7 +16,7 @@ torch.set_num_threads(1)
 @pytest.fixture(scope="session")
 def tiny_lm():
     """The bundled tiny LM and its tokenizer, loaded once per session (fp32)."""
-    from tokenalign.lm import load_lm
+    from tokenalign.lm.loader import load_lm
 
     return load_lm("builtin:tiny")
 

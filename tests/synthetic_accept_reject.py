@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from tokenalign.agents.policy import AcceptRejectPolicy
-from tokenalign.buffers.schema import Transitions, concat_rows, select_rows
+from tokenalign.buffers.batches import Transitions, concat_rows, select_rows
 
 BAD, GOOD, COSTLY = 0, 1, 2
 

@@ -11,11 +11,11 @@ import torch
 import torch.nn.functional as F
 
 from tokenalign.agents.policy import AcceptRejectPolicy
-from tokenalign.buffers.schema import Transitions
+from tokenalign.buffers.batches import Transitions
 from tokenalign.envs.candidates import SamplingConfig, propose, reference_accept_logits
 from tokenalign.envs.engine import DecodingEngine, EngineConfig
 from tokenalign.envs.rollout import generate_episodes
-from tokenalign.learners import make_learner
+from tokenalign.learners import config_class, make_learner
 
 PROMPT = "The secret of life is"
 
@@ -124,7 +124,7 @@ def log_ratios() -> list[float]:
 
 def test_ppo_pays_the_per_token_kl_in_its_reward():
     batch = on_policy_batch(LOGP, ACTION, BASE, EPISODE, REWARD)
-    ppo = make_learner("ppo", hidden_size=4, config={"widths": (8,), "kl_coef": 0.3})
+    ppo = make_learner("ppo", hidden_size=4, config=config_class("ppo")(widths=(8,), kl_coef=0.3))
     metrics = ppo.update(batch)
     ratio = log_ratios()
     assert metrics["episode_kl_reward"] == pytest.approx(-0.3 * ((ratio[0] + ratio[1]) + (ratio[2] + ratio[3])) / 2,
@@ -136,7 +136,7 @@ def test_rloo_pays_the_sequence_kl_in_its_return():
     G_i = R_i − β·Σ_t log(π_old/π_ref) and L_i = Σ_t log π_θ(a_t) = Σ_t log π_ref(a_t) for an untrained agent."""
     batch = on_policy_batch(LOGP, ACTION, BASE, EPISODE, REWARD)
     beta = 0.4
-    rloo = make_learner("rloo_lagrangian", hidden_size=4, config={"widths": (8,), "kl_coef": beta, "threshold": 10.0})
+    rloo = make_learner("rloo_lagrangian", hidden_size=4, config=config_class("rloo_lagrangian")(widths=(8,), kl_coef=beta, threshold=10.0))
     metrics = rloo.update(batch)
     ratio = log_ratios()
     g = [1.0 - beta * (ratio[0] + ratio[1]), 3.0 - beta * (ratio[2] + ratio[3])]

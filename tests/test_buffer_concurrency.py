@@ -5,8 +5,8 @@ import multiprocessing
 import pickle
 
 import numpy as np
-
 from test_buffer_support import assert_chain, episodes, fleet, redis_spec  # noqa: F401
+
 from tokenalign.buffers.redis_client import connect
 from tokenalign.buffers.sharded import route
 

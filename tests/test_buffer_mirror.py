@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from test_buffer_support import HIDDEN, assert_chain, assert_observed_columns, episodes, fleet, redis_spec  # noqa: F401
+
 from tokenalign.buffers import redis_shard
+from tokenalign.buffers.batches import select_rows
 from tokenalign.buffers.config import BufferConfig
 from tokenalign.buffers.errors import BufferSpecError
-from tokenalign.buffers.schema import select_rows
 from tokenalign.cluster.redis_fleet import RedisFleet
 
 ROW_BYTES = 2 * HIDDEN  # float16 states

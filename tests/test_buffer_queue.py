@@ -6,11 +6,11 @@ import pickle
 
 import pytest
 import torch
-
 from test_buffer_support import assert_chain, assert_observed_columns, episodes, fleet, memory_spec, redis_spec  # noqa: F401
+
 from tokenalign.buffers.errors import ForeignValueError, RateLimitTimeout
+from tokenalign.buffers.layout import RecordSchemaError
 from tokenalign.buffers.redis_client import connect
-from tokenalign.buffers.schema import RecordSchemaError
 
 _namespaces = itertools.count()
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import redis
-
 from test_buffer_support import fleet  # noqa: F401
+
 from tokenalign.buffers import range_reader
 from tokenalign.buffers.range_reader import RangeReader
 from tokenalign.buffers.redis_client import connect

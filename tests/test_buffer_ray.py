@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import ray
 import redis
-
 from test_buffer_support import LAYOUT, assert_chain, episodes, memory_spec  # noqa: F401
+
 from tokenalign.buffers.config import BufferConfig
 from tokenalign.buffers.redis_client import connect
-from tokenalign.buffers.spec import launch_buffer
+from tokenalign.cluster.buffer_servers import launch_buffer
 
 
 @pytest.fixture(scope="module")

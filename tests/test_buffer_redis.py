@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import redis
-
 from test_buffer_support import HIDDEN, LAYOUT, assert_chain, episodes, fleet, redis_spec  # noqa: F401
+
 from tokenalign.buffers.chunk_codec import encode_chunk, layout_signature
 from tokenalign.buffers.errors import ForeignValueError
+from tokenalign.buffers.layout import RecordLayout, RecordSchemaError, make_record_batch, to_ipc
 from tokenalign.buffers.redis_client import connect
-from tokenalign.buffers.schema import RecordLayout, RecordSchemaError, make_record_batch, to_ipc
 from tokenalign.buffers.shard import Columns
 from tokenalign.buffers.sharded import route
 from tokenalign.cluster.redis_fleet import RedisFleet

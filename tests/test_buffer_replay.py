@@ -7,10 +7,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
-
 from test_buffer_support import HIDDEN, assert_chain, assert_observed_columns, episodes, fleet, memory_spec, redis_spec  # noqa: F401
+
 from tokenalign.buffers.errors import RateLimitTimeout
-from tokenalign.buffers.schema import RecordSchemaError
+from tokenalign.buffers.layout import RecordSchemaError
 
 _namespaces = itertools.count()
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tokenalign.buffers.config import BufferConfig
-from tokenalign.buffers.schema import RecordLayout, make_record_batch
+from tokenalign.buffers.layout import RecordLayout, make_record_batch
 from tokenalign.buffers.spec import BufferSpec
 from tokenalign.cluster.redis_fleet import RedisFleet
 

@@ -6,7 +6,7 @@ import logging
 import pytest
 import torch
 
-from tokenalign.checkpoints import CheckpointError, read_newest, write_checkpoint
+from tokenalign.run.checkpoints import CheckpointError, read_newest, write_checkpoint
 
 
 def write(root, step):
@@ -35,7 +35,7 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before_saying_so(tmp_
         (newest / "progress.json").write_text("{not json")
     else:
         (tmp_path / "latest").write_text("step-00000009")
-    with caplog.at_level(logging.WARNING, logger="tokenalign.checkpoints"):
+    with caplog.at_level(logging.WARNING, logger="tokenalign.run.checkpoints"):
         ckpt = read_newest(tmp_path)
     expected = "step-00000004" if damage == "latest names a missing step" else "step-00000002"
     assert ckpt.path.name == expected

@@ -3,10 +3,15 @@ from __future__ import annotations
 
 import pytest
 import ray
-
-from tokenalign.cluster.ray_cluster import (ClusterResourceError, ResourceRequest, bundle_options, check_resources,
-                                            reserve_rollout_bundles)
 from ray.util.placement_group import remove_placement_group
+
+from tokenalign.cluster.ray_cluster import (
+    ClusterResourceError,
+    ResourceRequest,
+    bundle_options,
+    check_resources,
+    reserve_rollout_bundles,
+)
 
 
 @ray.remote

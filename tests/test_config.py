@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from tokenalign.config import ConfigError, load_config, to_dict
+from tokenalign.config import load_config
+from tokenalign.core.parsing import ConfigError, to_dict
 
 DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 
@@ -18,7 +19,7 @@ def test_dotted_overrides_are_typed_and_nested():
     cfg = load_config(None, ["learner.name=ppo_lagrangian", "rollout.num_actors=4", "engine.sampling.top_k=10",
                              "learner.params.episodes_per_update=16", "run.max_minutes=null",
                              "reward.scorers=[vader, 'profanity,role=cost,multiplier=-1']"])
-    assert cfg.learner.name == "ppo_lagrangian" and cfg.learner.params["episodes_per_update"] == 16
+    assert cfg.learner.name == "ppo_lagrangian" and cfg.learner.params.episodes_per_update == 16
     assert cfg.rollout.num_actors == 4 and cfg.engine.sampling.top_k == 10 and cfg.run.max_minutes is None
     assert [s.kind for s in cfg.reward.scorers] == ["vader", "profanity"] and cfg.reward.scorers[1].role == "cost"
 

@@ -10,8 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tokenalign import data
-from tokenalign.data import DataError, PromptSource, load_prompts, parse_source, prompt_id, read_prompts
+from tokenalign.data import prompts as data
+from tokenalign.data.prompts import DataError, PromptSource, load_prompts, parse_source, prompt_id, read_prompts
 
 
 def write_jsonl(path: Path, records: list[object]) -> Path:

@@ -11,13 +11,17 @@ import pytest
 import torch
 
 from tokenalign import cli
-from tokenalign.data import load_prompts
-from tokenalign.demo_preferences import (
-    CACHE_VERSION, SAFE_THRESHOLD, _sample, ensure_demo_preferences, make_demo_preferences,
-)
+from tokenalign.data.prompts import load_prompts
 from tokenalign.envs.candidates import SamplingConfig
 from tokenalign.envs.engine import DecodingEngine, EngineConfig
 from tokenalign.rewards.factory import make_scorer
+from tokenalign.workflows.demo_preferences import (
+    CACHE_VERSION,
+    SAFE_THRESHOLD,
+    _sample,
+    ensure_demo_preferences,
+    make_demo_preferences,
+)
 
 PAIRS, MAX_NEW = 24, 12
 FIELDS = {"input": str, "answer": str, "other_answer": str, "better": bool, "safer": bool, "is_safe": bool,
@@ -126,7 +130,7 @@ def test_sampler_restores_order_and_shares_prefill_exactly(tiny_lm):
 
 def test_ensure_generates_once_into_the_cache(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("TOKENALIGN_CACHE", str(tmp_path / "cache"))
-    with caplog.at_level(logging.INFO, logger="tokenalign.demo_preferences"):
+    with caplog.at_level(logging.INFO, logger="tokenalign.workflows.demo_preferences"):
         path = ensure_demo_preferences(pairs=4, seed=1)
     assert path == tmp_path / "cache" / f"demo-preferences-{CACHE_VERSION}-4-seed1.jsonl"
     assert len(read(path)) == 4 and str(path) in caplog.text and "delete" in caplog.text
@@ -135,7 +139,7 @@ def test_ensure_generates_once_into_the_cache(tmp_path, monkeypatch, caplog):
     def fail(**_):
         raise AssertionError("regenerated a cached set")
 
-    monkeypatch.setattr("tokenalign.demo_preferences.make_demo_preferences", fail)
+    monkeypatch.setattr("tokenalign.workflows.demo_preferences.make_demo_preferences", fail)
     assert ensure_demo_preferences(pairs=4, seed=1) == path and path.stat().st_mtime_ns == before
 
 

@@ -17,7 +17,7 @@ from tokenalign.envs.host_syncs import HostSyncCounter
 from tokenalign.envs.rollout import generate_episodes
 from tokenalign.envs.task import DecodingTask
 from tokenalign.eval.evaluate import MODES, evaluate
-from tokenalign.learners import learner_class, learner_names, make_learner
+from tokenalign.learners import config_class, learner_class, learner_names, make_learner
 from tokenalign.rewards.shaping import ShapingConfig
 
 
@@ -71,7 +71,7 @@ def rollout_batch():
 
 @pytest.mark.parametrize("name", [n for n in learner_names() if learner_class(n).data_mode != "pairs"])
 def test_a_learner_step_creates_every_tensor_on_its_device(name):
-    learner = make_learner(name, hidden_size=8, config={"widths": (8, 4)})
+    learner = make_learner(name, hidden_size=8, config=config_class(name)(widths=(8, 4)))
     batch = rollout_batch()
     with no_implicit_device():
         metrics = learner.update(batch.to("cpu"))
@@ -82,7 +82,7 @@ def test_a_learner_step_creates_every_tensor_on_its_device(name):
 def test_a_learner_reads_its_metrics_once_per_update(name, bound):
     """SAC, thousands of updates per run, reads the device once per update (all metrics in one transfer); an
     on-policy update reads a bounded number of times, however many minibatches and epochs it runs."""
-    learner = make_learner(name, hidden_size=8, config={"widths": (8, 4)})
+    learner = make_learner(name, hidden_size=8, config=config_class(name)(widths=(8, 4)))
     batch = rollout_batch()
     learner.update(batch)
     with HostSyncCounter() as syncs:

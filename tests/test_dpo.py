@@ -9,7 +9,7 @@ import torch
 
 from tokenalign.actors.pair_source import PairSource
 from tokenalign.envs.engine import DecodingEngine, EngineConfig
-from tokenalign.learners import make_learner
+from tokenalign.learners import config_class, make_learner
 from tokenalign.learners.dpo import adaptive_margin_loss, dpo_loss
 
 
@@ -36,7 +36,7 @@ def test_adaptive_margin_loss_by_hand():
 
 def planted_pairs(tiny_lm, engine: DecodingEngine, n: int) -> list[dict]:
     """chosen: the LM's top token at every step; rejected: its second. Both are candidates wherever top-p keeps two."""
-    from tokenalign.data import load_prompts
+    from tokenalign.data.prompts import load_prompts
 
     model, tokenizer = tiny_lm
     prompts = [p.text for p in load_prompts("builtin:demo-train")[:n]]
@@ -75,7 +75,7 @@ def test_an_agent_trained_on_planted_pairs_prefers_the_chosen_responses_it_never
     assert train.stats()["pairs"] == 160 and 0 <= train.uncovered_share < 0.5
     for loss in ("dpo", "adaptive_margin"):
         learner = make_learner("dpo", hidden_size=model.config.hidden_size,
-                               config={"loss": loss, "widths": (64,), "lr": 3e-3, "kl_coef": 0.5, "seed": 1})
+                               config=config_class("dpo")(loss=loss, widths=(64,), lr=3e-3, kl_coef=0.5), seed=1)
         everything = held_out.batch(torch.arange(held_out.size))
         with torch.no_grad():
             assert torch.all(learner.margin(learner.policy, everything) == 0)  # it starts as the base LM: h = 0
@@ -89,7 +89,7 @@ def test_an_agent_trained_on_planted_pairs_prefers_the_chosen_responses_it_never
 def test_a_dpo_run_has_the_run_layout_resumes_and_evaluates_like_rl(ray_cluster, pairs_file, tmp_path):
     from tokenalign.config import load_config
     from tokenalign.eval.agent_source import load_agent
-    from tokenalign.trainer import Trainer
+    from tokenalign.run.trainer import Trainer
 
     overrides = ["learner.name=dpo", f"data.pairs=[{pairs_file}]", "learner.params={batch_size: 16, widths: [64]}",
                  "run.total_episodes=320", "run.checkpoint_every=5", "run.eval_prompts=4", "engine.max_new_tokens=8",
@@ -114,7 +114,8 @@ def test_a_dpo_run_has_the_run_layout_resumes_and_evaluates_like_rl(ray_cluster,
 
 
 def test_dpo_without_pairs_is_one_clear_error_before_any_run_directory(tmp_path):
-    from tokenalign.config import ConfigError, load_config
+    from tokenalign.config import load_config
+    from tokenalign.core.parsing import ConfigError
 
     with pytest.raises(ConfigError, match=r"data\.pairs is empty: learner\.name=dpo .*data\.pairs=\[builtin:demo-prefs\]"):
         load_config(None, ["learner.name=dpo", f"run.runs_dir={tmp_path}"])

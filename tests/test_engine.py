@@ -4,13 +4,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from transformers.generation.logits_process import (TemperatureLogitsWarper, TopKLogitsWarper,
-                                                     TopPLogitsWarper)
+from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
 from tokenalign.envs.candidates import SamplingConfig, propose
 from tokenalign.envs.engine import DecodingEngine, EngineConfig
 from tokenalign.envs.rollout import generate_episodes
-from tokenalign.lm import load_lm
+from tokenalign.lm.loader import load_lm
 
 PROMPTS = ["The secret of life is", "A man", "Never trust a computer you can't throw out a window, said"]
 

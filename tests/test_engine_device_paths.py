@@ -8,7 +8,7 @@ import torch
 from tokenalign.envs.engine import DecodingEngine, EngineConfig
 from tokenalign.envs.host_syncs import HostSyncCounter
 from tokenalign.envs.rollout import generate_episodes
-from tokenalign.lm import load_lm
+from tokenalign.lm.loader import load_lm
 
 PROMPTS = ["The secret of life is", "A man", "Never trust a computer you can't throw out a window, said", "Love"]
 

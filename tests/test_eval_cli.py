@@ -129,7 +129,7 @@ def test_eval_of_a_run_uses_the_runs_own_config_by_default(run_dir, capsys):
     import yaml
 
     from tokenalign.cli import main
-    from tokenalign.config import to_dict
+    from tokenalign.core.parsing import to_dict
 
     config = load_config(None, ["reward.scorers=[distinct]", "engine.max_new_tokens=4"])
     (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))

@@ -9,7 +9,7 @@ import scipy.stats
 import torch
 
 from tokenalign.agents.policy import AcceptRejectPolicy
-from tokenalign.data import Prompt, prompt_id
+from tokenalign.data.prompts import Prompt, prompt_id
 from tokenalign.envs.task import DecodingTask
 from tokenalign.eval.errors import EvalError
 from tokenalign.eval.evaluate import MODES, evaluate
@@ -17,7 +17,7 @@ from tokenalign.eval.forward_tokens import ForwardTokenCounter
 from tokenalign.eval.perplexity import response_perplexity
 from tokenalign.eval.proxy import proxy_decode
 from tokenalign.eval.sampler import sample_responses
-from tokenalign.lm import load_lm
+from tokenalign.lm.loader import load_lm
 
 TEXTS = ["The secret of life is", "A man", "Never trust a computer", "Q: Why", "Love is", "Fortune favors"]
 PROMPTS = [Prompt(id=prompt_id(t), text=t, source="test") for t in TEXTS]

@@ -13,12 +13,12 @@ from tokenalign.actors.records import place_token_rewards
 from tokenalign.envs.candidates import SamplingConfig
 from tokenalign.envs.engine import DecodingEngine, EngineConfig
 from tokenalign.envs.rollout import generate_episodes
-from tokenalign.heads.fit import FitConfig, fit_head
 from tokenalign.heads.losses import bradley_terry_loss, cost_model_loss, soft_token_loss
 from tokenalign.heads.model import HeadConfig, HeadError, ScoreHead, lm_fingerprint, load_head, save_head
 from tokenalign.heads.states import ResponseStates, StateReader, response_length
 from tokenalign.rewards import RewardConfig, ScorerConfig, ScorerError, make_scorer
 from tokenalign.rewards.combine import RewardCombiner
+from tokenalign.workflows.fit_head import FitConfig, fit_head
 
 GOOD = ["happy", "wonderful", "lovely", "great", "kind"]
 BAD = ["sad", "awful", "terrible", "angry", "cruel"]
@@ -122,7 +122,7 @@ def test_a_head_scorer_scores_texts_with_its_head_over_the_lm_states(reward_head
 
 
 def test_a_head_on_another_lm_is_one_clear_error(reward_head, random_llama_dir, tiny_lm):
-    from tokenalign.lm import load_lm
+    from tokenalign.lm.loader import load_lm
 
     llama, _ = load_lm(str(random_llama_dir))
     with pytest.raises(HeadError, match=re.escape("reads the states of 'builtin:tiny'") + ".*hidden size 64, the head's is 256"):

@@ -7,17 +7,22 @@ import pytest
 import torch
 from scipy.stats import t as student_t
 
-from tokenalign.buffers.schema import Transitions
+from tokenalign.buffers.batches import Transitions
 from tokenalign.learners.advantages import gae, reverse_discounted_sum
 from tokenalign.learners.confidence import cost_surrogate, kappa, upper_bound
 from tokenalign.learners.episodes import Episodes
+from tokenalign.learners.kl import (
+    KLConfig,
+    KLController,
+    action_log_ratio,
+    decision_kl,
+    kl_per_response,
+    reference_log_probs,
+)
 from tokenalign.learners.lagrange import CostWindow, LagrangeConfig, LagrangeMultiplier
 from tokenalign.learners.ppo import clipped_surrogate_loss, clipped_value_loss
 from tokenalign.learners.ppo_lagrangian import lagrangian_advantages
 from tokenalign.learners.rloo_lagrangian import rloo_loss
-from tokenalign.learners.kl import (
-    KLConfig, KLController, action_log_ratio, decision_kl, kl_per_response, reference_log_probs,
-)
 from tokenalign.learners.sac import actor_loss, critic_loss, soft_q_target
 
 ln = math.log

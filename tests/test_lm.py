@@ -1,4 +1,4 @@
-"""Tests for the bundled tiny LM, the demo prompts and ``tokenalign.lm.load_lm``."""
+"""Tests for the bundled tiny LM, the demo prompts and ``tokenalign.lm.loader.load_lm``."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from safetensors import safe_open
 from tokenizers import Tokenizer
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedModel, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from tokenalign.lm import BUILTIN_MODELS, load_lm
+from tokenalign.lm.loader import BUILTIN_MODELS, load_lm
 
 EOS = "<|endoftext|>"
 TINY_DIR = BUILTIN_MODELS["tiny"]()

@@ -4,12 +4,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from test_buffer_support import memory_spec
-from tokenalign.buffers.schema import Decisions, RecordLayout, make_record_batch
+
+from tokenalign.buffers.batches import Decisions
+from tokenalign.buffers.layout import RecordLayout, make_record_batch
 from tokenalign.buffers.shard import Columns, make_decisions
-from tokenalign.config import ConfigError, load_config
-from tokenalign.objectives import ObjectiveSection, make_objective, objective_names
+from tokenalign.config import load_config
+from tokenalign.core.parsing import ConfigError
+from tokenalign.objectives import (
+    ObjectiveSection,
+    make_objective,
+    objective_config_class,
+    objective_names,
+    resolve_name,
+)
 from tokenalign.objectives.preference import RIC_GRID
 from tokenalign.rewards.combine import RewardCombiner, RewardConfig
 from tokenalign.rewards.factory import ScorerConfig
@@ -52,7 +60,8 @@ def records(scores: np.ndarray, *, lengths: list[int], actions: list[list[int]] 
 
 def objective(name: str | None = None, *, reward: RewardConfig = DEMO, shaping: ShapingConfig | None = None,
               gamma: float = 1.0, signals=("reward",), **params):
-    return make_objective(ObjectiveSection(name=name, params=params), reward=reward,
+    resolved = resolve_name(name, signals=signals)
+    return make_objective(ObjectiveSection(name=name, params=objective_config_class(resolved)(**params)), reward=reward,
                           shaping=shaping or ShapingConfig(token_reward="none", postback=False), gamma=gamma,
                           signals=signals)
 

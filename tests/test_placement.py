@@ -7,9 +7,10 @@ import torch
 
 from tokenalign.actors.rollout_actor import actor_device
 from tokenalign.agents.policy import AcceptRejectPolicy
-from tokenalign.config import ConfigError, load_config
+from tokenalign.config import load_config
+from tokenalign.core.parsing import ConfigError
 from tokenalign.envs.rollout import on_device
-from tokenalign.lm import load_lm, resolve_dtype
+from tokenalign.lm.loader import load_lm, resolve_dtype
 
 
 def test_an_actor_takes_the_gpus_ray_gave_it_or_the_cpu():

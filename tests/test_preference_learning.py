@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tokenalign.buffers.schema import Transitions
-from tokenalign.learners import make_learner
+from tokenalign.buffers.batches import Transitions
+from tokenalign.learners import config_class, make_learner
 
 HIDDEN = 64
 
@@ -33,7 +33,7 @@ def test_a_conditioned_agent_learns_an_optimum_that_flips_with_w(name, updates, 
     """With w fed as raw [0, 1] values beside the normalised state, PPO still accepted at ~0.6 for every w
     after 10 updates; with w scaled to the state's norm (agents/mlp.py) it separates them."""
     params = {"widths": (64, 32), "kl_coef": 0.01} | ({"episodes_per_update": 256} if name == "ppo" else {"threshold": 1.0})
-    learner = make_learner(name, hidden_size=HIDDEN, config=params, preference_dim=2)
+    learner = make_learner(name, hidden_size=HIDDEN, config=config_class(name)(**params), preference_dim=2)
     generator = torch.Generator().manual_seed(0)
     for _ in range(updates):
         learner.update(bandit_round(learner, generator))

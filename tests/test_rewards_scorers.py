@@ -80,7 +80,7 @@ def test_compact_specs_parse_into_configs():
     assert parse_scorer_spec("vader") == ScorerConfig(kind="vader")
     assert parse_scorer_spec(" profanity , role=cost, multiplier=-1 ") == ScorerConfig(kind="profanity", role="cost", multiplier=-1.0)
     config = parse_scorer_spec("hf-classifier:/models/rm,label=POSITIVE,output=prob,batch_size=4,max_length=512,dtype=bfloat16")
-    options = config.kind_options
+    options = config.options
     assert (config.kind, config.path, options.label, options.output) == ("hf-classifier", "/models/rm", "POSITIVE", "prob")
     assert (options.batch_size, options.max_length, options.dtype, options.device) == (4, 512, "bfloat16", "auto")
     # YAML's flat form and the spec string are one config
@@ -101,10 +101,10 @@ def test_compact_specs_parse_into_configs():
         ("vader,role=penalty", "role 'penalty'"),
         ("vader,weight=2", "scorer kind 'vader' has no option 'weight'; its options: none"),
         ("vader:/models/x", "scorer kind 'vader' takes no path"),
-        ("hf-classifier:/m,batch_size=big", "batch_size='big' is not a valid int"),
-        ("vader,multiplier=two", "multiplier='two' is not a valid float"),
+        ("hf-classifier:/m,batch_size=big", "scorer kind 'hf-classifier': batch_size must be int, got 'big'"),
+        ("vader,multiplier=two", "scorer kind 'vader': multiplier must be float, got 'two'"),
         ("vader,label=1", "scorer kind 'vader' has no option 'label'"),
-        ("hf-classifier:/m,output=probability", "output='probability' is not one of 'logit', 'prob'"),
+        ("hf-classifier:/m,output=probability", "output is 'probability'; choose one of 'logit', 'prob'"),
         ("profanity,template={response}", "scorer kind 'profanity' has no option 'template'"),
         ("distinct,min_bigrams=4,label=1", "its options: min_bigrams"),
     ],

@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 import torch
 
+from tokenalign.agents.policy import decision_log_probs
 from tokenalign.envs.candidates import propose
 from tokenalign.envs.engine import DecodingEngine, EngineConfig
 from tokenalign.envs.rollout import generate_episodes
-from tokenalign.envs.teacher_forcing import decision_log_probs, force_responses
+from tokenalign.envs.teacher_forcing import force_responses
 
 PROMPTS = ["Once upon a time", "My favourite food is", "", "The weather"]
 
@@ -28,7 +29,7 @@ def engine(tiny_lm):
 
 @pytest.fixture(scope="module")
 def gemma_engine(random_gemma3_dir):
-    from tokenalign.lm import load_lm
+    from tokenalign.lm.loader import load_lm
 
     model, tokenizer = load_lm(str(random_gemma3_dir))
     return DecodingEngine(model=model, tokenizer=tokenizer, config=EngineConfig(max_new_tokens=14, candidate_block=3))

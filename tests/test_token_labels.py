@@ -6,7 +6,7 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from tokenalign.token_labels import revision_labels
+from tokenalign.data.token_labels import revision_labels
 
 
 def labels(original: Sequence[int], revised: Sequence[int]) -> tuple[list[float], list[float]]:

@@ -158,7 +158,7 @@ def test_ray_job_submit_against_a_local_head(tmp_path):
     (["train", "rollout.num_actor=3"], "unknown key 'rollout.num_actor'"),
     (["train", "--config", "does-not-exist.yaml"], "does not exist"),
     (["train", "--resume", "no-such-run"], "not a tokenalign run directory"),
-    (["train", "learner.name=sac", "learner.params.bogus=1"], "unknown config key 'bogus'"),
+    (["train", "learner.name=sac", "learner.params.bogus=1"], "unknown key 'learner.params.bogus'"),
 ])
 def test_bad_input_is_one_clear_error(tmp_path, argv, message):
     out = subprocess.run([str(BIN / "tokenalign"), *argv, f"run.runs_dir={tmp_path}"] if "--resume" not in argv
@@ -265,8 +265,8 @@ def _listening(port: int) -> bool:
 
 def test_resume_bad_input_is_one_line(tmp_path, capsys):
     """A run whose config.yaml or every checkpoint is damaged cannot resume: one line says which and why."""
-    from tokenalign.checkpoints import write_checkpoint
     from tokenalign.cli import main
+    from tokenalign.run.checkpoints import write_checkpoint
 
     run_dir = tmp_path / "demo-run"
     write_checkpoint(run_dir / "checkpoints", step=2, learner={}, policy={}, progress={"episodes": 8})

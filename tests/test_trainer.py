@@ -11,7 +11,7 @@ import ray
 import torch
 
 from tokenalign.config import load_config
-from tokenalign.trainer import Trainer
+from tokenalign.run.trainer import Trainer
 
 SHORT = [
     "run.total_episodes=32", "run.eval_prompts=4", "run.checkpoint_every=2", "rollout.episodes_per_batch=4",
@@ -60,7 +60,7 @@ def test_short_training_run_for_each_learner(ray_cluster, tmp_path, learner):
     # agent's last layer starts at zero (it decodes as the base LM) and only updates change it
     assert max(m.get("rollout/policy_version", -1) for m in metrics) > 0
     # no secret in any file of the run directory (wandb's and the servers' own files included)
-    secret = trainer._fleet.password.encode()
+    secret = trainer.processes.fleet.password.encode()
     assert not [f for f in run_dir.rglob("*") if f.is_file() and secret in f.read_bytes()]
     weights = torch.load(latest / "policy_state.pt", weights_only=True)["state_dict"]
     last = max((k for k in weights if k.startswith("body.") and k.endswith(".weight")), key=lambda k: int(k.split(".")[1]))
@@ -76,7 +76,7 @@ def test_killed_rollout_actor_is_restarted_and_no_episode_is_lost(ray_cluster, t
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and trainer.progress.episodes < 24:
             time.sleep(0.05)
-        ray.kill(trainer.actors[1], no_restart=False)
+        ray.kill(trainer.processes.actors[1], no_restart=False)
         killed.append(trainer.progress.episodes)
 
     threading.Thread(target=kill_one_actor_mid_run, daemon=True).start()
@@ -103,9 +103,9 @@ def test_rollout_actors_pinned_to_distinct_fake_gpus(ray_cluster, tmp_path):
     config = short_config(tmp_path, "sac", "rollout.gpus_per_actor=1", "run.total_episodes=8")
     trainer = Trainer.new_run(config)
     trainer.run()
-    ids = [tuple(info["gpu_ids"]) for info in trainer.actor_info]
+    ids = [tuple(info["gpu_ids"]) for info in trainer.processes.actor_info]
     assert all(len(i) == 1 for i in ids) and len(set(ids)) == 2
-    assert all(info["device"] == "cpu" for info in trainer.actor_info)  # fake GPUs: no CUDA behind them
+    assert all(info["device"] == "cpu" for info in trainer.processes.actor_info)  # fake GPUs: no CUDA behind them
 
 
 def test_asking_for_more_gpus_than_exist_fails_before_starting_anything(ray_cluster, tmp_path):
@@ -162,7 +162,7 @@ def test_the_driver_writes_checkpoints_wherever_the_learner_runs_and_resumes_pas
     class LearnerElsewhere(Trainer):
         def _start(self):
             super()._start()
-            ray.get(self.learner.__ray_call__.remote(lambda actor, path: os.chdir(path), str(elsewhere)))
+            ray.get(self.processes.learner.__ray_call__.remote(lambda actor, path: os.chdir(path), str(elsewhere)))
 
     monkeypatch.chdir(tmp_path)
     config = short_config(Path("runs"), "sac", "run.eval_prompts=0")  # a relative run directory
@@ -194,8 +194,8 @@ def test_a_killed_buffer_shard_is_restarted_with_its_data_and_the_run_completes(
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and trainer.progress.episodes < 32:
             time.sleep(0.05)
-        before.update(ray.get(trainer.learner.buffer_stats.remote()))
-        trainer._fleet.kill(0)
+        before.update(ray.get(trainer.processes.learner.buffer_stats.remote()))
+        trainer.processes.fleet.kill(0)
 
     threading.Thread(target=kill_a_shard_mid_run, daemon=True).start()
     trainer.run()

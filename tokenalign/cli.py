@@ -12,10 +12,11 @@ import sys
 import torch
 
 from tokenalign.buffers.errors import ShardUnavailableError
-from tokenalign.checkpoints import CheckpointError
 from tokenalign.cluster.ray_cluster import ClusterResourceError
-from tokenalign.config import ConfigError, TrainConfig, load_config
-from tokenalign.run_lock import RunLockedError
+from tokenalign.config import TrainConfig, load_config
+from tokenalign.core.parsing import ConfigError
+from tokenalign.run.checkpoints import CheckpointError
+from tokenalign.run.run_lock import RunLockedError
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -26,11 +27,11 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
 def cmd_generate(args: argparse.Namespace, config: TrainConfig) -> int:
     """Decode prompts with an agent (sampled: the agent is a text distribution) and print scored responses."""
     from tokenalign.agents.policy import AcceptRejectPolicy
-    from tokenalign.data import load_prompts
+    from tokenalign.data.prompts import load_prompts
     from tokenalign.envs.task import DecodingTask
     from tokenalign.eval.agent_source import load_agent
     from tokenalign.eval.evaluate import evaluate
-    from tokenalign.lm import pick_device
+    from tokenalign.lm.loader import pick_device
 
     prompts = args.prompt or load_prompts(config.data.test, prompt_field=config.data.prompt_field,
                                           seed=config.data.seed)[: args.num_prompts]
@@ -57,7 +58,7 @@ def cmd_train(args: argparse.Namespace, config: TrainConfig) -> int:
     import logging
     from pathlib import Path
 
-    from tokenalign.trainer import Trainer
+    from tokenalign.run.trainer import Trainer
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.resume:
@@ -78,17 +79,11 @@ def cmd_train(args: argparse.Namespace, config: TrainConfig) -> int:
 
 
 def cmd_fit_scorer(args: argparse.Namespace) -> int:
-    """Fit a reward, cost or token head over a frozen LM's states (tokenalign/heads/fit.py) and print its report."""
-    from tokenalign.config import apply_override, from_dict
-    from tokenalign.heads.fit import FitConfig, fit_head
+    """Fit a reward, cost or token head over a frozen LM's states (tokenalign/workflows/fit_head.py); print its report."""
+    from tokenalign.workflows.fit_head import fit_head, load_fit_config
 
-    data: dict = {}
     try:
-        for override in args.overrides:
-            apply_override(data, override)
-        if isinstance(data.get("data"), str):  # one spec needs no list brackets on a command line
-            data["data"] = [data["data"]]
-        config = from_dict(FitConfig, data)
+        config = load_fit_config(args.overrides)
     except ConfigError as err:
         print(f"tokenalign fit-scorer: {err}", file=sys.stderr)
         return 2
@@ -101,12 +96,12 @@ def cmd_fit_scorer(args: argparse.Namespace) -> int:
 
 
 def cmd_make_preferences(args: argparse.Namespace) -> int:
-    """Sample and gold-label a demo preference set (tokenalign/demo_preferences.py); print its report as JSON."""
+    """Sample and gold-label a demo preference set (tokenalign/workflows/demo_preferences.py); print its report as JSON."""
     import dataclasses
     from pathlib import Path
 
-    from tokenalign.demo_preferences import make_demo_preferences
     from tokenalign.envs.candidates import SamplingConfig
+    from tokenalign.workflows.demo_preferences import make_demo_preferences
 
     try:
         report = make_demo_preferences(
@@ -136,7 +131,11 @@ def _add_make_preferences_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     from tokenalign.eval.commands import (
-        add_arena_arguments, add_eval_arguments, add_preference_argument, run_arena_command, run_eval_command,
+        add_arena_arguments,
+        add_eval_arguments,
+        add_preference_argument,
+        run_arena_command,
+        run_eval_command,
     )
 
     parser = argparse.ArgumentParser(prog="tokenalign", description="Token-level accept/reject alignment of a frozen LLM.")
@@ -166,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         return run_arena_command(args)
     if args.command == "make-preferences":  # its own settings only; takes no run config
         return cmd_make_preferences(args)
-    if args.command == "fit-scorer":  # its own config (heads/fit.py FitConfig), not a run config
+    if args.command == "fit-scorer":  # its own config (workflows/fit_head.py FitConfig), not a run config
         try:
             return cmd_fit_scorer(args)
         except (FileNotFoundError, FileExistsError, ValueError) as err:

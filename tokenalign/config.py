@@ -1,7 +1,9 @@
-"""The run configuration: typed dataclass sections, loaded from YAML, changed by dotted overrides.
+"""The run configuration: the typed, frozen sections of a `tokenalign train` run, loaded from YAML + overrides.
 
-Each component owns the dataclass of its own section (envs.EngineConfig, rewards.RewardConfig, ...);
-this module only composes them, so a setting is documented once, next to the code it drives.
+Each component owns the dataclass of its own section (envs.EngineConfig, rewards.RewardConfig, ...) and each
+learner and objective its params dataclass (found through their registries); this module only composes them,
+so a setting is documented once, next to the code it drives. `load_config` parses everything once; what
+it returns is handed down and never parsed again.
 
     cfg = load_config("configs/demo.yaml", ["learner.name=ppo_lagrangian", "rollout.num_actors=4"])
 
@@ -10,8 +12,6 @@ Unknown keys, wrong types and malformed overrides are errors that name the dotte
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -20,32 +20,29 @@ import yaml
 
 from tokenalign.buffers.config import BufferConfig
 from tokenalign.buffers.redis_client import public_url
-from tokenalign.data import DataConfig
+from tokenalign.core.parsing import (
+    ConfigError,
+    apply_override,
+    build,
+    changed_fields,
+    check_bounds,
+    from_dict,
+    join,
+    mapping,
+    to_dict,
+    yaml_problem,
+)
+from tokenalign.data.prompts import DataConfig
 from tokenalign.envs.engine import EngineConfig
-from tokenalign.lm import LMDtype
-from tokenalign.objectives import ObjectiveSection
+from tokenalign.learners import LearnerContract, config_class, learner_class
+from tokenalign.learners.ppo import PPOConfig
+from tokenalign.lm.loader import LMDtype
+from tokenalign.objectives import ObjectiveSection, make_objective
 from tokenalign.rewards.combine import RewardConfig
-from tokenalign.rewards.base import ScorerError
-from tokenalign.rewards.factory import ScorerConfig, parse_scorer_spec
 from tokenalign.rewards.shaping import ShapingConfig
 
 
-class ConfigError(ValueError):
-    """The configuration file or an override is invalid; the message names the key."""
-
-
-def check_bounds(section: str, config: Any, **bounds: tuple[float, str]) -> None:
-    """One ConfigError naming `section.field` for the first field below its (minimum, "≥" or ">") bound;
-    None values (where a field allows None) pass."""
-    for name, (minimum, relation) in bounds.items():
-        value = getattr(config, name)
-        if value is None:
-            continue
-        if value < minimum or (relation == ">" and value == minimum):
-            raise ConfigError(f"{section}.{name} must be {relation} {minimum:g}, got {value!r}")
-
-
-@dataclass
+@dataclass(frozen=True)
 class LMConfig:
     """The frozen LLM that proposes candidates."""
 
@@ -55,22 +52,56 @@ class LMConfig:
     """Weights dtype: auto = bf16 on a GPU that supports it (else fp16), fp32 on a CPU."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class LearnerSection:
-    """Which learner trains the agent, and its settings (the learner's own config dataclass checks them)."""
+    """Which learner trains the agent, and its settings (the learner's own config dataclass)."""
 
     name: str = "sac"
-    """Registered learner: sac, ppo, ppo_lagrangian or rloo_lagrangian."""
-    params: dict[str, Any] = field(default_factory=dict)
-    """Overrides of the learner's config dataclass, e.g. {batch_size: 256, gamma: 0.99}."""
+    """Registered learner: sac, ppo, ppo_lagrangian, rloo_lagrangian or dpo."""
+    params: Any = None
+    """The learner's config dataclass (e.g. PPOConfig); None: its defaults. In YAML, a mapping of its fields,
+    e.g. {batch_size: 256, gamma: 0.99}."""
     num_gpus: float = 0.0
     """GPUs of the learner actor (0 = CPU)."""
 
     def __post_init__(self) -> None:
         check_bounds("learner", self, num_gpus=(0, "≥"))
+        expected = _learner_config_class(self.name, where="learner.name")
+        if self.params is None:
+            object.__setattr__(self, "params", expected())
+        elif type(self.params) is not expected:
+            raise ConfigError(f"learner.params is a {type(self.params).__name__}; learner {self.name!r} takes "
+                              f"{expected.__name__}")
+
+    @property
+    def contract(self) -> LearnerContract:
+        """What this learner, with these params, needs from the runtime."""
+        return learner_class(self.name).contract(self.params)
+
+    @classmethod
+    def from_plain(cls, data: Any, *, where: str) -> LearnerSection:
+        """The section from YAML: `params` parsed into the config dataclass of the learner `name` registers."""
+        data = mapping(data, where)
+        name = data.get("name", cls.name)
+        if not isinstance(name, str):
+            raise ConfigError(f"{join(where, 'name')} must be str, got {name!r}")
+        params_class = _learner_config_class(name, where=join(where, "name"))
+        params = from_dict(params_class, data.get("params", {}), where=join(where, "params"))
+        return build(cls, data, where=where, params=params)
+
+    def to_plain(self) -> dict[str, Any]:
+        """As in YAML: params are the fields that differ from the learner's defaults."""
+        return {"name": self.name, "params": changed_fields(self.params), "num_gpus": self.num_gpus}
 
 
-@dataclass
+def _learner_config_class(name: str, *, where: str) -> type:
+    try:
+        return config_class(name)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
+@dataclass(frozen=True)
 class RolloutConfig:
     """Rollout actors: how many, on what, and how they batch episodes."""
 
@@ -102,7 +133,7 @@ class RolloutConfig:
                                   f"them), got {value}")
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunConfig:
     """The run as a whole: its name, length, seed, outputs and logging."""
 
@@ -137,7 +168,7 @@ class RunConfig:
                      placement_timeout_s=(0, ">"))
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
     """Everything a `tokenalign train` run needs.
 
@@ -162,7 +193,7 @@ class TrainConfig:
     objective: ObjectiveSection = field(default_factory=ObjectiveSection)
     """How the learner turns the recorded raw scores into rewards and costs (weighted: MARA's sum)."""
     learner: LearnerSection = field(default_factory=lambda: LearnerSection(
-        name="ppo", params={"episodes_per_update": 32, "actor_lr": 1e-3, "critic_lr": 1e-3, "kl_coef": 0.3}))
+        name="ppo", params=PPOConfig(episodes_per_update=32, actor_lr=1e-3, critic_lr=1e-3, kl_coef=0.3)))
     """The learner."""
     buffer: BufferConfig = field(default_factory=lambda: BufferConfig(
         backend="redis", num_shards=2, capacity=200_000, min_size_to_sample=1025))
@@ -173,15 +204,12 @@ class TrainConfig:
     """Run-level settings."""
 
     def __post_init__(self) -> None:
-        # The learner's and the objective's own options are checked here, at load, before any run directory exists.
-        from tokenalign.learners.registry import learner_class, make_config
-        from tokenalign.objectives import make_objective
-
+        # What one section cannot check alone, checked here, at load, before any run directory exists.
+        contract = self.learner.contract
+        if contract.data_mode == "pairs" and not self.data.pairs:
+            raise ConfigError(f"data.pairs is empty: learner.name={self.learner.name} learns from preference pairs; "
+                              "give them, e.g. data.pairs=[builtin:demo-prefs]")
         try:
-            contract = learner_class(self.learner.name).contract(make_config(self.learner.name, self.learner.params))
-            if contract.data_mode == "pairs" and not self.data.pairs:
-                raise ConfigError(f"data.pairs is empty: learner.name={self.learner.name} learns from preference pairs; "
-                                  "give them, e.g. data.pairs=[builtin:demo-prefs]")
             make_objective(self.objective, reward=self.reward, shaping=self.shaping, gamma=contract.gamma,
                            signals=contract.signals)
         except ConfigError:
@@ -189,128 +217,29 @@ class TrainConfig:
         except ValueError as err:
             raise ConfigError(str(err)) from err
 
+    @classmethod
+    def from_plain(cls, data: Any, *, where: str = "") -> TrainConfig:
+        """The config from plain data: the objective's params are parsed for the objective the learner implies."""
+        data = mapping(data, where)
+        default_learner = next(f for f in dataclasses.fields(cls) if f.name == "learner").default_factory()
+        learner = from_dict(LearnerSection, data["learner"], where="learner") if "learner" in data else default_learner
+        objective = ObjectiveSection.for_signals(data.get("objective", {}), signals=learner.contract.signals,
+                                                 where="objective")
+        return build(cls, data, where=where, learner=learner, objective=objective)
 
-def yaml_problem(err: yaml.YAMLError) -> str:
-    """A YAML error on one line: where (line:column of the file) and what."""
-    mark = getattr(err, "problem_mark", None)
-    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-    return where + (getattr(err, "problem", None) or str(err).splitlines()[0])
 
-
-def save_config(path: Path, config: "TrainConfig") -> None:
+def save_config(path: Path, config: TrainConfig) -> None:
     """Write `config` as YAML to `path` without secrets (`without_secrets`), readable by its owner only."""
     path.write_text(yaml.safe_dump(without_secrets(config), sort_keys=False))
     path.chmod(0o600)
 
 
-def without_secrets(config: "TrainConfig") -> dict[str, Any]:
+def without_secrets(config: TrainConfig) -> dict[str, Any]:
     """The config as a dict for files and logs (config.yaml, wandb): Redis URLs without their passwords, which
     a run reads from the URL given at start or from TOKENALIGN_REDIS_PASSWORD on resume."""
     data = to_dict(config)
     data["buffer"]["redis_urls"] = [public_url(url) for url in config.buffer.redis_urls]
     return data
-
-
-def to_dict(config: Any) -> Any:
-    """A plain dict (YAML-ready) of a dataclass config."""
-    return dataclasses.asdict(config)
-
-
-def from_dict(cls: type, data: Any, *, where: str = "") -> Any:
-    """Build dataclass `cls` from nested plain data, checking every key and type on the way."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where or 'config'} must be a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ConfigError(f"unknown key {_join(where, unknown[0])!r}; {where or 'the config'} has keys: {', '.join(sorted(names))}")
-    kwargs = {key: _coerce(hints[key], value, _join(where, key)) for key, value in data.items()}
-    try:
-        return cls(**kwargs)
-    except (TypeError, ValueError) as err:
-        if isinstance(err, ConfigError):
-            raise
-        raise ConfigError(f"{where or 'config'}: {err}") from err
-
-
-def _coerce(hint: Any, value: Any, where: str) -> Any:
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if dataclasses.is_dataclass(hint):
-        if hint is ScorerConfig:
-            return _scorer_config(value, where)
-        return from_dict(hint, value, where=where)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        candidates = [a for a in args if a is not type(None)]
-        errors = []
-        for arg in candidates:
-            try:
-                return _coerce(arg, value, where)
-            except ConfigError as err:
-                errors.append(str(err))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {value!r} fits none of {hint}")
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"{where} must be a list, got {value!r}")
-        return [_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)] if args else value
-    if origin is tuple and isinstance(value, list):
-        return tuple(value)
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where} must be a mapping, got {value!r}")
-        return dict(value)
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(f"{where} is {value!r}; choose one of {', '.join(map(repr, args))}")
-        return value
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint is float and isinstance(value, str):
-        # YAML 1.1 reads 1e-3 (no dot) as a string; a float field takes it as the number it spells.
-        try:
-            return float(value)
-        except ValueError:
-            raise ConfigError(f"{where} must be float, got {value!r}") from None
-    if hint in (int, float, str, bool) and not (isinstance(value, hint) and not (hint is int and isinstance(value, bool))):
-        raise ConfigError(f"{where} must be {hint.__name__}, got {value!r}")
-    return value
-
-
-def _scorer_config(value: Any, where: str) -> ScorerConfig:
-    """A scorer from its compact string or a mapping (the kind's options flat or under `options`), errors keyed."""
-    try:
-        if isinstance(value, str):
-            return parse_scorer_spec(value)
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where} must be a scorer spec string or a mapping, got {value!r}")
-        return ScorerConfig.from_mapping(value)
-    except (TypeError, ScorerError) as err:
-        raise ConfigError(f"{where}: {err}") from err
-
-
-def _join(where: str, key: str) -> str:
-    return f"{where}.{key}" if where else key
-
-
-def apply_override(data: dict[str, Any], override: str) -> None:
-    """Apply one `dotted.key=value` override to nested config data; the value is parsed as YAML."""
-    key, sep, raw = override.partition("=")
-    if not sep or not key or any(not part for part in key.split(".")):
-        raise ConfigError(f"override {override!r} is not of the form dotted.key=value (e.g. learner.name=ppo)")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as err:
-        raise ConfigError(f"override {override!r}: the value is not valid YAML ({err})") from err
-    node = data
-    parts = key.split(".")
-    for i, part in enumerate(parts[:-1]):
-        child = node.get(part)
-        if not isinstance(child, dict):
-            raise ConfigError(f"override {override!r}: {'.'.join(parts[: i + 1])!r} is not a section")
-        node = child
-    node[parts[-1]] = value
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
@@ -347,6 +276,6 @@ def _drop_demo_params(data: dict[str, Any], demo: dict[str, Any]) -> None:
 def _merge(base: dict[str, Any], update: dict[str, Any], *, where: str) -> None:
     for key, value in update.items():
         if isinstance(value, dict) and isinstance(base.get(key), dict) and key != "params":
-            _merge(base[key], value, where=_join(where, key))
+            _merge(base[key], value, where=join(where, key))
         else:
             base[key] = value

@@ -17,11 +17,11 @@ import ray
 import torch
 
 from tokenalign.actors.rollout_actor import actor_device, build_task, sample_generations
-from tokenalign.buffers.schema import RecordLayout
+from tokenalign.buffers.layout import RecordLayout
 from tokenalign.buffers.spec import BufferSpec
 from tokenalign.config import TrainConfig
 from tokenalign.learners.base import LearnerContract
-from tokenalign.learners.registry import learner_class, make_config, make_learner
+from tokenalign.learners.registry import make_learner
 from tokenalign.objectives import make_objective
 
 
@@ -46,15 +46,14 @@ class LearnerActor:
         torch.manual_seed(config.run.seed)
         self.config = config
         self.device = actor_device(config.learner.num_gpus)
-        params = {"seed": config.run.seed, **config.learner.params}
-        self.contract: LearnerContract = learner_class(config.learner.name).contract(make_config(config.learner.name, params))
+        self.contract: LearnerContract = config.learner.contract
         self.objective = make_objective(config.objective, reward=config.reward, shaping=config.shaping,
                                         gamma=self.contract.gamma, signals=self.contract.signals)
         if layout.preference_dim != self.objective.preference_dim:
             raise ValueError(f"the buffer's records carry {layout.preference_dim} preference weights, objective "
                              f"{self.objective.name!r} needs {self.objective.preference_dim}")
-        self.learner = make_learner(config.learner.name, hidden_size=layout.hidden_size, config=params,
-                                    device=self.device, preference_dim=layout.preference_dim)
+        self.learner = make_learner(config.learner.name, hidden_size=layout.hidden_size, config=config.learner.params,
+                                    device=self.device, preference_dim=layout.preference_dim, seed=config.run.seed)
         self.weights = weights
         if self.contract.data_mode == "pairs":
             from tokenalign.actors.pair_source import PairSource

@@ -12,10 +12,11 @@ import logging
 
 import torch
 
+from tokenalign.data.pairs import PreferencePair, load_pairs
 from tokenalign.envs.engine import DecodingEngine
 from tokenalign.envs.teacher_forcing import ForcedDecisions, force_responses
 from tokenalign.learners.pairs import PairBatch, PairSide
-from tokenalign.preferences import PreferencePair, load_pairs
+from tokenalign.workflows.demo_preferences import PAIR_SOURCES
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ class PairSource:
         if not specs:
             raise ValueError("data.pairs is empty: a pair learner needs preference pairs, e.g. "
                              "data.pairs=[builtin:demo-prefs]")
-        pairs = load_pairs(specs, seed=seed, require=("other_answer", "better"))
+        pairs = load_pairs(specs, seed=seed, require=("other_answer", "better"), builtins=PAIR_SOURCES)
         self.chosen = self._force(engine, pairs, chosen=True)
         self.rejected = self._force(engine, pairs, chosen=False)
         self.size = len(pairs)

@@ -9,12 +9,12 @@ nothing to learn from.
 from __future__ import annotations
 
 import secrets
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pyarrow as pa
 
-from tokenalign.buffers.schema import RecordLayout, make_record_batch
+from tokenalign.buffers.layout import RecordLayout, make_record_batch
 from tokenalign.envs.rollout import Episode
 from tokenalign.rewards.combine import CombinedScores
 

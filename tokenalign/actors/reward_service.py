@@ -28,8 +28,9 @@ def place_scorers(config: RewardConfig, *, gpus: int) -> RewardConfig:
         return config
     placed, index = [], 0
     for scorer in config.scorers:
-        if scorer.options.get("device") == "auto":
-            scorer = dataclasses.replace(scorer, options={**scorer.options, "device": f"cuda:{index % gpus}"})
+        if getattr(scorer.options, "device", None) == "auto":
+            options = dataclasses.replace(scorer.options, device=f"cuda:{index % gpus}")
+            scorer = dataclasses.replace(scorer, options=options)
             index += 1
         placed.append(scorer)
     return dataclasses.replace(config, scorers=placed)

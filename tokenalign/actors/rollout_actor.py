@@ -20,15 +20,15 @@ import torch
 from tokenalign.actors.records import episodes_to_records
 from tokenalign.actors.weights import fetch_if_newer
 from tokenalign.agents.policy import AcceptRejectPolicy
-from tokenalign.buffers.schema import RecordLayout
+from tokenalign.buffers.layout import RecordLayout
 from tokenalign.buffers.spec import BufferSpec
 from tokenalign.config import TrainConfig
-from tokenalign.data import load_prompts
+from tokenalign.data.prompts import load_prompts
 from tokenalign.envs.engine import DecodingEngine, EngineConfig
 from tokenalign.envs.rollout import Episode, conditioned, generate_episodes
 from tokenalign.envs.task import DecodingTask
 from tokenalign.heads.states import ResponseStates, response_length
-from tokenalign.lm import load_lm
+from tokenalign.lm.loader import load_lm
 from tokenalign.objectives import Objective
 from tokenalign.rewards.base import ScorerError
 from tokenalign.rewards.combine import RewardCombiner

@@ -62,7 +62,7 @@ class ObservationNorm(nn.LayerNorm):
             raise ValueError(
                 f"agent input has {obs.shape[-1]} features, expected hidden size {self.hidden_size} + 1 (π_ref's accept "
                 f"logit) + preference size {self.preference_dim}: build observations with "
-                "tokenalign.envs.engine.observation and condition the agent with the preference size it was trained with"
+                "tokenalign.envs.decode_batch.observation and condition the agent with the preference size it was trained with"
             )
         h = self.hidden_size
         return obs[..., :h], obs[..., h], obs[..., h + 1:]

@@ -18,6 +18,12 @@ PARAMETERISATION = "base+residual"
 it (a free accept logit over the hidden state alone) are refused with a message, never silently misread."""
 
 
+def decision_log_probs(accept_logit: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+    """(N,) log-probability of each action under Bernoulli policies with these accept logits."""
+    return F.logsigmoid(torch.where(action.bool(), accept_logit, -accept_logit))
+
+
+
 class AcceptRejectPolicy(nn.Module):
     """π(a|s) over a ∈ {reject, accept}, an agent that starts as the base LM.
 
@@ -93,7 +99,7 @@ class AcceptRejectPolicy(nn.Module):
     @classmethod
     def from_policy_state(
         cls, state: dict[str, Any], *, hidden_size: int, device: torch.device | str = "cpu"
-    ) -> "AcceptRejectPolicy":
+    ) -> AcceptRejectPolicy:
         """Rebuild a policy from `policy_state()` for an LM of `hidden_size`, refusing an agent of another size."""
         missing = {"hidden_size", "widths", "state_dict"} - set(state)
         if missing:

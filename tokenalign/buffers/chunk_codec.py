@@ -17,8 +17,13 @@ import numpy as np
 import pyarrow as pa
 
 from tokenalign.buffers.errors import ForeignValueError
-from tokenalign.buffers.schema import (
-    RecordLayout, RecordSchemaError, check_version, from_ipc, to_ipc, validate_record_batch,
+from tokenalign.buffers.layout import (
+    RecordLayout,
+    RecordSchemaError,
+    check_version,
+    from_ipc,
+    to_ipc,
+    validate_record_batch,
 )
 from tokenalign.buffers.shard import Columns
 

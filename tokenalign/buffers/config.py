@@ -9,7 +9,7 @@ BACKENDS = ("memory", "redis")
 STATE_DTYPES = ("float32", "float16")
 
 
-@dataclass
+@dataclass(frozen=True)
 class BufferConfig:
     """Where decisions are stored, how much, and how fast a learner may consume them."""
 

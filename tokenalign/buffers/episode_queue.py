@@ -3,18 +3,20 @@ from __future__ import annotations
 
 import warnings
 from collections import OrderedDict
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from tokenalign.buffers.errors import ForeignValueError
+from tokenalign.buffers.batches import Decisions
 from tokenalign.buffers.episode_store import EpisodeStore
+from tokenalign.buffers.errors import ForeignValueError
+from tokenalign.buffers.layout import RecordLayout, validate_record_batch
 from tokenalign.buffers.rate_limiter import wait_until
 from tokenalign.buffers.redis_client import TRANSIENT
-from tokenalign.buffers.schema import Decisions, RecordLayout, validate_record_batch
 from tokenalign.buffers.shard import Columns, make_decisions
 from tokenalign.buffers.sharded import route
 
@@ -65,10 +67,10 @@ class EpisodeQueue:
         shard_of = route(columns.scalars["episode_id"][starts], len(self.stores))
         for index in np.unique(shard_of).tolist():
             store, mine = self.stores[index], [episodes[i] for i in np.flatnonzero(shard_of == index)]
-            wait_until(
-                lambda: store.push(mine),
+            wait_until(  # calls both lambdas before the loop moves on
+                lambda: store.push(mine),  # noqa: B023
                 timeout_s=self.write_timeout_s,
-                blocked=lambda: f"{store.name} is full ({len(store)} transitions held): is the learner consuming? "
+                blocked=lambda: f"{store.name} is full ({len(store)} transitions held): is the learner consuming? "  # noqa: B023
                 "(or raise buffer.capacity)",
             )
 

@@ -9,8 +9,8 @@ import pyarrow as pa
 
 from tokenalign.buffers.chunk_codec import decode_episodes
 from tokenalign.buffers.errors import ForeignValueError
+from tokenalign.buffers.layout import RecordLayout, to_ipc
 from tokenalign.buffers.redis_client import connect, public_url, with_retry
-from tokenalign.buffers.schema import RecordLayout, to_ipc
 
 TOKEN_TTL_S = 86_400
 

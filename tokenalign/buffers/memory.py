@@ -5,8 +5,9 @@ import numpy as np
 import torch
 
 from tokenalign.buffers.batch_memory import BatchMemory
+from tokenalign.buffers.batches import Decisions
+from tokenalign.buffers.layout import RecordLayout
 from tokenalign.buffers.ring import ChunkRing
-from tokenalign.buffers.schema import Decisions, RecordLayout
 from tokenalign.buffers.shard import Columns, ShardCounters, make_decisions
 
 

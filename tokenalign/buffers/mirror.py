@@ -11,7 +11,7 @@ one by one, so which rows are drawn never depends on where they are read from.
 """
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 import torch

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from tokenalign.buffers.errors import RateLimitTimeout
 from tokenalign.buffers.shard import ShardCounters

@@ -18,14 +18,20 @@ import numpy as np
 import redis
 import torch
 
+from tokenalign.buffers.batches import Decisions
 from tokenalign.buffers.chunk_codec import (
-    ChunkMeta, check_states, decode_meta, encode_chunk, layout_signature, refusal,
+    ChunkMeta,
+    check_states,
+    decode_meta,
+    encode_chunk,
+    layout_signature,
+    refusal,
 )
+from tokenalign.buffers.layout import RecordLayout, RecordSchemaError, check_version
 from tokenalign.buffers.mirror import StateMirror
 from tokenalign.buffers.range_reader import RangeReader, Ranges
 from tokenalign.buffers.redis_client import connect, public_url, with_retry
 from tokenalign.buffers.ring import ChunkRing
-from tokenalign.buffers.schema import Decisions, RecordLayout, RecordSchemaError, check_version
 from tokenalign.buffers.shard import Columns, ShardCounters, ViewOutdated, episode_starts, make_decisions
 
 TOKEN_TTL_S = 86_400

@@ -8,7 +8,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from tokenalign.buffers.schema import Decisions, RecordLayout, RecordSchemaError
+from tokenalign.buffers.batches import Decisions
+from tokenalign.buffers.layout import RecordLayout, RecordSchemaError
 
 
 def episode_starts(episode_id: np.ndarray) -> np.ndarray:
@@ -42,7 +43,7 @@ class Columns:
     """(n, hidden) float16 states, a view of the record batch's memory."""
 
     @classmethod
-    def from_batch(cls, batch: pa.RecordBatch, *, layout: RecordLayout) -> "Columns":
+    def from_batch(cls, batch: pa.RecordBatch, *, layout: RecordLayout) -> Columns:
         """View a record batch (already validated against `layout`) as numpy columns, checking episode order."""
         scalars = {name: batch.column(name).to_numpy(zero_copy_only=False) for name in layout.scalar_dtypes}
         flat = batch.column("state").flatten().to_numpy(zero_copy_only=False)
@@ -77,7 +78,7 @@ class Columns:
             bad = int(self.scalars["episode_id"][np.flatnonzero(self.scalars["done"] != expected_done)[0]])
             raise RecordSchemaError(f"episode {bad} must have done=True on its last decision and only there")
 
-    def take(self, rows: np.ndarray) -> "Columns":
+    def take(self, rows: np.ndarray) -> Columns:
         """The rows at `rows` (whole episodes, so the result is valid too)."""
         return Columns(scalars={k: v[rows] for k, v in self.scalars.items()}, state=self.state[rows])
 

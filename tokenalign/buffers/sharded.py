@@ -3,20 +3,21 @@ from __future__ import annotations
 
 import dataclasses
 import time
-
 import warnings
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import torch
 
 from tokenalign.buffers.batch_memory import BatchMemory
+from tokenalign.buffers.batches import Decisions, concat_rows, select_rows
 from tokenalign.buffers.errors import ShardUnavailableError
+from tokenalign.buffers.layout import RecordLayout, validate_record_batch
 from tokenalign.buffers.rate_limiter import SampleToInsertRatio, wait_until
 from tokenalign.buffers.redis_client import TRANSIENT
-from tokenalign.buffers.schema import Decisions, RecordLayout, concat_rows, select_rows, validate_record_batch
 from tokenalign.buffers.shard import Columns, Shard, ShardCounters, ViewOutdated
 
 REDRAWS = 20  # under heavy eviction a reader may lose a few races in a row; each redraw fetches only what was lost

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
@@ -11,13 +10,11 @@ from tokenalign.buffers.config import BufferConfig
 from tokenalign.buffers.episode_queue import EpisodeQueue
 from tokenalign.buffers.episode_store import MemoryEpisodeStore, RedisEpisodeStore
 from tokenalign.buffers.errors import BufferSpecError
+from tokenalign.buffers.layout import RecordLayout
 from tokenalign.buffers.memory import MemoryShard
 from tokenalign.buffers.rate_limiter import SampleToInsertRatio
-from tokenalign.buffers.redis_client import redis_password
 from tokenalign.buffers.redis_shard import RedisShard
-from tokenalign.buffers.schema import RecordLayout
 from tokenalign.buffers.sharded import ShardedReplayBuffer
-from tokenalign.cluster.redis_fleet import RedisFleet
 
 DATA_MODES = ("replay", "on_policy")
 
@@ -45,7 +42,7 @@ class BufferSpec:
         if self.config.backend == "redis" and len(self.redis_urls) != self.config.num_shards:
             raise BufferSpecError(
                 f"the redis backend needs one URL per shard ({self.config.num_shards}), got {len(self.redis_urls)}: "
-                "use launch_buffer() to start embedded servers, or set buffer.redis_urls"
+                "use tokenalign.cluster.buffer_servers.launch_buffer() to start embedded servers, or set buffer.redis_urls"
             )
 
     def connect(self) -> ShardedReplayBuffer | EpisodeQueue:
@@ -104,17 +101,3 @@ class BufferSpec:
             )
             for i, url in enumerate(self.redis_urls)
         ]
-
-
-def launch_buffer(
-    config: BufferConfig, *, layout: RecordLayout, data_mode: str, run_dir: str | Path, on_ray: bool = False
-) -> tuple[BufferSpec, RedisFleet | None]:
-    """The run's BufferSpec, starting embedded Redis servers (in run_dir, or from Ray actors) when none are given.
-
-    The caller owns the returned fleet and stops it at the end of the run (its data stays in run_dir).
-    """
-    if config.backend == "memory" or config.redis_urls:
-        return BufferSpec(data_mode, layout, config, tuple(config.redis_urls), redis_password()), None
-    start = RedisFleet.start_on_ray if on_ray else RedisFleet.start
-    fleet = start(num_servers=config.num_shards, run_dir=Path(run_dir) / "buffer", appendfsync=config.appendfsync)
-    return BufferSpec(data_mode, layout, config, tuple(fleet.urls), fleet.password), fleet

@@ -1,1 +1,1 @@
-"""tokenalign.cluster."""
+"""Infrastructure: Ray (connect, resources, placement), the embedded Redis fleet, a buffer's servers, the watchdog."""

@@ -24,9 +24,10 @@ import sys
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import redis
 
@@ -249,7 +250,7 @@ class RedisFleet:
         self.on_ray = on_ray
 
     @classmethod
-    def start(cls, *, num_servers: int, run_dir: str | Path, appendfsync: str = "always") -> "RedisFleet":
+    def start(cls, *, num_servers: int, run_dir: str | Path, appendfsync: str = "always") -> RedisFleet:
         """Start `num_servers` servers in this process, each in run_dir/redis-<i>."""
         password = secrets.token_hex(32)
         servers = [
@@ -267,7 +268,7 @@ class RedisFleet:
         return fleet
 
     @classmethod
-    def start_on_ray(cls, *, num_servers: int, run_dir: str | Path, appendfsync: str = "always") -> "RedisFleet":
+    def start_on_ray(cls, *, num_servers: int, run_dir: str | Path, appendfsync: str = "always") -> RedisFleet:
         """Start `num_servers` servers from Ray actors spread over the cluster's nodes (ray.init must have run)."""
         import ray
 
@@ -338,7 +339,7 @@ class RedisFleet:
                 pass  # the actor died, and its server with it (PR_SET_PDEATHSIG)
             ray.kill(actor)
 
-    def __enter__(self) -> "RedisFleet":
+    def __enter__(self) -> RedisFleet:
         return self
 
     def __exit__(self, *exc: object) -> None:

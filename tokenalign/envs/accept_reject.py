@@ -1,13 +1,14 @@
 """`AcceptRejectEnv`: MARA's token-level accept/reject decoding as a single Gymnasium environment."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 import numpy as np
 import torch
 
-from tokenalign.data import Prompt, prompt_id
+from tokenalign.data.prompts import Prompt, prompt_id
 from tokenalign.envs.candidates import BASE_LOGIT_BOUND, SamplingConfig
 from tokenalign.envs.task import DecodingTask, ModelArg, ScorersArg
 

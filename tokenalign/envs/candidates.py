@@ -14,7 +14,7 @@ import torch
 CandidateOrder = Literal["prob_desc", "top1_last", "prob_asc"]
 
 
-@dataclass
+@dataclass(frozen=True)
 class SamplingConfig:
     """How candidates are drawn from the LLM's next-token distribution."""
 
@@ -52,12 +52,12 @@ class Candidates:
     """(B, K) float32 accept logit of π_ref, the accept/reject policy that decodes exactly as base sampling
     (`reference_accept_logits`); -BASE_LOGIT_BOUND as padding."""
 
-    def select(self, rows: torch.Tensor) -> "Candidates":
+    def select(self, rows: torch.Tensor) -> Candidates:
         """The candidates of `rows` (an index tensor)."""
         return Candidates(token_ids=self.token_ids[rows], logp=self.logp[rows], count=self.count[rows],
                           base_logit=self.base_logit[rows])
 
-    def assign_where(self, index: torch.Tensor, rows: torch.Tensor, fresh: "Candidates") -> None:
+    def assign_where(self, index: torch.Tensor, rows: torch.Tensor, fresh: Candidates) -> None:
         """Take `fresh` (a row per entry of `index`) into rows `index` where the bool mask `rows` says."""
         keep = rows.unsqueeze(1)
         self.token_ids[index] = torch.where(keep, fresh.token_ids, self.token_ids[index])

@@ -35,11 +35,12 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from tokenalign.envs.candidates import BASE_LOGIT_BOUND, Candidates, SamplingConfig, propose
 from tokenalign.envs.decode_batch import DecodeBatch, StepStatus, observation
 from tokenalign.envs.kv_cache import SlotCache
+from tokenalign.lm.prompt_ids import prompt_token_ids
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(frozen=True)
 class EngineConfig:
     """Decoding settings shared by every face of the engine."""
 
@@ -51,8 +52,6 @@ class EngineConfig:
     """Candidate states are computed lazily in blocks of this many ranks; 0 computes all at once."""
 
     def __post_init__(self) -> None:
-        if isinstance(self.sampling, dict):
-            self.sampling = SamplingConfig(**self.sampling)
         for name in ("max_new_tokens", "candidate_block"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool):
@@ -61,16 +60,6 @@ class EngineConfig:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.candidate_block < 0:
             raise ValueError(f"candidate_block must be >= 0 (0 = all candidates at once), got {self.candidate_block}")
-
-
-def prompt_token_ids(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
-    """A prompt's ids as its LM starts a text: with the tokenizer's start tokens (Gemma's and Llama's BOS;
-    without it Gemma 3 degenerates at once: " language, language, ..."), and an empty prompt as EOS alone
-    for GPT-2 style LMs, which add none."""
-    ids = tokenizer(text, add_special_tokens=True)["input_ids"]
-    if len(ids) > 1 and ids[-1] == tokenizer.eos_token_id and tokenizer.eos_token_id != tokenizer.bos_token_id:
-        ids = ids[:-1]  # a tokenizer that also closes texts: a prompt is continued, not closed
-    return ids or [tokenizer.eos_token_id]
 
 
 class DecodingEngine:

@@ -5,18 +5,19 @@ once, so the single env and the vector env accept exactly the same arguments.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from tokenalign.data import Prompt, load_prompts, prompt_id
+from tokenalign.data.prompts import Prompt, load_prompts, prompt_id
 from tokenalign.envs.candidates import SamplingConfig
 from tokenalign.envs.engine import DecodingEngine, EngineConfig
 from tokenalign.heads.states import ResponseStates
-from tokenalign.lm import load_lm
+from tokenalign.lm.loader import load_lm
 from tokenalign.rewards.combine import CombinedScores, RewardCombiner, RewardConfig
 from tokenalign.rewards.factory import ScorerConfig, parse_scorer_spec
 
@@ -44,7 +45,7 @@ class DecodingTask:
         candidate_block: int = 8,
         device: str = "cpu",
         dtype: str = "auto",
-    ) -> "DecodingTask":
+    ) -> DecodingTask:
         if isinstance(model, str):
             lm, tokenizer = load_lm(model, device=device, dtype=dtype)
         else:
@@ -104,7 +105,7 @@ def _reward_config(scorers: ScorersArg) -> RewardConfig:
         if isinstance(spec, str):
             configs.append(parse_scorer_spec(spec))
         elif isinstance(spec, dict):
-            configs.append(ScorerConfig(**spec))
+            configs.append(ScorerConfig.from_mapping(spec))
         else:
             configs.append(spec)
     return RewardConfig(scorers=configs)

@@ -54,11 +54,6 @@ class ForcedDecisions:
             0, self.sequence.to(values.device), values)
 
 
-def decision_log_probs(accept_logit: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-    """(N,) log-probability of each action under Bernoulli policies with these accept logits."""
-    return torch.nn.functional.logsigmoid(torch.where(action.bool(), accept_logit, -accept_logit))
-
-
 @torch.no_grad()
 def force_responses(engine: DecodingEngine, prompts: Sequence[str],
                     responses: Sequence[Sequence[int]]) -> ForcedDecisions:

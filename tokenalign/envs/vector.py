@@ -6,7 +6,8 @@ them, however far apart they are. A finished row is restarted with a fresh promp
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -14,9 +15,14 @@ import torch
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from tokenalign.data import Prompt, prompt_id
+from tokenalign.data.prompts import Prompt, prompt_id
 from tokenalign.envs.accept_reject import (
-    check_options, check_preference, check_render_mode, new_normalizer, observation_space, preference_rewards,
+    check_options,
+    check_preference,
+    check_render_mode,
+    new_normalizer,
+    observation_space,
+    preference_rewards,
 )
 from tokenalign.envs.candidates import SamplingConfig
 from tokenalign.envs.task import DecodingTask, ModelArg, ScorersArg

@@ -13,9 +13,8 @@ import sys
 import time
 from pathlib import Path
 
-
 from tokenalign.config import TrainConfig
-from tokenalign.data import load_prompts
+from tokenalign.data.prompts import load_prompts
 from tokenalign.envs.task import DecodingTask
 from tokenalign.eval.agent_source import find_checkpoint, load_agent
 from tokenalign.eval.arena import arena_markdown, compare, write_arena
@@ -24,7 +23,7 @@ from tokenalign.eval.evaluate import AGENT_MODES, DEFAULT_BEST_OF, MODES, evalua
 from tokenalign.eval.metrics import DEFAULT_COST_THRESHOLD, write_summary
 from tokenalign.eval.records import read_generations, write_generations
 from tokenalign.eval.report import summary_markdown
-from tokenalign.lm import pick_device
+from tokenalign.lm.loader import pick_device
 
 USER_ERRORS = (ValueError, FileNotFoundError)
 """What bad input raises across tokenalign (DataError, ConfigError, EvalError, ... are ValueErrors)."""

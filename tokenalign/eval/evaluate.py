@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from tokenalign.data import Prompt
+from tokenalign.data.prompts import Prompt
 from tokenalign.envs.engine import DecodingEngine
 from tokenalign.envs.rollout import AcceptPolicy, conditioned, generate_episodes, on_device
 from tokenalign.envs.task import DecodingTask

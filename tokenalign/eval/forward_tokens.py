@@ -22,7 +22,7 @@ class ForwardTokenCounter:
         self.total = 0
         self._handle: torch.utils.hooks.RemovableHandle | None = None
 
-    def __enter__(self) -> "ForwardTokenCounter":
+    def __enter__(self) -> ForwardTokenCounter:
         self._handle = self.body.register_forward_pre_hook(self._count, with_kwargs=True)
         return self
 

@@ -16,7 +16,7 @@ class Generation:
     mode: str
     """Label of the decoding mode (base, greedy, best-of-4, agent-sample, agent-serial, ...)."""
     prompt_id: int
-    """Stable prompt id (tokenalign.data.prompt_id): how the arena matches two files."""
+    """Stable prompt id (tokenalign.data.prompts.prompt_id): how the arena matches two files."""
     prompt: str
     """The prompt text."""
     response: str

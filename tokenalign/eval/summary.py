@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from tokenalign.config import TrainConfig
-from tokenalign.data import load_prompts
+from tokenalign.data.prompts import load_prompts
 from tokenalign.envs.rollout import AcceptPolicy
 from tokenalign.envs.task import DecodingTask
 from tokenalign.eval.evaluate import evaluate

@@ -1,1 +1,1 @@
-"""Reward, cost and token-level heads over a frozen LM's hidden states: the model, its losses, fitting it."""
+"""Reward, cost and token-level heads over a frozen LM's hidden states: the model, the states it reads, its losses."""

@@ -5,7 +5,7 @@
                                  − log σ(s_unsafer·c_unsafer), with s = +1 for an unsafe response, −1 for a safe
                                  one, so the sign of a cost says unsafe (> 0) or safe (< 0)
     token   TLCR's discriminator: soft-target cross-entropy −[p·log P(pos) + (1 − p)·log P(neg)] per token,
-                                 with p from the Levenshtein labels (tokenalign/token_labels.py)
+                                 with p from the Levenshtein labels (tokenalign/data/token_labels.py)
 """
 from __future__ import annotations
 

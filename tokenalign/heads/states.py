@@ -17,7 +17,7 @@ from typing import Literal
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from tokenalign.envs.engine import prompt_token_ids
+from tokenalign.lm.prompt_ids import prompt_token_ids
 
 
 @dataclass(frozen=True)

@@ -6,18 +6,11 @@ this package is imported below, so the registry sees it without further wiring.
 import importlib
 import pkgutil
 
-from tokenalign.learners.base import Learner
-from tokenalign.learners.registry import (
-    config_class,
-    learner_class,
-    learner_names,
-    make_config,
-    make_learner,
-    register,
-)
+from tokenalign.learners.base import Learner, LearnerContract
+from tokenalign.learners.registry import config_class, learner_class, learner_names, make_learner, register
 
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
 del _module
 
-__all__ = ["Learner", "config_class", "learner_class", "learner_names", "make_config", "make_learner", "register"]
+__all__ = ["Learner", "LearnerContract", "config_class", "learner_class", "learner_names", "make_learner", "register"]

@@ -12,14 +12,15 @@ from __future__ import annotations
 import abc
 import contextlib
 import dataclasses
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, ClassVar, Iterable, Iterator, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
 
 from tokenalign.agents.policy import PARAMETERISATION, AcceptRejectPolicy, check_parameterisation
-from tokenalign.buffers.schema import Transitions
+from tokenalign.buffers.batches import Transitions
 from tokenalign.learners.kl import KLConfig, KLController, decision_kl, kl_per_response, reference_log_probs
 
 DataMode = Literal["replay", "on_policy", "pairs"]
@@ -97,8 +98,10 @@ class Learner(abc.ABC):
         """What this learner, with `config`, needs from the runtime."""
 
     def __init__(
-        self, *, hidden_size: int, config: Any, device: torch.device | str = "cpu", preference_dim: int = 0
+        self, *, hidden_size: int, config: Any, device: torch.device | str = "cpu", preference_dim: int = 0,
+        seed: int = 0,
     ) -> None:
+        """`seed`: of network initialisation and minibatch shuffling (a run's run.seed)."""
         if hidden_size <= 0:
             raise ValueError(f"hidden_size must be the LM's positive hidden size, got {hidden_size}")
         if preference_dim < 0:
@@ -113,7 +116,7 @@ class Learner(abc.ABC):
                             "tokenalign.learners.kl.KLConfig: every learner's objective carries the KL to the base LM")
         self.kl = KLController(config=config)
         # Minibatch shuffling draws from this CPU generator, so runs replay identically on any device.
-        self.generator = torch.Generator().manual_seed(config.seed)
+        self.generator = torch.Generator().manual_seed(seed)
 
     @abc.abstractmethod
     def update(self, batch: Transitions) -> dict[str, float]:

@@ -23,8 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tokenalign.agents.mlp import check_widths
-from tokenalign.agents.policy import AcceptRejectPolicy
-from tokenalign.envs.teacher_forcing import decision_log_probs
+from tokenalign.agents.policy import AcceptRejectPolicy, decision_log_probs
 from tokenalign.learners.base import Learner, LearnerContract, adam, gradient_step, read_scalars, seeded
 from tokenalign.learners.kl import KLConfig
 from tokenalign.learners.pairs import PairBatch, PairSide
@@ -42,7 +41,7 @@ def adaptive_margin_loss(h: torch.Tensor, h_unpref: torch.Tensor, *, beta: float
     return -F.logsigmoid(beta * (h - h_unpref.detach().clamp(margin_min, margin_max))).mean()
 
 
-@dataclass
+@dataclass(frozen=True)
 class DPOConfig(KLConfig):
     """DPO options: β is kl_coef; margins and EMA are HC-RLHF's, optimizer sized for the agent MLP."""
 
@@ -66,8 +65,6 @@ class DPOConfig(KLConfig):
     """Preference pairs per update."""
     max_grad_norm: float = 1.0
     """Gradient-norm clip of the policy."""
-    seed: int = 0
-    """Seed of the networks and the pair sampling."""
 
     def __post_init__(self) -> None:
         self.check_kl()
@@ -92,11 +89,12 @@ class DPO(Learner):
         return LearnerContract(data_mode="pairs", gamma=1.0, batch_size=config.batch_size)
 
     def __init__(self, *, hidden_size: int, config: DPOConfig, device: torch.device | str = "cpu",
-                 preference_dim: int = 0) -> None:
-        super().__init__(hidden_size=hidden_size, config=config, device=device, preference_dim=preference_dim)
+                 preference_dim: int = 0, seed: int = 0) -> None:
+        super().__init__(hidden_size=hidden_size, config=config, device=device, preference_dim=preference_dim,
+                         seed=seed)
         if preference_dim:
             raise ValueError("dpo learns one agent from pairs; a preference-conditioned objective has no pairs to give")
-        with seeded(config.seed):
+        with seeded(seed):
             self.policy = AcceptRejectPolicy(hidden_size=hidden_size, widths=config.widths).to(self.device)
         self.ema = copy.deepcopy(self.policy).requires_grad_(False)
         self.optimizer = adam(self.policy.parameters(), lr=config.lr)

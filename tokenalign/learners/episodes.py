@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tokenalign.buffers.schema import Transitions
+from tokenalign.buffers.batches import Transitions
 
 
 @dataclass(frozen=True)
@@ -20,7 +20,7 @@ class Episodes:
     """(E,) int64 row of each episode's final decision."""
 
     @classmethod
-    def of(cls, batch: Transitions, *, learner: str) -> "Episodes":
+    def of(cls, batch: Transitions, *, learner: str) -> Episodes:
         """Segment `batch`, raising one ValueError if its rows are not whole episodes in step order."""
         done = batch.done.bool()
         if not bool(done[-1]):

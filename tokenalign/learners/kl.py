@@ -21,7 +21,7 @@ import torch.nn.functional as F
 PROPORTIONAL_CLIP = 0.2  # Ziegler et al. 2019
 
 
-@dataclass
+@dataclass(frozen=True)
 class KLConfig:
     """The KL-to-base-LM term of a learner's objective (a mixin of every learner's config)."""
 

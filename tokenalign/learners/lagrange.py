@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 
-@dataclass
+@dataclass(frozen=True)
 class LagrangeConfig:
     """Options of the cost constraint; PPO-Lagrangian defaults are safe-rlhf's."""
 

@@ -23,7 +23,7 @@ class PairSide:
     pair: torch.Tensor
     """(N,) int64 index of the pair (within the batch) each decision belongs to."""
 
-    def to(self, device: torch.device | str) -> "PairSide":
+    def to(self, device: torch.device | str) -> PairSide:
         return PairSide(**{f.name: getattr(self, f.name).to(device) for f in dataclasses.fields(self)})
 
 
@@ -38,5 +38,5 @@ class PairBatch:
     size: int
     """Pairs in the batch."""
 
-    def to(self, device: torch.device | str) -> "PairBatch":
+    def to(self, device: torch.device | str) -> PairBatch:
         return PairBatch(chosen=self.chosen.to(device), rejected=self.rejected.to(device), size=self.size)

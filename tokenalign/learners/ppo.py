@@ -24,7 +24,7 @@ from torch import nn
 from tokenalign.agents.mlp import check_widths
 from tokenalign.agents.policy import AcceptRejectPolicy
 from tokenalign.agents.value import ValueHead
-from tokenalign.buffers.schema import Transitions
+from tokenalign.buffers.batches import Transitions
 from tokenalign.learners.advantages import gae
 from tokenalign.learners.base import Learner, LearnerContract, adam, approx_kl, gradient_step, read_scalars, seeded
 from tokenalign.learners.episodes import Episodes
@@ -32,7 +32,7 @@ from tokenalign.learners.kl import KLConfig, action_log_ratio
 from tokenalign.learners.registry import register
 
 
-@dataclass
+@dataclass(frozen=True)
 class PPOConfig(KLConfig):
     """PPO options; loss defaults are safe-rlhf's, optimizer defaults sized for the MARA agent MLP."""
 
@@ -64,11 +64,9 @@ class PPOConfig(KLConfig):
     """Gradient-norm clip of each network."""
     episodes_per_update: int = 128  # safe-rlhf scripts: 16 prompts per device × 8 devices
     """Episodes the trainer collects per `update`."""
-    seed: int = 0
-    """Seed of network initialization and minibatch shuffling."""
 
     def __post_init__(self) -> None:
-        self.widths = check_widths(self.widths, owner=f"{type(self).__name__}")
+        object.__setattr__(self, "widths", check_widths(self.widths, owner=f"{type(self).__name__}"))
         self.check_kl()
         if not (0.0 <= self.gamma <= 1.0 and 0.0 <= self.gae_lambda <= 1.0):
             raise ValueError(f"gamma and gae_lambda must be in [0, 1], got {self.gamma}, {self.gae_lambda}")
@@ -108,12 +106,13 @@ class PPOLearner(Learner):
 
     def __init__(
         self, *, hidden_size: int, config: PPOConfig | None = None, device: torch.device | str = "cpu",
-        preference_dim: int = 0,
+        preference_dim: int = 0, seed: int = 0,
     ) -> None:
         config = config or PPOConfig()
-        super().__init__(hidden_size=hidden_size, config=config, device=device, preference_dim=preference_dim)
+        super().__init__(hidden_size=hidden_size, config=config, device=device, preference_dim=preference_dim,
+                         seed=seed)
         shape = dict(hidden_size=hidden_size, widths=config.widths, preference_dim=preference_dim)
-        with seeded(config.seed):
+        with seeded(seed):
             self.policy = AcceptRejectPolicy(**shape).to(self.device)
             self.critics = {signal: ValueHead(**shape).to(self.device) for signal in self.signals}
         self.actor_optimizer = adam(self.policy.parameters(), lr=config.actor_lr)

@@ -14,14 +14,14 @@ from typing import Any
 
 import torch
 
-from tokenalign.buffers.schema import Transitions
+from tokenalign.buffers.batches import Transitions
 from tokenalign.learners.episodes import Episodes
 from tokenalign.learners.lagrange import CostWindow, LagrangeConfig, LagrangeMultiplier
 from tokenalign.learners.ppo import PPOConfig, PPOLearner
 from tokenalign.learners.registry import register
 
 
-@dataclass
+@dataclass(frozen=True)
 class PPOLagrangianConfig(PPOConfig, LagrangeConfig):
     """PPO options plus the cost constraint (safe-rlhf defaults)."""
 
@@ -45,10 +45,11 @@ class PPOLagrangianLearner(PPOLearner):
 
     def __init__(
         self, *, hidden_size: int, config: PPOLagrangianConfig | None = None, device: torch.device | str = "cpu",
-        preference_dim: int = 0,
+        preference_dim: int = 0, seed: int = 0,
     ) -> None:
         config = config or PPOLagrangianConfig()
-        super().__init__(hidden_size=hidden_size, config=config, device=device, preference_dim=preference_dim)
+        super().__init__(hidden_size=hidden_size, config=config, device=device, preference_dim=preference_dim,
+                         seed=seed)
         self.multiplier = LagrangeMultiplier(config=config)
         self.cost_window = CostWindow(size=config.episode_cost_window_size)
 

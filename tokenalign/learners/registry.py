@@ -1,13 +1,12 @@
-"""Learner names → classes and their config dataclasses; `make_learner` builds one from a plain dict."""
+"""Learner names → classes and their config dataclasses; `make_learner` builds one from its typed config."""
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import torch
 
+from tokenalign.core.registry import Registry
 from tokenalign.learners.base import Learner
-from tokenalign.registry import Registry
 
 LEARNERS: Registry[type[Learner]] = Registry(kind="learner", key="learner.name")
 register = LEARNERS.register
@@ -29,26 +28,14 @@ def config_class(name: str) -> type:
     return LEARNERS.lookup(name)[1]
 
 
-def make_config(name: str, config: dict[str, Any] | None = None) -> Any:
-    """Learner `name`'s config dataclass with `config`'s overrides, each checked against its field's type;
-    an unknown key or a wrong type is a ValueError naming `learner.params.<key>`."""
-    from tokenalign.config import from_dict  # config composes every section, this one included
-
-    config_cls = LEARNERS.lookup(name)[1]
-    known = [f.name for f in dataclasses.fields(config_cls)]
-    overrides = dict(config or {})
-    for key in overrides:
-        if key not in known:
-            raise ValueError(f"unknown config key {key!r} for learner {name!r} (learner.params.{key}); "
-                             f"known keys: {', '.join(known)}")
-    return from_dict(config_cls, overrides, where="learner.params")
-
-
 def make_learner(
-    name: str, *, hidden_size: int, config: dict[str, Any] | None = None, device: torch.device | str = "cpu",
-    preference_dim: int = 0,
+    name: str, *, hidden_size: int, config: Any = None, device: torch.device | str = "cpu", preference_dim: int = 0,
+    seed: int = 0,
 ) -> Learner:
-    """Build learner `name` for an LM of `hidden_size` (agents conditioned on `preference_dim` weights) with
-    config overrides `config` on `device`."""
-    cls = LEARNERS.lookup(name)[0]
-    return cls(hidden_size=hidden_size, config=make_config(name, config), device=device, preference_dim=preference_dim)
+    """Build learner `name` for an LM of `hidden_size` (agents conditioned on `preference_dim` weights) on `device`,
+    with `config`, an instance of its config dataclass (None: the defaults), networks and shuffling seeded by `seed`."""
+    cls, config_cls = LEARNERS.lookup(name)
+    config = config_cls() if config is None else config
+    if type(config) is not config_cls:
+        raise TypeError(f"learner {name!r} takes a {config_cls.__name__}, got {type(config).__name__}")
+    return cls(hidden_size=hidden_size, config=config, device=device, preference_dim=preference_dim, seed=seed)

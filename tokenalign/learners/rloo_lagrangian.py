@@ -24,7 +24,7 @@ from torch import nn
 
 from tokenalign.agents.mlp import check_widths
 from tokenalign.agents.policy import AcceptRejectPolicy
-from tokenalign.buffers.schema import Transitions
+from tokenalign.buffers.batches import Transitions
 from tokenalign.learners.base import Learner, LearnerContract, adam, approx_kl, gradient_step, read_scalars, seeded
 from tokenalign.learners.confidence import cost_surrogate, kappa, upper_bound
 from tokenalign.learners.episodes import Episodes
@@ -33,7 +33,7 @@ from tokenalign.learners.lagrange import CostWindow, LagrangeConfig, LagrangeMul
 from tokenalign.learners.registry import register
 
 
-@dataclass
+@dataclass(frozen=True)
 class RLOOLagrangianConfig(LagrangeConfig, KLConfig):
     """REINFORCE-RLOO-Lagrangian options; defaults are HC-RLHF's reinforce_lag script."""
 
@@ -63,11 +63,9 @@ class RLOOLagrangianConfig(LagrangeConfig, KLConfig):
     """Upper clamp of λ; None leaves it unbounded."""
     episode_cost_window_size: int = 256  # HC-RLHF script
     """How many recent episode costs estimate the bound."""
-    seed: int = 0
-    """Seed of network initialization."""
 
     def __post_init__(self) -> None:
-        self.widths = check_widths(self.widths, owner="rloo_lagrangian config")
+        object.__setattr__(self, "widths", check_widths(self.widths, owner="rloo_lagrangian config"))
         self.check_kl()
         self.check_lagrange()
         if not 0.0 < self.fail_prob < 1.0:
@@ -104,11 +102,12 @@ class RLOOLagrangianLearner(Learner):
 
     def __init__(
         self, *, hidden_size: int, config: RLOOLagrangianConfig | None = None, device: torch.device | str = "cpu",
-        preference_dim: int = 0,
+        preference_dim: int = 0, seed: int = 0,
     ) -> None:
         config = config or RLOOLagrangianConfig()
-        super().__init__(hidden_size=hidden_size, config=config, device=device, preference_dim=preference_dim)
-        with seeded(config.seed):
+        super().__init__(hidden_size=hidden_size, config=config, device=device, preference_dim=preference_dim,
+                         seed=seed)
+        with seeded(seed):
             self.policy = AcceptRejectPolicy(hidden_size=hidden_size, widths=config.widths,
                                              preference_dim=preference_dim).to(self.device)
         self.actor_optimizer = adam(self.policy.parameters(), lr=config.actor_lr)

@@ -26,13 +26,13 @@ from torch import nn
 from tokenalign.agents.critics import TwinQCritic
 from tokenalign.agents.mlp import check_widths
 from tokenalign.agents.policy import AcceptRejectPolicy
-from tokenalign.buffers.schema import Transitions
+from tokenalign.buffers.batches import Transitions
 from tokenalign.learners.base import Learner, LearnerContract, adam, gradient_step, read_scalars, seeded
 from tokenalign.learners.kl import KLConfig, reference_log_probs
 from tokenalign.learners.registry import register
 
 
-@dataclass
+@dataclass(frozen=True)
 class SACConfig(KLConfig):
     """Discrete SAC options; defaults are MARA's training script (Mistral-7B, 2:1 reward:cost)."""
 
@@ -54,11 +54,9 @@ class SACConfig(KLConfig):
     """Gradient-norm clip for actor and critic."""
     learning_starts_factor: int = 64  # MARA train script
     """Learning starts once the buffer holds more than batch_size × this many transitions."""
-    seed: int = 0
-    """Seed of network initialization."""
 
     def __post_init__(self) -> None:
-        self.widths = check_widths(self.widths, owner="sac config")
+        object.__setattr__(self, "widths", check_widths(self.widths, owner="sac config"))
         self.check_kl()
         if not 0.0 <= self.gamma <= 1.0:
             raise ValueError(f"sac gamma must be in [0, 1], got {self.gamma}")
@@ -109,12 +107,13 @@ class SACLearner(Learner):
 
     def __init__(
         self, *, hidden_size: int, config: SACConfig | None = None, device: torch.device | str = "cpu",
-        preference_dim: int = 0,
+        preference_dim: int = 0, seed: int = 0,
     ) -> None:
         config = config or SACConfig()
-        super().__init__(hidden_size=hidden_size, config=config, device=device, preference_dim=preference_dim)
+        super().__init__(hidden_size=hidden_size, config=config, device=device, preference_dim=preference_dim,
+                         seed=seed)
         shape = dict(hidden_size=hidden_size, widths=config.widths, preference_dim=preference_dim)
-        with seeded(config.seed):
+        with seeded(seed):
             self.policy = AcceptRejectPolicy(**shape).to(self.device)
             self.critic = TwinQCritic(**shape).to(self.device)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)

@@ -1,6 +1,6 @@
 """The Objective API: observed signals → per-decision rewards and costs, in the learner process.
 
-Rollouts store raw signals (buffers/schema.py); an Objective labels each sampled batch of `Decisions`
+Rollouts store raw signals (buffers/layout.py); an Objective labels each sampled batch of `Decisions`
 into the `Transitions` a learner trains on. Changing the objective, or resuming a run with another
 one, relabels stored data without a new rollout.
 
@@ -18,27 +18,45 @@ file with `@register`; its options are a dataclass checked at config load (`obje
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from tokenalign.buffers.schema import Decisions, Transitions, with_rewards
+from tokenalign.buffers.batches import Decisions, Transitions, with_rewards
+from tokenalign.core.parsing import ConfigError, build, changed_fields, from_dict, join, mapping
+from tokenalign.core.registry import Registry
 from tokenalign.rewards.combine import RewardConfig
-from tokenalign.registry import Registry
 from tokenalign.rewards.shaping import ShapingConfig
 
 
-@dataclass
+@dataclass(frozen=True)
 class ObjectiveSection:
     """Which objective turns observed signals into rewards and costs, and its settings."""
 
     name: str | None = None
     """weighted, lagrangian, hierarchical or preference; None: lagrangian for learners that need a separate cost
     signal (ppo_lagrangian, rloo_lagrangian), weighted otherwise."""
-    params: dict[str, Any] = field(default_factory=dict)
-    """Overrides of the objective's own config dataclass, e.g. {threshold: 0.6} for hierarchical."""
+    params: Any = None
+    """The objective's own config dataclass (e.g. HierarchicalConfig); None: its defaults. In YAML, a mapping of
+    its fields, e.g. {threshold: 0.6} for hierarchical."""
+
+    @classmethod
+    def for_signals(cls, data: Any, *, signals: tuple[str, ...], where: str) -> ObjectiveSection:
+        """The section from YAML, its params parsed for the objective it names (or that a learner needing
+        `signals` gets by default)."""
+        data = mapping(data, where)
+        name = data.get("name")
+        if name is not None and not isinstance(name, str):
+            raise ConfigError(f"{join(where, 'name')} must be str or null, got {name!r}")
+        params_class = _objective_config_class(resolve_name(name, signals=signals))
+        params = from_dict(params_class, data.get("params", {}), where=join(where, "params"))
+        return build(cls, data, where=where, params=params)
+
+    def to_plain(self) -> dict[str, Any]:
+        """As in YAML: params are the fields that differ from the objective's defaults."""
+        return {"name": self.name, "params": {} if self.params is None else changed_fields(self.params)}
 
 
 def resolve_name(name: str | None, *, signals: tuple[str, ...]) -> str:
@@ -46,39 +64,6 @@ def resolve_name(name: str | None, *, signals: tuple[str, ...]) -> str:
     if name is not None:
         return name
     return "lagrangian" if "cost" in signals else "weighted"
-
-
-class RunningMoments:
-    """Running mean and variance of each of k columns (Chan et al.'s parallel update), for z-normalisation."""
-
-    def __init__(self, k: int) -> None:
-        self.count = 0
-        self.mean = np.zeros(k)
-        self.m2 = np.zeros(k)
-
-    def update(self, values: np.ndarray) -> None:
-        """Add rows (n, k) of new observations."""
-        n = len(values)
-        if not n:
-            return
-        batch_mean = values.mean(axis=0)
-        batch_m2 = ((values - batch_mean) ** 2).sum(axis=0)
-        total = self.count + n
-        delta = batch_mean - self.mean
-        self.mean = self.mean + delta * n / total
-        self.m2 = self.m2 + batch_m2 + delta**2 * self.count * n / total
-        self.count = total
-
-    @property
-    def std(self) -> np.ndarray:
-        """Population standard deviation, at least 1e-6 so that z-scores stay finite."""
-        return np.maximum(np.sqrt(self.m2 / max(self.count, 1)), 1e-6)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"count": self.count, "mean": self.mean.tolist(), "m2": self.m2.tolist()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.count, self.mean, self.m2 = int(state["count"]), np.array(state["mean"]), np.array(state["m2"])
 
 
 class Objective(abc.ABC):
@@ -165,9 +150,17 @@ def make_objective(
     section: ObjectiveSection, *, reward: RewardConfig, shaping: ShapingConfig, gamma: float, signals: tuple[str, ...]
 ) -> Objective:
     """Build the run's objective from its config section, for a learner with discount `gamma` needing `signals`."""
-    from tokenalign.config import from_dict
-
     name = resolve_name(section.name, signals=signals)
-    config = from_dict(objective_config_class(name), section.params, where="objective.params")
+    config_class = _objective_config_class(name)
+    config = config_class() if section.params is None else section.params
+    if type(config) is not config_class:
+        raise ConfigError(f"objective.params is a {type(config).__name__}; objective {name!r} takes "
+                          f"{config_class.__name__}")
     return OBJECTIVES.lookup(name)[0](config=config, reward=reward, shaping=shaping, gamma=gamma)
 
+
+def _objective_config_class(name: str) -> type:
+    try:
+        return objective_config_class(name)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None

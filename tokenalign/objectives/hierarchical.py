@@ -18,12 +18,12 @@ from typing import Any, Literal
 
 import numpy as np
 
-from tokenalign.buffers.schema import Decisions
+from tokenalign.buffers.batches import Decisions
 from tokenalign.objectives.base import Objective, register
 from tokenalign.objectives.normalizer import EpisodeNormalizer
 
 
-@dataclass
+@dataclass(frozen=True)
 class HierarchicalConfig:
     """ALaRM's options; defaults are its long-form QA setting."""
 

@@ -5,7 +5,7 @@ from typing import Any
 
 import numpy as np
 
-from tokenalign.objectives.base import RunningMoments
+from tokenalign.core.moments import RunningMoments
 
 
 class EpisodeNormalizer:

@@ -18,14 +18,14 @@ from typing import Any, Literal
 
 import numpy as np
 
-from tokenalign.buffers.schema import Decisions
+from tokenalign.buffers.batches import Decisions
 from tokenalign.objectives.base import Objective, register
 from tokenalign.objectives.normalizer import EpisodeNormalizer
 
 RIC_GRID = np.round(np.linspace(0.0, 1.0, 11), 1)  # RiC: w₁ ∈ {0, 0.1, ..., 1}
 
 
-@dataclass
+@dataclass(frozen=True)
 class PreferenceConfig:
     """RiC / MORL options."""
 

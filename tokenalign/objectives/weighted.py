@@ -14,11 +14,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tokenalign.buffers.schema import Decisions
+from tokenalign.buffers.batches import Decisions
 from tokenalign.objectives.base import Objective, register
 
 
-@dataclass
+@dataclass(frozen=True)
 class WeightedConfig:
     """No options of its own: multipliers and baselines come from the `reward` section (MARA's train script)."""
 
@@ -40,7 +40,7 @@ class WeightedObjective(Objective):
         return reward, self.cost_of(scores)
 
 
-@dataclass
+@dataclass(frozen=True)
 class LagrangianConfig:
     """No options of its own: reward multipliers come from the `reward` section, the threshold from the learner."""
 

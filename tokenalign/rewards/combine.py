@@ -28,7 +28,7 @@ def demo_scorers() -> list[ScorerConfig]:
     return [ScorerConfig(kind="vader", multiplier=2.0), ScorerConfig(kind="profanity", role="cost", multiplier=-1.0)]
 
 
-@dataclass
+@dataclass(frozen=True)
 class RewardConfig:
     """How scorers combine into the final reward."""
 
@@ -99,7 +99,7 @@ class RewardCombiner:
         self._baseline_cache: dict[int, np.ndarray] = {}
 
     @classmethod
-    def from_config(cls, config: RewardConfig) -> "RewardCombiner":
+    def from_config(cls, config: RewardConfig) -> RewardCombiner:
         """Build every scorer of `config`."""
         terms = [RewardTerm(scorer=make_scorer(c), role=c.role, multiplier=c.multiplier) for c in config.scorers]
         return cls(

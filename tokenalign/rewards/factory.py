@@ -4,17 +4,18 @@ Compact form: `kind[:target][,key=value,...]`, e.g. `vader`, `profanity,role=cos
 `hf-classifier:/models/sentiment,label=POSITIVE,output=prob`, `safe-rlhf-score:/models/beaver-7b-v1.0-cost,role=cost`,
 `python:my_rewards:length_bonus`, `head:/runs/heads/reward`. Keys are role, multiplier and name, or one of
 the kind's own options (its options dataclass in `tokenalign/rewards/scorers/<kind>.py`). YAML takes the
-same keys flat: `{kind: hf-classifier, path: /models/rm, label: 1}`.
+same keys flat: `{kind: hf-classifier, path: /models/rm, label: 1}`. Either form is parsed once, into a
+ScorerConfig whose `options` is the kind's options dataclass.
 """
 from __future__ import annotations
 
 import dataclasses
-import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal, Protocol
 
+from tokenalign.core.parsing import ConfigError, coerce
 from tokenalign.rewards.base import Scorer, ScorerError
 from tokenalign.rewards.registry import scorer_kinds
 
@@ -22,7 +23,24 @@ Role = Literal["reward", "cost"]
 ROLES: tuple[str, ...] = ("reward", "cost")
 
 
-@dataclass
+class ScorerKind(Protocol):
+    """What a registered scorer class provides besides the Scorer interface."""
+
+    path_example: ClassVar[str | None]
+    """An example of the kind's path (its model directory, file or target), None when it takes no path."""
+
+    @classmethod
+    def from_config(cls, config: ScorerConfig) -> Scorer:
+        """The scorer `config` describes (its options are `config.options`)."""
+        ...
+
+    @classmethod
+    def is_token_level(cls, config: ScorerConfig) -> bool:
+        """Whether a scorer of this config rewards tokens (ScorerBase: no)."""
+        ...
+
+
+@dataclass(frozen=True)
 class ScorerConfig:
     """One reward or cost model and how its score enters the combined reward."""
 
@@ -36,32 +54,28 @@ class ScorerConfig:
     """Weight in MARA's final reward Σ multiplier·score − baseline (MARA's 2:1 demo: vader 2, profanity −1)."""
     name: str | None = None
     """Name in logs and in CombinedScores.raw; derived from kind and path when unset."""
-    options: dict[str, Any] = field(default_factory=dict)
-    """The kind's own options (e.g. hf-classifier's label, output, template, batch_size, device, dtype)."""
+    options: Any = None
+    """The kind's own options dataclass (e.g. hf-classifier's label, output, template, batch_size, device, dtype);
+    None: its defaults."""
 
     def __post_init__(self) -> None:
-        kinds = scorer_kinds()
-        try:
-            cls, options_type = kinds.lookup(self.kind)
-        except ValueError as err:
-            raise ScorerError(str(err)) from None
+        cls, options_type = _kind(self.kind)
         if self.role not in ROLES:
             raise ScorerError(f"scorer role {self.role!r} is unknown; use 'reward' or 'cost'")
         if cls.path_example is not None and not self.path:
             raise ScorerError(f"scorer kind {self.kind!r} needs a path, e.g. '{self.kind}:{cls.path_example}'")
         if cls.path_example is None and self.path:
             raise ScorerError(f"scorer kind {self.kind!r} takes no path, got {self.path!r}")
-        self.options = dataclasses.asdict(_checked_options(options_type, dict(self.options), kind=self.kind))
-
-    @property
-    def kind_options(self) -> Any:
-        """The options as the kind's options dataclass."""
-        return scorer_kinds().lookup(self.kind)[1](**self.options)
+        if self.options is None:
+            object.__setattr__(self, "options", options_type())
+        elif type(self.options) is not options_type:
+            raise ScorerError(f"scorer kind {self.kind!r} takes options {options_type.__name__}, "
+                              f"got {type(self.options).__name__}")
 
     @property
     def token_level(self) -> bool:
         """Whether the scorer rewards tokens (a token head): objectives then take its reward per token, not per sequence."""
-        return scorer_kinds().lookup(self.kind)[0].is_token_level(self)
+        return _kind(self.kind)[0].is_token_level(self)
 
     @property
     def resolved_name(self) -> str:
@@ -71,50 +85,61 @@ class ScorerConfig:
         return f"{self.kind}:{Path(self.path).name}" if self.path else self.kind
 
     @classmethod
-    def from_mapping(cls, data: dict[str, Any]) -> "ScorerConfig":
-        """The config of a YAML mapping whose keys are ScorerConfig fields, with the kind's options flat or under `options`."""
+    def from_mapping(cls, data: dict[str, Any]) -> ScorerConfig:
+        """The config of a mapping whose keys are ScorerConfig fields, with the kind's options flat or under
+        `options`; values may be text (a spec string's), which fills number fields."""
         own = {f.name for f in dataclasses.fields(cls)}
         options = dict(data.get("options") or {})
         options.update({k: v for k, v in data.items() if k not in own})
-        return cls(**{k: v for k, v in data.items() if k in own and k != "options"}, options=options)
+        kind = data.get("kind")
+        if not isinstance(kind, str):
+            raise ScorerError(f"a scorer needs a kind (a string such as 'vader'), got {kind!r}")
+        fields = {k: v for k, v in data.items() if k in own and k != "options"}
+        if "multiplier" in fields:
+            fields["multiplier"] = _coerced(float, fields["multiplier"], "multiplier", kind=kind)
+        return cls(**fields, options=_options(_kind(kind)[1], options, kind=kind))
+
+    @classmethod
+    def from_plain(cls, data: Any, *, where: str) -> ScorerConfig:
+        """A scorer from a run config: its compact string or a mapping, errors keyed by `where`."""
+        try:
+            if isinstance(data, str):
+                return parse_scorer_spec(data)
+            if not isinstance(data, dict):
+                raise ConfigError(f"{where} must be a scorer spec string or a mapping, got {data!r}")
+            return cls.from_mapping(data)
+        except (TypeError, ScorerError) as err:
+            raise ConfigError(f"{where}: {err}") from err
 
 
-_COMMON_COERCE = {"multiplier": float}
+def _kind(kind: str) -> tuple[type[ScorerKind], type]:
+    try:
+        return scorer_kinds().lookup(kind)
+    except ValueError as err:
+        raise ScorerError(str(err)) from None
 
 
-def _checked_options(options_type: type, values: dict[str, Any], *, kind: str) -> Any:
+def _options(options_type: type, values: dict[str, Any], *, kind: str) -> Any:
     """`values` as the kind's options dataclass; spec strings become the numbers their fields hold."""
     hints = typing.get_type_hints(options_type)
-    for key, value in values.items():
+    for key in values:
         if key not in hints:
             keys = ", ".join(sorted(hints)) or "none"
             raise ScorerError(f"scorer kind {kind!r} has no option {key!r}; its options: {keys}")
-        values[key] = _coerce(hints[key], value, key=key, kind=kind)
+    typed = {key: _coerced(hints[key], value, key, kind=kind) for key, value in values.items()}
     try:
-        return options_type(**values)
+        return options_type(**typed)
     except (TypeError, ValueError) as err:
         if isinstance(err, ScorerError):
             raise
         raise ScorerError(f"scorer kind {kind!r}: {err}") from err
 
 
-def _coerce(hint: Any, value: Any, *, key: str, kind: str) -> Any:
-    """A spec's string as the int or float its field holds; a Literal field's value checked."""
-    args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
-    if value is None and type(None) in args:
-        return None
-    literal = next((a for a in args if typing.get_origin(a) is Literal), None)
-    if literal is not None and value not in typing.get_args(literal):
-        choices = ", ".join(map(repr, typing.get_args(literal)))
-        raise ScorerError(f"scorer kind {kind!r}: {key}={value!r} is not one of {choices}")
-    if isinstance(value, str) and str not in args:
-        for number in (int, float):
-            if number in args:
-                try:
-                    return number(value)
-                except ValueError:
-                    raise ScorerError(f"scorer kind {kind!r}: {key}={value!r} is not a valid {number.__name__}") from None
-    return value
+def _coerced(hint: Any, value: Any, key: str, *, kind: str) -> Any:
+    try:
+        return coerce(hint, value, key, from_text=True)
+    except ConfigError as err:
+        raise ScorerError(f"scorer kind {kind!r}: {err}") from None
 
 
 def parse_scorer_spec(spec: str) -> ScorerConfig:
@@ -127,11 +152,7 @@ def parse_scorer_spec(spec: str) -> ScorerConfig:
         key = key.strip()
         if not eq or not key:
             raise ScorerError(f"scorer spec {spec!r}: option {option!r} is not key=value")
-        coerce = _COMMON_COERCE.get(key, str)
-        try:
-            values[key] = coerce(value.strip())
-        except ValueError:
-            raise ScorerError(f"scorer spec {spec!r}: {key}={value.strip()!r} is not a valid {coerce.__name__}") from None
+        values[key] = value.strip()
     return ScorerConfig.from_mapping({"kind": kind.strip(), "path": target.strip() or None, **values})
 
 

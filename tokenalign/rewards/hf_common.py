@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from tokenalign.lm import DTYPES
-from tokenalign.rewards.base import ScorerBase, ScorerError
+from tokenalign.lm.loader import DTYPES
+from tokenalign.rewards.base import ScorerError
+from tokenalign.rewards.scorer_base import ScorerBase
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase

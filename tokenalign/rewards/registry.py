@@ -2,7 +2,7 @@
 
 A kind's class is decorated with `SCORERS.register(name, config=Options)` (its options dataclass, the
 `key=value` settings a scorer spec may give it), declares `path_example` (None for kinds that take no
-path), and builds itself with `from_config`. `scorer_kinds()` imports every module of the folder once,
+path), and builds itself with `from_config` (`rewards/factory.py` ScorerKind). `scorer_kinds()` imports every module of the folder once,
 so a new kind is one new file there. Kind modules import heavy libraries (transformers) only when a
 scorer is built, so listing the kinds stays cheap.
 """
@@ -11,13 +11,8 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar, Protocol
 
-from tokenalign.registry import Registry
-
-if TYPE_CHECKING:
-    from tokenalign.rewards.base import Scorer
-    from tokenalign.rewards.factory import ScorerConfig
+from tokenalign.core.registry import Registry
 
 SCORERS: Registry = Registry(kind="scorer kind", key="reward.scorers[].kind")
 
@@ -25,18 +20,6 @@ SCORERS: Registry = Registry(kind="scorer kind", key="reward.scorers[].kind")
 @dataclass(frozen=True)
 class NoOptions:
     """The options of a kind that has none."""
-
-
-class ScorerKind(Protocol):
-    """What a registered scorer class provides besides the Scorer interface."""
-
-    path_example: ClassVar[str | None]
-    """An example of the kind's path (its model directory, file or target), None when it takes no path."""
-
-    @classmethod
-    def from_config(cls, config: "ScorerConfig") -> "Scorer":
-        """The scorer `config` describes (its options are `config.kind_options`)."""
-        ...
 
 
 _loaded = False

@@ -37,7 +37,7 @@ KLPenalty = Literal["kl", "abs", "mse", "full"]
 KL_PENALTIES: tuple[str, ...] = ("kl", "abs", "mse", "full")
 
 
-@dataclass
+@dataclass(frozen=True)
 class ShapingConfig:
     """Token-level reward shaping."""
 

@@ -9,9 +9,9 @@ from typing import ClassVar
 
 import numpy as np
 
-from tokenalign.rewards.base import ScorerBase
 from tokenalign.rewards.factory import ScorerConfig
 from tokenalign.rewards.registry import SCORERS
+from tokenalign.rewards.scorer_base import ScorerBase
 
 
 @dataclass(frozen=True)
@@ -33,8 +33,8 @@ class DistinctScorer(ScorerBase):
         self.min_bigrams = min_bigrams
 
     @classmethod
-    def from_config(cls, config: ScorerConfig) -> "DistinctScorer":
-        return cls(name=config.resolved_name, min_bigrams=config.kind_options.min_bigrams)
+    def from_config(cls, config: ScorerConfig) -> DistinctScorer:
+        return cls(name=config.resolved_name, min_bigrams=config.options.min_bigrams)
 
     def _score(self, prompts: list[str], responses: list[str]) -> np.ndarray:
         scores = np.empty(len(responses), dtype=np.float32)

@@ -24,10 +24,11 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from tokenalign.heads.model import HeadError, ScoreHead, load_head, read_head_config
 from tokenalign.heads.states import ResponseStates, StateReader, pooled
-from tokenalign.rewards.base import ScorerBase, ScorerError
+from tokenalign.rewards.base import ScorerError
 from tokenalign.rewards.factory import ScorerConfig
 from tokenalign.rewards.hf_common import resolve_device, resolve_dtype
 from tokenalign.rewards.registry import SCORERS
+from tokenalign.rewards.scorer_base import ScorerBase
 
 
 @dataclass(frozen=True)
@@ -63,8 +64,8 @@ class HeadScorer(ScorerBase):
         self.reads_policy_lm = False
 
     @classmethod
-    def from_config(cls, config: ScorerConfig) -> "HeadScorer":
-        return cls(path=config.path, name=config.resolved_name, options=config.kind_options)
+    def from_config(cls, config: ScorerConfig) -> HeadScorer:
+        return cls(path=config.path, name=config.resolved_name, options=config.options)
 
     @classmethod
     def is_token_level(cls, config: ScorerConfig) -> bool:
@@ -89,7 +90,7 @@ class HeadScorer(ScorerBase):
         return True
 
     def _load_own_lm(self) -> None:
-        from tokenalign.lm import load_lm
+        from tokenalign.lm.loader import load_lm
 
         device = resolve_device(self.options.device)
         lm = self.head_config.lm

@@ -76,8 +76,8 @@ class HFClassifierScorer(HFScorerBase):
         self._sigmoid = model.config.num_labels == 1 or model.config.problem_type == "multi_label_classification"
 
     @classmethod
-    def from_config(cls, config: ScorerConfig) -> "HFClassifierScorer":
-        options: HFClassifierOptions = config.kind_options
+    def from_config(cls, config: ScorerConfig) -> HFClassifierScorer:
+        options: HFClassifierOptions = config.options
         return cls(path=config.path, name=config.resolved_name, label=options.label, output=options.output,
                    **options.hf_kwargs())
 

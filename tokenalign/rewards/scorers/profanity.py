@@ -8,9 +8,9 @@ from typing import ClassVar
 
 import numpy as np
 
-from tokenalign.rewards.base import ScorerBase
 from tokenalign.rewards.factory import ScorerConfig
 from tokenalign.rewards.registry import SCORERS, NoOptions
+from tokenalign.rewards.scorer_base import ScorerBase
 
 
 @SCORERS.register("profanity", config=NoOptions)
@@ -27,7 +27,7 @@ class ProfanityScorer(ScorerBase):
         self._predict_prob = predict_prob
 
     @classmethod
-    def from_config(cls, config: ScorerConfig) -> "ProfanityScorer":
+    def from_config(cls, config: ScorerConfig) -> ProfanityScorer:
         return cls(name=config.resolved_name)
 
     def _score(self, prompts: list[str], responses: list[str]) -> np.ndarray:

@@ -5,9 +5,10 @@ import importlib
 from collections.abc import Callable, Sequence
 from typing import ClassVar
 
-from tokenalign.rewards.base import ScorerBase, ScorerError
+from tokenalign.rewards.base import ScorerError
 from tokenalign.rewards.factory import ScorerConfig
 from tokenalign.rewards.registry import SCORERS, NoOptions
+from tokenalign.rewards.scorer_base import ScorerBase
 
 ScoreFunction = Callable[[list[str], list[str]], Sequence[float]]
 
@@ -47,7 +48,7 @@ class CallableScorer(ScorerBase):
         self._fn = fn
 
     @classmethod
-    def from_config(cls, config: ScorerConfig) -> "CallableScorer":
+    def from_config(cls, config: ScorerConfig) -> CallableScorer:
         """The scorer for `module:callable`, named `python:module:callable` unless the config names it."""
         return cls(fn=import_callable(config.path), name=config.resolved_name)
 

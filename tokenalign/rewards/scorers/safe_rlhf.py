@@ -77,8 +77,8 @@ class SafeRLHFScorer(HFScorerBase):
         self.backbone = _load_backbone(self.path, config, self.dtype, self.device).eval().requires_grad_(False)
 
     @classmethod
-    def from_config(cls, config: ScorerConfig) -> "SafeRLHFScorer":
-        return cls(path=config.path, name=config.resolved_name, **config.kind_options.hf_kwargs())
+    def from_config(cls, config: ScorerConfig) -> SafeRLHFScorer:
+        return cls(path=config.path, name=config.resolved_name, **config.options.hf_kwargs())
 
     def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state

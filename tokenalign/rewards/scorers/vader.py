@@ -9,9 +9,9 @@ from typing import ClassVar
 
 import numpy as np
 
-from tokenalign.rewards.base import ScorerBase
 from tokenalign.rewards.factory import ScorerConfig
 from tokenalign.rewards.registry import SCORERS, NoOptions
+from tokenalign.rewards.scorer_base import ScorerBase
 
 
 @SCORERS.register("vader", config=NoOptions)
@@ -27,7 +27,7 @@ class VaderScorer(ScorerBase):
         self._analyzer = SentimentIntensityAnalyzer()
 
     @classmethod
-    def from_config(cls, config: ScorerConfig) -> "VaderScorer":
+    def from_config(cls, config: ScorerConfig) -> VaderScorer:
         return cls(name=config.resolved_name)
 
     def _score(self, prompts: list[str], responses: list[str]) -> np.ndarray:

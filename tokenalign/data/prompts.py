@@ -13,7 +13,7 @@ from `seed`, so the same specs and seed always give the same prompts in the same
 
 Each record's prompt is its `prompt` field, else its `instruction` field (MARA's data files), or the
 field named explicitly. Bad input raises one DataError naming the file and line; nothing is skipped.
-The specs, the JSON reading and the subsampling serve `tokenalign.preferences` (preference pairs) too.
+The specs, the JSON reading and the subsampling serve `tokenalign.data.pairs` (preference pairs) too.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-ASSETS_DIR = Path(__file__).resolve().parent / "assets" / "prompts"
+ASSETS_DIR = Path(__file__).resolve().parents[1] / "assets" / "prompts"
 # builtin:NAME → its file, or a function returning the file, so that a builtin can be made on first use.
 BuiltinTable = Mapping[str, Path | Callable[[], Path]]
 BUILTIN_SOURCES: dict[str, Path] = {"demo-train": ASSETS_DIR / "train.jsonl", "demo-test": ASSETS_DIR / "test.jsonl"}
@@ -62,7 +62,7 @@ class PromptSource:
     """Fraction of the file (float), or an exact count as safe-rlhf's Fraction(N, -1)."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class DataConfig:
     """Where the training and evaluation prompts come from."""
 
@@ -71,7 +71,7 @@ class DataConfig:
     test: list[str] = field(default_factory=lambda: ["builtin:demo-test"])
     """Source specs of the evaluation prompts."""
     pairs: list[str] = field(default_factory=list)
-    """Preference pair specs (tokenalign/preferences.py) for learners that learn from pairs (learner.name=dpo)."""
+    """Preference pair specs (tokenalign/data/pairs.py) for learners that learn from pairs (learner.name=dpo)."""
     prompt_field: str | None = None
     """Record field holding the prompt; unset = `prompt`, else `instruction`."""
     seed: int = 42
@@ -104,7 +104,8 @@ def parse_source(spec: str, *, builtins: BuiltinTable = BUILTIN_SOURCES, kind: s
     if ":" in spec:
         raise DataError(f"{kind} source {spec!r} is neither a file, builtin:NAME, nor name:proportion:path")
     raise DataError(
-        f"{kind} file {spec!r} does not exist; give a .json, .jsonl or .parquet path or builtin:{next(iter(builtins))}"
+        f"{kind} file {spec!r} does not exist; give a .json, .jsonl or .parquet path"
+        + (f" or builtin:{next(iter(builtins))}" if builtins else "")
     )
 
 

@@ -6,7 +6,7 @@ No model hub is reachable where tokenalign runs, hence two sources only:
 
 * ``"builtin:tiny"`` -- the model bundled in ``tokenalign/assets`` (see
   ``scripts/train_tiny_lm.py`` for how it was made); ``"builtin:gemma3-270m"`` -- Gemma 3 270M from
-  the optional ``gemma`` extra (``tokenalign/gguf_models.py``);
+  the optional ``gemma`` extra (``tokenalign/lm/gguf.py``);
 * a path ending in ``.gguf`` -- a local GGUF file, converted once into a cached HF copy;
 * any other string -- a local Hugging Face directory, loaded offline.
 
@@ -20,19 +20,20 @@ supports it (fp16 on one that does not) and fp32 on a CPU, where half-precision 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Literal
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from tokenalign.gguf_models import builtin_gemma3_270m, hf_copy_of_gguf
+from tokenalign.lm.gguf import builtin_gemma3_270m, hf_copy_of_gguf
 
 BUILTIN_PREFIX = "builtin:"
-_ASSETS = Path(__file__).resolve().parent / "assets"
+_ASSETS = Path(__file__).resolve().parents[1] / "assets"
 BUILTIN_MODELS: dict[str, Callable[[], Path]] = {
     "tiny": lambda: _ASSETS / "tiny_lm",
-    "gemma3-270m": builtin_gemma3_270m,  # the optional `gemma` extra (tokenalign/gguf_models.py)
+    "gemma3-270m": builtin_gemma3_270m,  # the optional `gemma` extra (tokenalign/lm/gguf.py)
 }
 
 

@@ -22,12 +22,14 @@ from typing import Literal
 import numpy as np
 import torch
 
+from tokenalign.core.parsing import apply_override, from_dict
+from tokenalign.data.pairs import PreferencePair, load_pairs
+from tokenalign.data.token_labels import revision_labels
 from tokenalign.heads.losses import bradley_terry_loss, cost_model_loss, soft_token_loss
 from tokenalign.heads.model import CONFIG_FILE, HeadConfig, HeadKind, ScoreHead, lm_fingerprint, save_head
 from tokenalign.heads.states import Pooling, ResponseStates, StateReader, pooled
-from tokenalign.lm import LMDtype
-from tokenalign.preferences import PreferencePair, load_pairs
-from tokenalign.token_labels import revision_labels
+from tokenalign.lm.loader import LMDtype
+from tokenalign.workflows.demo_preferences import PAIR_SOURCES
 
 REQUIRED_LABELS: dict[str, tuple[str, ...]] = {
     "reward": ("other_answer", "better"),
@@ -36,14 +38,14 @@ REQUIRED_LABELS: dict[str, tuple[str, ...]] = {
 }
 
 
-@dataclass
+@dataclass(frozen=True)
 class FitConfig:
     """What `tokenalign fit-scorer` fits, on which data and LM, and how."""
 
     kind: HeadKind = "reward"
     """reward (Bradley–Terry), cost (safe-rlhf's cost model) or token (TLCR's discriminator)."""
     data: list[str] = field(default_factory=lambda: ["builtin:demo-prefs"])
-    """Preference data specs (file, name:proportion:path, builtin:demo-prefs), as tokenalign/preferences.py reads."""
+    """Preference data specs (file, name:proportion:path, builtin:demo-prefs), as tokenalign/data/pairs.py reads."""
     out: str = ""
     """Directory the head is saved to (must not hold a head already)."""
     lm: str = "builtin:tiny"
@@ -89,6 +91,16 @@ class FitConfig:
             raise ValueError(f"lr must be > 0, got {self.lr}")
 
 
+def load_fit_config(overrides: list[str] | tuple[str, ...]) -> FitConfig:
+    """FitConfig from `key=value` overrides (a ConfigError names a bad key); one data spec needs no brackets."""
+    data: dict = {}
+    for override in overrides:
+        apply_override(data, override)
+    if isinstance(data.get("data"), str):
+        data["data"] = [data["data"]]
+    return from_dict(FitConfig, data)
+
+
 @dataclass
 class FitResult:
     """What fitting produced: where the head is and how it did on held-out pairs."""
@@ -110,14 +122,15 @@ def fit_head(config: FitConfig) -> FitResult:
     import wandb
     from tqdm import tqdm
 
-    from tokenalign.lm import load_lm
+    from tokenalign.lm.loader import load_lm
     from tokenalign.rewards.hf_common import resolve_device
 
     start = time.perf_counter()
     out = Path(config.out).expanduser()
     if (out / CONFIG_FILE).exists():
         raise FileExistsError(f"{out} already holds a head; choose another out= or delete {out / CONFIG_FILE} first")
-    pairs = load_pairs(config.data, seed=config.seed, require=REQUIRED_LABELS[config.kind])
+    pairs = load_pairs(config.data, seed=config.seed, require=REQUIRED_LABELS[config.kind],
+                       builtins=PAIR_SOURCES)
     if len(pairs) < 2:
         raise ValueError(f"data {config.data} holds {len(pairs)} pair(s); fitting and measuring a head needs at least 2")
     order = np.random.default_rng(config.seed).permutation(len(pairs))

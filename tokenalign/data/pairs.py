@@ -1,7 +1,8 @@
 """Preference pairs: a prompt, a response, and labels comparing it with another response or its revision.
 
-They fit the reward, cost and token heads (and DPO). Sources are given as prompts are (`tokenalign.data`):
-a JSON list, JSONL or Parquet file, `builtin:demo-prefs` (made on first use), or `name:proportion:path`,
+They fit the reward, cost and token heads (and DPO). Sources are given as prompts are (`tokenalign.data.prompts`):
+a JSON list, JSONL or Parquet file, `builtin:NAME` (a set the caller can make, `load_pairs`' builtins), or
+`name:proportion:path`,
 with the same proportions and the same deterministic subsampling from `seed`. Each record is read in the
 first of these formats whose fields it has (other fields are ignored):
 
@@ -11,7 +12,7 @@ first of these formats whose fields it has (other fields are ignored):
     chosen/rejected  prompt, chosen, rejected (TRL, HH-RLHF)
 
 safe-rlhf's fields are the pair's own: `better` and `safer` say whether `answer` is better / safer than
-`other_answer`, and `revised` is a revision of `answer` (TLCR's token labels, `tokenalign.token_labels`);
+`other_answer`, and `revised` is a revision of `answer` (TLCR's token labels, `tokenalign.data.token_labels`);
 with a revision, `other_answer` and the labels may be absent. PKU-SafeRLHF gives answer = response_0,
 other_answer = response_1, better = (better_response_id == 0), safer = (safer_response_id == 0), is_safe
 and is_other_safe from is_response_0_safe and is_response_1_safe. chosen/rejected gives answer = chosen,
@@ -25,19 +26,20 @@ naming the file and line; nothing is skipped.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tokenalign.data import (
+from tokenalign.data.prompts import (
+    BuiltinTable,
     DataError,
     PromptSource,
     checked_file,
     checked_text,
     json_records,
+    parse_sources,
     subsample,
     with_generators,
-    parse_sources,
 )
 
 # The module docstring's field sets, for the message of a record that matches none.
@@ -55,16 +57,6 @@ LABELS: dict[str, str] = {
     "is_other_safe": "safe-rlhf's is_other_safe or PKU-SafeRLHF's is_response_1_safe",
     "revised": "safe-rlhf's revised only",
 }
-
-
-def _demo_preferences() -> Path:
-    # Imported on first use, so that loading any other pairs never needs the demo set's maker.
-    from tokenalign.demo_preferences import ensure_demo_preferences
-
-    return ensure_demo_preferences()
-
-
-BUILTIN_SOURCES: dict[str, Callable[[], Path]] = {"demo-prefs": _demo_preferences}
 
 
 @dataclass(frozen=True)
@@ -123,13 +115,15 @@ class PreferencePair:
         return (self.answer, self.other_answer) if first else (self.other_answer, self.answer)
 
 
-def load_pairs(specs: str | Sequence[str], *, seed: int = 42, require: Sequence[str] = ()) -> list[PreferencePair]:
+def load_pairs(specs: str | Sequence[str], *, seed: int = 42, require: Sequence[str] = (),
+               builtins: BuiltinTable | None = None) -> list[PreferencePair]:
     """The pairs of one or more source specs, mixed in spec order, subsampled deterministically, each
-    carrying every label named in `require` (from LABELS)."""
+    carrying every label named in `require` (from LABELS). `builtins`: the `builtin:NAME` sets the caller can
+    make (e.g. `workflows.demo_preferences.PAIR_SOURCES`, which samples the LM on first use)."""
     unknown = sorted(set(require) - LABELS.keys())
     if unknown:
         raise ValueError(f"require names unknown labels {unknown}; the labels are {list(LABELS)}")
-    sources = parse_sources(specs, builtins=BUILTIN_SOURCES, kind="preference")
+    sources = parse_sources(specs, builtins=builtins or {}, kind="preference")
     pairs: list[PreferencePair] = []
     for source, rng in with_generators(sources, seed):
         read = _read_pairs(source, require)

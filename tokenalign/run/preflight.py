@@ -13,8 +13,9 @@ import json
 import redis
 
 from tokenalign.buffers.redis_client import connect, public_url, redis_password
-from tokenalign.config import ConfigError, TrainConfig
-from tokenalign.lm import resolve_lm_path
+from tokenalign.config import TrainConfig
+from tokenalign.core.parsing import ConfigError
+from tokenalign.lm.loader import resolve_lm_path
 from tokenalign.rewards.factory import make_scorer
 
 SAMPLE_PROMPTS = ["How are you today?"]

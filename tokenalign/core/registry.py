@@ -5,7 +5,8 @@ config dataclass is what `<section>.params` is checked against when a run config
 """
 from __future__ import annotations
 
-from typing import Callable, Generic, TypeVar
+from collections.abc import Callable
+from typing import Generic, TypeVar
 
 T = TypeVar("T", bound=type)
 

@@ -29,6 +29,7 @@ import math
 import os
 import shlex
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,13 +37,13 @@ import numpy as np
 import torch
 from transformers import DynamicCache
 
-from tokenalign.cache import cache_dir
-from tokenalign.data import load_prompts
+from tokenalign.core.cache import cache_dir
+from tokenalign.data.prompts import load_prompts
 from tokenalign.envs.candidates import SamplingConfig
 from tokenalign.envs.engine import DecodingEngine, EngineConfig
 from tokenalign.eval.padding import left_pad
 from tokenalign.eval.sampler import next_tokens
-from tokenalign.lm import load_lm
+from tokenalign.lm.loader import load_lm
 from tokenalign.rewards.base import Scorer
 from tokenalign.rewards.factory import make_scorer
 
@@ -323,3 +324,7 @@ def ensure_demo_preferences(*, pairs: int = 2000, seed: int = 0) -> Path:
                  "into %s; delete that file to regenerate it", pairs, seed, path)
         make_demo_preferences(pairs=pairs, out=path, seed=seed)
     return path
+
+
+PAIR_SOURCES: dict[str, Callable[[], Path]] = {"demo-prefs": lambda: ensure_demo_preferences()}
+"""The builtin pair sets this workflow makes, for `load_pairs(..., builtins=PAIR_SOURCES)`: `builtin:demo-prefs`."""

@@ -21,7 +21,7 @@ import os
 import shutil
 from pathlib import Path
 
-from tokenalign.cache import cache_dir
+from tokenalign.core.cache import cache_dir
 
 log = logging.getLogger(__name__)
 

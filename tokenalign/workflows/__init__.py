@@ -1,0 +1,1 @@
+"""Jobs beside training that use the whole stack below: the demo preference set, fitting a head."""
