@@ -114,7 +114,7 @@ def main() -> None:
             print(f"[{(time.monotonic() - start) / 60:5.1f} min] seed {seed}: {objective}", flush=True)
             run_dir, training = train([SCORERS, *extra, *budget_overrides(
                 learner=args.learner, decisions=args.decisions, seed=seed, runs_dir=runs_dir, name=objective)])
-            policy = load_agent(run_dir, hidden_size=task.hidden_size)
+            policy = load_agent(run_dir, state_size=task.state_size)
             for suffix, mode in AGENT_MODES.items():
                 result = decode(task, policy, mode, seed=seed, batch_size=args.eval_batch_size)
                 records[objective + suffix] = result.records

@@ -73,7 +73,8 @@ def held_out_task(overrides: list[str], num_prompts: int) -> tuple[TrainConfig, 
     prompts = load_prompts(config.data.test, prompt_field=config.data.prompt_field, seed=config.data.seed)[:num_prompts]
     task = DecodingTask.build(model=config.lm.path, prompts=prompts, scorers=config.reward,
                               sampling=config.engine.sampling, max_new_tokens=config.engine.max_new_tokens,
-                              candidate_block=config.engine.candidate_block, dtype=config.lm.dtype)
+                              candidate_block=config.engine.candidate_block,
+                              candidate_state=config.engine.candidate_state, dtype=config.lm.dtype)
     request = ray_cluster.ResourceRequest(num_actors=config.rollout.num_actors, gpus_per_actor=0,
                                           cpus_per_actor=config.rollout.cpus_per_actor)
     ray_cluster.connect(num_cpus=ray_cluster.local_cpus_for(request))

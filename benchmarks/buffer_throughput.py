@@ -80,7 +80,7 @@ def parse_args() -> Args:
 
 def layout(args: Args) -> RecordLayout:
     """The records of a demo-like run: the LM's hidden size, a reward and a cost scorer."""
-    return RecordLayout(hidden_size=args.hidden_size, scorers=("reward", "cost"))
+    return RecordLayout(state_size=args.hidden_size, scorers=("reward", "cost"))
 
 
 def make_batches(args: Args, rng: np.random.Generator) -> list:

@@ -137,7 +137,7 @@ def train_and_evaluate(args: Args, learner: str, seed: int, runs_dir: Path, task
     trainer = Trainer.new_run(run_config(args, learner, seed, runs_dir, overrides))
     trainer.run()
     training = json.loads((trainer.run_dir / "training.json").read_text())
-    policy = load_agent(trainer.run_dir, hidden_size=task.hidden_size)
+    policy = load_agent(trainer.run_dir, state_size=task.state_size)
     result = evaluate(task, "sample", task.prompts, policy=policy, seed=seed, batch_size=args.eval_batch_size,
                       cost_threshold=args.cost_limit)
     return {"learner": learner, "seed": seed, "run_dir": str(trainer.run_dir), "decisions": training["decisions"],

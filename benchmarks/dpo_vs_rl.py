@@ -60,7 +60,7 @@ BEST_OF = (1, 2, 4, 8, 16)
 
 
 def agent_row(task, run_dir: Path, seed: int, batch_size: int) -> dict[str, Any]:
-    result = evaluate(task, "sample", task.prompts, policy=load_agent(run_dir, hidden_size=task.hidden_size), seed=seed,
+    result = evaluate(task, "sample", task.prompts, policy=load_agent(run_dir, state_size=task.state_size), seed=seed,
                       batch_size=batch_size)
     s = result.summary
     return {"reward": s["reward"]["mean"], "cost": s["cost"]["mean"], "kl": s["kl_per_response"]["mean"],

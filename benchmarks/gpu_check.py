@@ -101,7 +101,7 @@ def synchronize(device: torch.device) -> None:
 
 @torch.no_grad()
 def engine_tokens(engine: DecodingEngine, prompts: list[str], seed: int) -> int:
-    policy = AcceptRejectPolicy(hidden_size=engine.hidden_size).to(engine.device).eval()
+    policy = AcceptRejectPolicy(state_size=engine.state_size).to(engine.device).eval()
     generator = torch.Generator(device=engine.device).manual_seed(seed)
     episodes = generate_episodes(engine, policy, prompts, generator=generator)
     return sum(len(e.response_tokens) for e in episodes)
@@ -158,7 +158,7 @@ def host_reads(model, tokenizer, args: Args) -> dict[str, Any]:
 
 def learner_rates(args: Args, device: str) -> list[dict[str, Any]]:
     batch = synthetic_batch(rows=args.learner_batch, hidden_size=args.hidden_size, episode_length=64, seed=0)
-    return [learner_updates(name, batch, hidden_size=args.hidden_size, device=device, warmup=3, repeats=20)
+    return [learner_updates(name, batch, state_size=args.hidden_size, device=device, warmup=3, repeats=20)
             for name in args.learners]
 
 

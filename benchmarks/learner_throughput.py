@@ -52,8 +52,8 @@ def synthetic_batch(*, rows: int, hidden_size: int, episode_length: int, seed: i
     )
 
 
-def measure(name: str, batch: Transitions, *, hidden_size: int, device: str, warmup: int, repeats: int) -> dict:
-    learner = make_learner(name, hidden_size=hidden_size, device=device)
+def measure(name: str, batch: Transitions, *, state_size: int, device: str, warmup: int, repeats: int) -> dict:
+    learner = make_learner(name, state_size=state_size, device=device)
     batch = batch.to(device)
     for _ in range(warmup):
         learner.update(batch)
@@ -124,7 +124,7 @@ def main() -> None:
     )
     results = []
     for name in args.learners:
-        results.append(measure(name, batch, hidden_size=args.hidden_size, device=args.device,
+        results.append(measure(name, batch, state_size=args.hidden_size, device=args.device,
                                warmup=args.warmup, repeats=args.repeats))
         print(json.dumps(results[-1]), flush=True)
     notes = [

@@ -145,7 +145,7 @@ def main() -> None:
                                        "learner.params={episodes_per_update: 32, actor_lr: 0.001, critic_lr: 0.001}",
                                        f"learner.params.kl_coef={args.kl_coef}", f"reward.scorers={json.dumps(own)}",
                                        *engine])
-            result = evaluate(task, "sample", task.prompts, policy=load_agent(run_dir, hidden_size=task.hidden_size),
+            result = evaluate(task, "sample", task.prompts, policy=load_agent(run_dir, state_size=task.state_size),
                               seed=seed, batch_size=args.eval_batch_size)
             row["agents"][label] = {
                 "proxy": float(np.mean([r.scores[proxy_name(label)] for r in result.records])),

@@ -105,10 +105,10 @@ def point(result) -> dict[str, Any]:
     return {**means, "distinct_2": s["distinct_2"], "perplexity": s["perplexity"]["mean"]}
 
 
-def soup(a: dict[str, Any], b: dict[str, Any], w: float, hidden_size: int) -> AcceptRejectPolicy:
+def soup(a: dict[str, Any], b: dict[str, Any], w: float, state_size: int) -> AcceptRejectPolicy:
     """Rewarded soups: θ = w·θ_a + (1 − w)·θ_b of two agents of one architecture."""
     mixed = {k: w * a["state_dict"][k].float() + (1 - w) * b["state_dict"][k].float() for k in a["state_dict"]}
-    return AcceptRejectPolicy.from_policy_state({**a, "state_dict": mixed}, hidden_size=hidden_size).eval()
+    return AcceptRejectPolicy.from_policy_state({**a, "state_dict": mixed}, state_size=state_size).eval()
 
 
 def best_of_n_front(task: DecodingTask, prompts, n: int, seed: int, batch_size: int) -> list[dict[str, Any]]:
@@ -179,7 +179,7 @@ def main() -> None:
         log(f"seed {seed}: conditioned agent")
         run_dir, training = train(overrides(seed, "conditioned", args.conditioned_decisions))
         row["training"]["conditioned"] = training["decisions"]
-        agent = load_agent(run_dir, hidden_size=task.hidden_size)
+        agent = load_agent(run_dir, state_size=task.state_size)
         for w in GRID:
             evaluate_agent(row, "conditioned", agent, seed, w, conditioned=True)
         states = {}
@@ -189,11 +189,11 @@ def main() -> None:
                                       + [f"objective.params.weights=[{w}, {1 - w}]"])
             row["training"][f"morlhf_{w}"] = training["decisions"]
             states[w] = torch.load(find_checkpoint(run_dir), map_location="cpu", weights_only=True)
-            evaluate_agent(row, "morlhf", load_agent(run_dir, hidden_size=task.hidden_size), seed, w, conditioned=False)
+            evaluate_agent(row, "morlhf", load_agent(run_dir, state_size=task.state_size), seed, w, conditioned=False)
         log(f"seed {seed}: rewarded soups and best-of-{args.best_of}")
         hi, lo = states[max(morlhf_w)], states[min(morlhf_w)]
         for w in GRID:
-            evaluate_agent(row, "soups", soup(hi, lo, w, task.hidden_size), seed, w, conditioned=False)
+            evaluate_agent(row, "soups", soup(hi, lo, w, task.state_size), seed, w, conditioned=False)
         row["best_of_n"] = best_of_n_front(task, task.prompts, args.best_of, seed, args.eval_batch_size)
         row["hypervolume"] = {m: hypervolume([(p["vader"], p["distinct"]) for p in row[m]]) for m in fronts_of(row)}
         data["seeds"].append(row)

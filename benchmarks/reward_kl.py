@@ -8,10 +8,12 @@ So every point carries its KL per response to the base LM's sampling distributio
 distinct-2 and base-LM perplexity, and it is compared with best-of-N (Stiennon et al. 2020's baseline) at
 equal KL and at equal decode compute.
 
-  * agents   one agent per (β, seed), trained with the demo's learner and reward for the same number of
-             episodes, the KL to the base LM in its objective with weight β (learner.params.kl_coef); each
-             decodes the held-out prompts as the text distribution it is (sampled actions). Its KL per
-             response is measured while decoding (Σ of the decisions' Bernoulli KLs to π_ref).
+  * agents   one agent per (candidate-state mode, β, seed), trained with the demo's learner and reward for
+             the same number of episodes, the KL to the base LM in its objective with weight β
+             (learner.params.kl_coef); each decodes the held-out prompts, in its mode, as the text
+             distribution it is (sampled actions). Its KL per response is measured while decoding (Σ of the
+             decisions' Bernoulli KLs to π_ref). Lookahead agents see the LM's state of context + candidate
+             (a forward token per candidate looked at), context agents what the step's forward gave.
   * best-of-N a pool of 64 base samples per prompt and seed, scored once; best-of-N keeps the highest
              reward among the pool's first N. Its KL is at most log N − (N − 1)/N (the analytic bound,
              Stiennon et al. 2020; Beirami et al. 2024); the estimate log N + (N − 1)·log F̂(r*) uses the
@@ -63,6 +65,8 @@ class Args:
     """learner.params of every agent (the demo's), kl_coef added per agent."""
     overrides: str = ""
     """Extra config overrides of every agent's training and of the evaluation engine, space-separated."""
+    candidate_states: str = "lookahead,context"
+    """Comma-separated candidate-state modes (engine.candidate_state): agents are trained in each."""
     episodes: int = 2000
     """Episodes each agent is trained on (the equal training budget; one reward per episode is the signal)."""
     eval_prompts: int = 100
@@ -135,8 +139,12 @@ def main() -> None:
     args = parse_args(Args, __doc__, QUICK)
     name = "reward_kl_quick" if args.quick else "reward_kl"
     betas = [float(b) for b in args.betas.split(",")]
+    modes = args.candidate_states.split(",")
     runs_dir = Path(args.runs_dir) / time.strftime("%Y%m%d-%H%M%S")
-    _, task = held_out_task(args.overrides.split(), args.eval_prompts)  # the agents' engine settings
+    # the agents' engine settings, one engine per candidate-state mode (base sampling is the same in each)
+    tasks = {mode: held_out_task([*args.overrides.split(), f"engine.candidate_state={mode}"], args.eval_prompts)[1]
+             for mode in modes}
+    task = tasks[modes[0]]
     data: dict[str, Any] = {"command": command("reward_kl.py", args, QUICK), "args": asdict(args),
                             "machine": machine(), "seeds": []}
     out = Path(args.out_dir)
@@ -150,28 +158,34 @@ def main() -> None:
                        "forward_tokens_per_token": base["lm_forward_tokens_per_token"]}
         print(f"[{(time.monotonic() - start) / 60:5.1f} min] seed {seed}: best-of-N pool", flush=True)
         row["best_of"] = best_of_n_rows(task, seed=seed, pool=args.pool, batch_size=args.eval_batch_size)
-        for beta in betas:
-            print(f"[{(time.monotonic() - start) / 60:5.1f} min] seed {seed}: agent β={beta}", flush=True)
-            run_dir, training = train([*budget_overrides(learner=args.learner, decisions=None, seed=seed,
-                                                         runs_dir=runs_dir, name=f"beta{beta}"),
-                                       f"run.total_episodes={args.episodes}",
-                                       f"learner.params={args.params}", f"learner.params.kl_coef={beta}",
-                                       *args.overrides.split()])
-            policy = load_agent(run_dir, hidden_size=task.hidden_size)
-            row["agents"][str(beta)] = {**agent_row(task, policy, seed=seed, batch_size=args.eval_batch_size),
-                                        "decisions": training["decisions"],
-                                        "train_minutes": training["minutes"]}
+        for mode in modes:
+            for beta in betas:
+                key = agent_key(mode, beta)
+                print(f"[{(time.monotonic() - start) / 60:5.1f} min] seed {seed}: agent {key}", flush=True)
+                run_dir, training = train([*budget_overrides(learner=args.learner, decisions=None, seed=seed,
+                                                             runs_dir=runs_dir, name=f"{mode}-beta{beta}"),
+                                           f"run.total_episodes={args.episodes}",
+                                           f"learner.params={args.params}", f"learner.params.kl_coef={beta}",
+                                           *args.overrides.split(), f"engine.candidate_state={mode}"])
+                policy = load_agent(run_dir, state_size=tasks[mode].state_size)
+                row["agents"][key] = {**agent_row(tasks[mode], policy, seed=seed, batch_size=args.eval_batch_size),
+                                      "decisions": training["decisions"], "train_minutes": training["minutes"]}
         data["seeds"].append(row)
         (out / f"{name}.json").write_text(json.dumps(data, indent=1))  # after each seed, so a stop keeps them
     data["summary"] = {
         "base": aggregate([s["base"] for s in data["seeds"]]),
-        "agents": {str(b): aggregate([s["agents"][str(b)] for s in data["seeds"]]) for b in betas},
+        "agents": {k: aggregate([s["agents"][k] for s in data["seeds"]]) for k in data["seeds"][0]["agents"]},
         "best_of": {n: aggregate([s["best_of"][n] for s in data["seeds"]]) for n in data["seeds"][0]["best_of"]},
     }
     (out / f"{name}.json").write_text(json.dumps(data, indent=1))
     (out / f"{name}.md").write_text(markdown(data))
     plot(data, out / f"{name}.png")
     print(markdown(data))
+
+
+def agent_key(mode: str, beta: float) -> str:
+    """An agent's name in the results: its candidate-state mode and β."""
+    return f"{mode} β={beta}"
 
 
 def fmt(cell: list[float], digits: int = 3) -> str:
@@ -190,8 +204,8 @@ def markdown(data: dict[str, Any]) -> str:
     b = s["base"]
     lines.append(f"| base sampling | {fmt(b['reward'])} | {fmt(b['cost'])} | 0 | 0 | {fmt(b['distinct_2'])} | "
                  f"{fmt(b['perplexity'], 1)} | {b['forward_tokens_per_token'][0]:.2f} |")
-    for beta, a in s["agents"].items():
-        lines.append(f"| agent β={beta} | {fmt(a['reward'])} | {fmt(a['cost'])} | {fmt(a['kl'], 2)} | "
+    for key, a in s["agents"].items():
+        lines.append(f"| agent {key} | {fmt(a['reward'])} | {fmt(a['cost'])} | {fmt(a['kl'], 2)} | "
                      f"{math.sqrt(max(a['kl'][0], 0)):.2f} | {fmt(a['distinct_2'])} | {fmt(a['perplexity'], 1)} | "
                      f"{a['forward_tokens_per_token'][0]:.2f} |")
     for n, r in s["best_of"].items():
@@ -214,7 +228,7 @@ def comparisons(s: dict[str, Any]) -> list[str]:
     out = []
     bon = {int(n): r for n, r in s["best_of"].items()}
     largest = max(bon)
-    for beta, a in s["agents"].items():
+    for key, a in s["agents"].items():
         kl, compute = a["kl"][0], a["forward_tokens_per_token"][0]
         at_kl = max((n for n, r in bon.items() if r["kl_bound"][0] <= kl), default=1)
         at_compute = max((n for n, r in bon.items() if r["forward_tokens_per_token"][0] <= compute), default=1)
@@ -229,7 +243,7 @@ def comparisons(s: dict[str, Any]) -> list[str]:
             note = ""
             if label == "at its KL" and n == largest and r["kl_bound"][0] < kl:
                 note = f" (the agent spends {kl / r['kl_bound'][0]:.1f}× best-of-{n}'s KL bound; larger N were not measured)"
-            out.append(f"- β={beta} {label}: best-of-{n}{note} — reward {a['reward'][0]:.3f} vs {r['reward'][0]:.3f} "
+            out.append(f"- {key} {label}: best-of-{n}{note} — reward {a['reward'][0]:.3f} vs {r['reward'][0]:.3f} "
                        f"(Δ {gap:+.3f} ± {se:.3f}): the agent **{verdict}**; distinct-2 {a['distinct_2'][0]:.3f} vs "
                        f"{r['distinct_2'][0]:.3f}.")
     return out
@@ -254,14 +268,15 @@ def plot(data: dict[str, Any], path: Path) -> None:
         est = [n for n in ns if "kl_estimate" in s["best_of"][n]]
         ax.plot([math.sqrt(max(s["best_of"][n]["kl_estimate"][0], 0)) for n in est],
                 [s["best_of"][n][key][0] for n in est], "^", mfc="none", color="C3", label="best-of-N (KL estimate)")
-        betas = list(s["agents"])
-        ax.errorbar([math.sqrt(max(s["agents"][b]["kl"][0], 0)) for b in betas], [s["agents"][b][key][0] for b in betas],
-                    xerr=[s["agents"][b]["kl"][1] / (2 * math.sqrt(max(s["agents"][b]["kl"][0], 1e-9))) for b in betas],
-                    yerr=[s["agents"][b][key][1] for b in betas], fmt="o-", color="C0",
-                    label=f"{data['args']['learner']} agents (β)")
-        for b in betas:
-            ax.annotate(f"β={b}", (math.sqrt(max(s["agents"][b]["kl"][0], 0)), s["agents"][b][key][0]),
-                        textcoords="offset points", xytext=(3, 4), fontsize=7)
+        for i, mode in enumerate(data["args"]["candidate_states"].split(",")):
+            agents = {k: a for k, a in s["agents"].items() if k.startswith(f"{mode} ")}
+            ax.errorbar([math.sqrt(max(a["kl"][0], 0)) for a in agents.values()], [a[key][0] for a in agents.values()],
+                        xerr=[a["kl"][1] / (2 * math.sqrt(max(a["kl"][0], 1e-9))) for a in agents.values()],
+                        yerr=[a[key][1] for a in agents.values()], fmt="o-", color=f"C{i}",
+                        label=f"{data['args']['learner']} agents, {mode} (β)")
+            for k, a in agents.items():
+                ax.annotate(k.split(" ", 1)[1], (math.sqrt(max(a["kl"][0], 0)), a[key][0]),
+                            textcoords="offset points", xytext=(3, 4), fontsize=7)
         ax.axhline(s["base"][key][0], color="grey", lw=0.8, ls="--", label="base sampling")
         ax.set_xlabel("√(KL per response to the base LM, nats)")
         ax.set_ylabel(key)

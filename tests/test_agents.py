@@ -10,11 +10,11 @@ from tokenalign.agents import ACCEPT, AcceptRejectPolicy, TwinQCritic, ValueHead
 @pytest.fixture()
 def policy() -> AcceptRejectPolicy:
     torch.manual_seed(0)
-    return AcceptRejectPolicy(hidden_size=12, widths=(16, 8))
+    return AcceptRejectPolicy(state_size=12, widths=(16, 8))
 
 
 def test_policy_is_mara_shaped_mlp_with_defaults() -> None:
-    policy = AcceptRejectPolicy(hidden_size=64)
+    policy = AcceptRejectPolicy(state_size=64)
     layers = [policy.norm, *policy.body]
     assert [type(m).__name__ for m in layers] == ["ObservationNorm", "Linear", "ReLU", "Linear", "ReLU", "Linear"]
     assert isinstance(policy.norm, torch.nn.LayerNorm)  # old checkpoints keep their parameter names
@@ -24,7 +24,7 @@ def test_policy_is_mara_shaped_mlp_with_defaults() -> None:
 
 
 def test_an_untrained_agent_is_pi_ref_and_training_moves_it_by_a_residual() -> None:
-    policy = AcceptRejectPolicy(hidden_size=12, widths=(16, 8))
+    policy = AcceptRejectPolicy(state_size=12, widths=(16, 8))
     obs = torch.randn(50, 13) * 3
     assert torch.equal(policy.accept_logit(obs), obs[:, -1])  # l = l_ref + 0
     with torch.no_grad():
@@ -60,9 +60,9 @@ def test_half_precision_states_are_accepted(policy: AcceptRejectPolicy) -> None:
 
 def test_policy_state_round_trip_is_an_independent_copy(policy: AcceptRejectPolicy) -> None:
     state = policy.policy_state()
-    assert state["hidden_size"] == 12 and state["widths"] == [16, 8]
+    assert state["state_size"] == 12 and state["widths"] == [16, 8]
     assert all(t.device.type == "cpu" for t in state["state_dict"].values())
-    clone = AcceptRejectPolicy.from_policy_state(state, hidden_size=12)
+    clone = AcceptRejectPolicy.from_policy_state(state, state_size=12)
     x = torch.randn(7, 13)
     assert torch.equal(clone(x), policy(x))
     with torch.no_grad():
@@ -71,20 +71,20 @@ def test_policy_state_round_trip_is_an_independent_copy(policy: AcceptRejectPoli
 
 
 def test_loading_an_agent_of_another_lm_is_a_clear_error(policy: AcceptRejectPolicy) -> None:
-    with pytest.raises(ValueError, match=r"agent input size 12 .* hidden size 4096.*trained on another LM"):
-        AcceptRejectPolicy.from_policy_state(policy.policy_state(), hidden_size=4096)
+    with pytest.raises(ValueError, match=r"agent input size 12 .* candidate states of size 4096.*trained on another LM"):
+        AcceptRejectPolicy.from_policy_state(policy.policy_state(), state_size=4096)
     with pytest.raises(ValueError, match="missing"):
-        AcceptRejectPolicy.from_policy_state({"state_dict": {}}, hidden_size=12)
+        AcceptRejectPolicy.from_policy_state({"state_dict": {}}, state_size=12)
 
 
 @pytest.mark.parametrize("widths", [(), (0, 4), (4.5,)])
 def test_bad_widths_are_rejected(widths: tuple) -> None:
     with pytest.raises(ValueError, match="widths"):
-        AcceptRejectPolicy(hidden_size=8, widths=widths)
+        AcceptRejectPolicy(state_size=8, widths=widths)
 
 
 def test_twin_critic_heads_are_independent_over_one_layer_norm() -> None:
-    critic = TwinQCritic(hidden_size=12, widths=(16, 8))
+    critic = TwinQCritic(state_size=12, widths=(16, 8))
     q1, q2 = critic(torch.randn(6, 13))
     assert q1.shape == q2.shape == (6, 2)
     assert not torch.equal(q1, q2)
@@ -92,4 +92,4 @@ def test_twin_critic_heads_are_independent_over_one_layer_norm() -> None:
 
 
 def test_value_head_gives_one_value_per_state() -> None:
-    assert ValueHead(hidden_size=12, widths=(8,))(torch.randn(3, 5, 13)).shape == (3, 5)
+    assert ValueHead(state_size=12, widths=(8,))(torch.randn(3, 5, 13)).shape == (3, 5)

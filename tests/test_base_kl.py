@@ -49,7 +49,7 @@ def test_an_untrained_agent_samples_text_exactly_as_the_base_lm(tiny_lm):
     """Chi-square of the first token's distribution against q, and a measured KL of 0 over whole responses."""
     engine = engine_for(tiny_lm, max_new_tokens=1, candidate_block=3, sampling=SamplingConfig(top_k=8, top_p=1.0))
     torch.manual_seed(0)
-    agent = AcceptRejectPolicy(hidden_size=engine.hidden_size, widths=(32, 16)).eval()
+    agent = AcceptRejectPolicy(state_size=engine.state_size, widths=(32, 16)).eval()
     rows = 2000
     episodes = generate_episodes(engine, agent, [PROMPT] * rows, generator=torch.Generator().manual_seed(1))
     drawn = torch.tensor([e.response_tokens[0] for e in episodes])
@@ -124,7 +124,7 @@ def log_ratios() -> list[float]:
 
 def test_ppo_pays_the_per_token_kl_in_its_reward():
     batch = on_policy_batch(LOGP, ACTION, BASE, EPISODE, REWARD)
-    ppo = make_learner("ppo", hidden_size=4, config=config_class("ppo")(widths=(8,), kl_coef=0.3))
+    ppo = make_learner("ppo", state_size=4, config=config_class("ppo")(widths=(8,), kl_coef=0.3))
     metrics = ppo.update(batch)
     ratio = log_ratios()
     assert metrics["episode_kl_reward"] == pytest.approx(-0.3 * ((ratio[0] + ratio[1]) + (ratio[2] + ratio[3])) / 2,
@@ -136,7 +136,7 @@ def test_rloo_pays_the_sequence_kl_in_its_return():
     G_i = R_i − β·Σ_t log(π_old/π_ref) and L_i = Σ_t log π_θ(a_t) = Σ_t log π_ref(a_t) for an untrained agent."""
     batch = on_policy_batch(LOGP, ACTION, BASE, EPISODE, REWARD)
     beta = 0.4
-    rloo = make_learner("rloo_lagrangian", hidden_size=4, config=config_class("rloo_lagrangian")(widths=(8,), kl_coef=beta, threshold=10.0))
+    rloo = make_learner("rloo_lagrangian", state_size=4, config=config_class("rloo_lagrangian")(widths=(8,), kl_coef=beta, threshold=10.0))
     metrics = rloo.update(batch)
     ratio = log_ratios()
     g = [1.0 - beta * (ratio[0] + ratio[1]), 3.0 - beta * (ratio[2] + ratio[3])]

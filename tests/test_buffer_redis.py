@@ -148,7 +148,7 @@ def test_foreign_values_are_refused_and_never_unpickled(fleet: RedisFleet, tmp_p
 def test_writers_with_another_hidden_size_are_refused(fleet: RedisFleet) -> None:
     redis_spec(fleet, "hidden", num_shards=1).connect().add(episodes([1]))
     other = redis_spec(fleet, "hidden", num_shards=1)
-    other = type(other)(other.data_mode, RecordLayout(hidden_size=HIDDEN * 2, scorers=LAYOUT.scorers), other.config,
+    other = type(other)(other.data_mode, RecordLayout(state_size=HIDDEN * 2, scorers=LAYOUT.scorers), other.config,
                         other.redis_urls, other.password)
     with pytest.raises(RecordSchemaError, match="namespace 'hidden' holds states of size 32"):
         other.connect().add(episodes([2], hidden=HIDDEN * 2))
@@ -174,7 +174,7 @@ def test_a_buffer_written_by_an_older_version_is_refused_with_one_message(fleet:
 def test_writers_with_other_scorers_are_refused(fleet: RedisFleet) -> None:
     redis_spec(fleet, "scorers", num_shards=1).connect().add(episodes([1]))
     other = redis_spec(fleet, "scorers", num_shards=1)
-    layout = RecordLayout(hidden_size=HIDDEN, scorers=("quality", "harm", "extra"))
+    layout = RecordLayout(state_size=HIDDEN, scorers=("quality", "harm", "extra"))
     other = type(other)(other.data_mode, layout, other.config, other.redis_urls, other.password)
     batch = make_record_batch(layout=layout, **{k: v for k, v in _columns(episodes([2])).items()},
                               scores=np.zeros((5, 3)), baseline_scores=np.zeros((5, 3)))

@@ -13,7 +13,7 @@ from tokenalign.cluster.redis_fleet import RedisFleet
 
 HIDDEN = 32
 SCORERS = ("quality", "harm")
-LAYOUT = RecordLayout(hidden_size=HIDDEN, scorers=SCORERS)
+LAYOUT = RecordLayout(state_size=HIDDEN, scorers=SCORERS)
 FAST = dict(min_size_to_sample=1, seed=0, write_timeout_s=1.0, sample_timeout_s=1.0)
 """Config overrides of the tests: sample at once, and give up on a blocked or unreachable shard after a second."""
 
@@ -31,7 +31,7 @@ def episodes(
     prompts = ids if prompt_ids is None else np.asarray(prompt_ids)
     done = np.concatenate([np.arange(k) == k - 1 for k in lengths])
     return make_record_batch(
-        layout=RecordLayout(hidden_size=hidden, scorers=SCORERS),
+        layout=RecordLayout(state_size=hidden, scorers=SCORERS),
         episode_id=episode_id, step=step,
         state=np.tile(np.stack([episode_id, step], axis=1), (1, (hidden + 1) // 2))[:, :hidden],
         action=step % 2, done=done, logp=np.full(n, -0.5),

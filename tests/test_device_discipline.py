@@ -41,7 +41,7 @@ def test_a_rollout_creates_every_tensor_on_its_device(tiny_lm, block):
     model, tokenizer = tiny_lm
     engine = DecodingEngine(model=model, tokenizer=tokenizer, dense_rows=block == 3,
                             config=EngineConfig(max_new_tokens=8, candidate_block=block))
-    policy = AcceptRejectPolicy(hidden_size=engine.hidden_size, preference_dim=2)
+    policy = AcceptRejectPolicy(state_size=engine.state_size, preference_dim=2)
     shaping = ShapingConfig(token_reward="mara_kl_div") if block == 0 else None
     generator = torch.Generator().manual_seed(0)
     with no_implicit_device():
@@ -54,7 +54,7 @@ def test_a_rollout_creates_every_tensor_on_its_device(tiny_lm, block):
 def test_every_evaluation_mode_creates_every_tensor_on_its_device(tiny_lm):
     task = DecodingTask.build(model=tiny_lm, prompts=["Hello there", "A man"], scorers=["vader", "profanity,role=cost"],
                               max_new_tokens=6, candidate_block=0)
-    policy = AcceptRejectPolicy(hidden_size=task.hidden_size)
+    policy = AcceptRejectPolicy(state_size=task.state_size)
     with no_implicit_device():
         summaries = {mode: evaluate(task, mode, task.prompts, policy=policy, n=2, seed=0, batch_size=2).summary
                      for mode in MODES}
@@ -64,14 +64,14 @@ def test_every_evaluation_mode_creates_every_tensor_on_its_device(tiny_lm):
 def rollout_batch():
     problem = AcceptRejectProblem(hidden_size=8, p_costly=0.3)
     gen = torch.Generator().manual_seed(0)
-    agent = AcceptRejectPolicy(hidden_size=8, widths=(4,))
+    agent = AcceptRejectPolicy(state_size=8, widths=(4,))
     return problem.rollout(agent, problem.sample_prompts(6, generator=gen), samples_per_prompt=2,
                            generator=gen).transitions
 
 
 @pytest.mark.parametrize("name", [n for n in learner_names() if learner_class(n).data_mode != "pairs"])
 def test_a_learner_step_creates_every_tensor_on_its_device(name):
-    learner = make_learner(name, hidden_size=8, config=config_class(name)(widths=(8, 4)))
+    learner = make_learner(name, state_size=8, config=config_class(name)(widths=(8, 4)))
     batch = rollout_batch()
     with no_implicit_device():
         metrics = learner.update(batch.to("cpu"))
@@ -82,7 +82,7 @@ def test_a_learner_step_creates_every_tensor_on_its_device(name):
 def test_a_learner_reads_its_metrics_once_per_update(name, bound):
     """SAC, thousands of updates per run, reads the device once per update (all metrics in one transfer); an
     on-policy update reads a bounded number of times, however many minibatches and epochs it runs."""
-    learner = make_learner(name, hidden_size=8, config=config_class(name)(widths=(8, 4)))
+    learner = make_learner(name, state_size=8, config=config_class(name)(widths=(8, 4)))
     batch = rollout_batch()
     learner.update(batch)
     with HostSyncCounter() as syncs:

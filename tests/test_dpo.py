@@ -74,7 +74,7 @@ def test_an_agent_trained_on_planted_pairs_prefers_the_chosen_responses_it_never
     held_out = PairSource(engine=engine, specs=[str(tmp_path / "held_out.jsonl")], seed=0)
     assert train.stats()["pairs"] == 160 and 0 <= train.uncovered_share < 0.5
     for loss in ("dpo", "adaptive_margin"):
-        learner = make_learner("dpo", hidden_size=model.config.hidden_size,
+        learner = make_learner("dpo", state_size=model.config.hidden_size,
                                config=config_class("dpo")(loss=loss, widths=(64,), lr=3e-3, kl_coef=0.5), seed=1)
         everything = held_out.batch(torch.arange(held_out.size))
         with torch.no_grad():
@@ -105,7 +105,7 @@ def test_a_dpo_run_has_the_run_layout_resumes_and_evaluates_like_rl(ray_cluster,
     assert all("learner/loss" in m and "learner/accuracy" in m for m in metrics)
     for name in ("config.yaml", "summary.json", "report.md", "generations.jsonl"):
         assert (run_dir / name).is_file(), name
-    policy = load_agent(run_dir, hidden_size=256)
+    policy = load_agent(run_dir, state_size=256)
     assert any(p.abs().sum() > 0 for p in policy.body[-1].parameters())  # the residual moved from zero
     resumed = Trainer.from_run_dir(run_dir, ["run.total_episodes=480"])
     resumed.run()

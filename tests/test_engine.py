@@ -93,9 +93,11 @@ def test_candidate_states_match_full_forward(request, lm, block):
     assert worst <= 1e-4
 
 
-def assert_always_accept_is_greedy(lm, *, max_new_tokens: int, candidate_block: int) -> None:
+def assert_always_accept_is_greedy(lm, *, max_new_tokens: int, candidate_block: int,
+                                   candidate_state: str = "lookahead") -> None:
     model, tokenizer = lm
-    engine = make_engine(lm, max_new_tokens=max_new_tokens, candidate_block=candidate_block)
+    engine = make_engine(lm, max_new_tokens=max_new_tokens, candidate_block=candidate_block,
+                         candidate_state=candidate_state)
     for episode in generate_episodes(engine, lambda s: torch.ones(s.shape[0]), PROMPTS):
         ids = tokenizer(episode.prompt, return_tensors="pt", add_special_tokens=False).input_ids
         out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=max_new_tokens,
@@ -105,17 +107,22 @@ def assert_always_accept_is_greedy(lm, *, max_new_tokens: int, candidate_block: 
         assert set(episode.rank.tolist()) <= {0}
 
 
-def test_always_accept_reproduces_greedy_generate(tiny_lm):
-    assert_always_accept_is_greedy(tiny_lm, max_new_tokens=24, candidate_block=8)
+@pytest.mark.parametrize("candidate_state", ["lookahead", "context"])
+def test_always_accept_reproduces_greedy_generate(tiny_lm, candidate_state):
+    assert_always_accept_is_greedy(tiny_lm, max_new_tokens=24, candidate_block=8, candidate_state=candidate_state)
 
 
-def test_greedy_on_llama_with_rotary_positions(random_llama_dir):
-    assert_always_accept_is_greedy(load_lm(str(random_llama_dir)), max_new_tokens=10, candidate_block=4)
+@pytest.mark.parametrize("candidate_state", ["lookahead", "context"])
+def test_greedy_on_llama_with_rotary_positions(random_llama_dir, candidate_state):
+    assert_always_accept_is_greedy(load_lm(str(random_llama_dir)), max_new_tokens=10, candidate_block=4,
+                                   candidate_state=candidate_state)
 
 
-def test_greedy_on_gemma3_with_sliding_window_layers(random_gemma3_dir):
+@pytest.mark.parametrize("candidate_state", ["lookahead", "context"])
+def test_greedy_on_gemma3_with_sliding_window_layers(random_gemma3_dir, candidate_state):
     """Gemma 3's sliding-window layers get their own mask (and full caches): the engine still decodes as generate."""
-    assert_always_accept_is_greedy(load_lm(str(random_gemma3_dir)), max_new_tokens=10, candidate_block=4)
+    assert_always_accept_is_greedy(load_lm(str(random_gemma3_dir)), max_new_tokens=10, candidate_block=4,
+                                   candidate_state=candidate_state)
 
 
 def test_rejecting_all_but_the_last_candidate_emits_it_without_a_decision(tiny_lm):

@@ -109,7 +109,8 @@ def test_bf16_candidate_states_match_a_cache_free_forward(tiny_bf16):
 
 def test_bf16_fast_path_replays_one_decision_at_a_time(tiny_bf16):
     """The bf16 rollout fast path and the one-at-a-time face take the same decisions to the same tokens; π_ref's
-    logits agree to bf16 rounding of a batch of 4 against a batch of 1 (8 mantissa bits of logits near 10: 0.05)."""
+    logits agree to bf16 rounding of a batch of 4 against a batch of 1: l_ref = log q_i − log Σ_{j>i} q_j combines
+    two logits near 10 rounded to 8 mantissa bits (0.04 each), so within 0.1."""
     model, tokenizer = tiny_bf16
     engine = DecodingEngine(model=model, tokenizer=tokenizer, dense_rows=True,
                             config=EngineConfig(max_new_tokens=12, candidate_block=4))
@@ -119,6 +120,6 @@ def test_bf16_fast_path_replays_one_decision_at_a_time(tiny_bf16):
         batch = engine.start([episode.prompt])
         for i, action in enumerate(episode.action.tolist()):
             assert bool(batch.awaiting[0])
-            assert float(engine.observe(batch)[0, -1]) == pytest.approx(float(episode.base_logit[i]), abs=0.05)
+            assert float(engine.observe(batch)[0, -1]) == pytest.approx(float(episode.base_logit[i]), abs=0.1)
             assert bool(engine.apply(batch, torch.tensor([action]))[0]) == bool(episode.emit[i])
         assert batch.response_tokens(0) == episode.response_tokens

@@ -35,7 +35,7 @@ def test_passes_gymnasium_check_env(tiny_lm):
 def test_default_env_stays_unconditioned(tiny_lm):
     env = AcceptRejectEnv(model=tiny_lm, prompts=PROMPTS, max_new_tokens=4)
     assert env.preference is None and env.preference_dim == 0 and env.preference_normalizer is None
-    assert env.observation_space.shape == (env.task.hidden_size + 1,)
+    assert env.observation_space.shape == (env.task.state_size + 1,)
     obs, reward, info = run_episode(env, seed=0)
     assert "preference" not in info and not obs.any()
     expected = env.task.combiner.combine([info["prompt"]], [info["text"]])
@@ -43,7 +43,7 @@ def test_default_env_stays_unconditioned(tiny_lm):
 
 
 def test_observation_ends_with_w_and_reset_option_changes_it(env):
-    hidden = env.task.hidden_size + 1  # [hidden state ; π_ref accept logit] before w
+    hidden = env.task.state_size + 1  # [hidden state ; π_ref accept logit] before w
     assert env.preference_dim == 2 and env.observation_space.shape == (hidden + 2,)
     obs, info = env.reset(seed=0)
     np.testing.assert_array_equal(obs[hidden:], np.array([0.3, 0.7], dtype=np.float32))
@@ -117,7 +117,7 @@ def test_preference_option_on_an_unconditioned_env_is_an_error(tiny_lm):
 
 def test_vector_env_rows_carry_their_w(tiny_lm):
     venv = AcceptRejectVectorEnv(num_envs=3, model=tiny_lm, prompts=PROMPTS, max_new_tokens=4, preference=[1, 1])
-    hidden = venv.task.hidden_size + 1
+    hidden = venv.task.state_size + 1
     assert venv.single_observation_space.shape == (hidden + 2,) and venv.observation_space.shape == (3, hidden + 2)
     obs, info = venv.reset(seed=0)
     np.testing.assert_array_equal(obs[:, hidden:], np.full((3, 2), 0.5, dtype=np.float32))

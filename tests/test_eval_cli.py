@@ -38,9 +38,9 @@ def run(argv: list[str]) -> int:
     return run_eval_command(args, load_config(args.config, args.overrides))
 
 
-def policy_state(hidden_size: int = HIDDEN, seed: int = 0) -> dict:
+def policy_state(state_size: int = HIDDEN, seed: int = 0) -> dict:
     torch.manual_seed(seed)
-    return AcceptRejectPolicy(hidden_size=hidden_size, widths=(16,)).policy_state()
+    return AcceptRejectPolicy(state_size=state_size, widths=(16,)).policy_state()
 
 
 @pytest.fixture()
@@ -50,7 +50,7 @@ def run_dir(tmp_path: Path) -> Path:
     (checkpoints / "step-00000100").mkdir(parents=True)
     torch.save(policy_state(seed=1), checkpoints / "step-00000100" / "policy_state.pt")
     newest = policy_state(seed=2)
-    learner_state = {"learner": "sac", "parameterisation": newest["parameterisation"], "hidden_size": HIDDEN,
+    learner_state = {"learner": "sac", "parameterisation": newest["parameterisation"], "state_size": HIDDEN,
                      "config": {"widths": (16,)},
                      "networks": {"policy": newest["state_dict"]}, "optimizers": {}, "extra": {}, "num_updates": 200}
     (checkpoints / "step-00000200").mkdir()
@@ -61,30 +61,30 @@ def run_dir(tmp_path: Path) -> Path:
 
 def test_load_agent_from_run_dir_and_files(run_dir, tmp_path):
     assert find_checkpoint(run_dir) == run_dir / "checkpoints" / "step-00000200" / "learner.pt"
-    agent = load_agent(run_dir, hidden_size=HIDDEN)
+    agent = load_agent(run_dir, state_size=HIDDEN)
     expected = policy_state(seed=2)["state_dict"]
     assert all(torch.equal(agent.state_dict()[k], v) for k, v in expected.items()) and not agent.training
     older = run_dir / "checkpoints" / "step-00000100"
     assert find_checkpoint(older) == older / "policy_state.pt"
-    assert torch.equal(load_agent(older, hidden_size=HIDDEN).norm.weight,
+    assert torch.equal(load_agent(older, state_size=HIDDEN).norm.weight,
                        policy_state(seed=1)["state_dict"]["norm.weight"])
 
 
 def test_agent_bad_input(tmp_path):
     with pytest.raises(FileNotFoundError, match="agent .*nowhere' does not exist: pass a run directory"):
-        load_agent(tmp_path / "nowhere", hidden_size=HIDDEN)
+        load_agent(tmp_path / "nowhere", state_size=HIDDEN)
     (tmp_path / "empty-run").mkdir()
     with pytest.raises(EvalError, match="holds no checkpoint"):
-        load_agent(tmp_path / "empty-run", hidden_size=HIDDEN)
+        load_agent(tmp_path / "empty-run", state_size=HIDDEN)
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(EvalError, match="junk.pt is not a readable torch checkpoint"):
-        load_agent(tmp_path / "junk.pt", hidden_size=HIDDEN)
+        load_agent(tmp_path / "junk.pt", state_size=HIDDEN)
     torch.save({"weights": torch.zeros(3)}, tmp_path / "other.pt")
     with pytest.raises(EvalError, match=r"holds no agent \(found \['weights'\]\)"):
-        load_agent(tmp_path / "other.pt", hidden_size=HIDDEN)
-    torch.save(policy_state(hidden_size=64), tmp_path / "other-lm.pt")
-    with pytest.raises(ValueError, match="agent input size 64 does not match the LM's hidden size 256"):
-        load_agent(tmp_path / "other-lm.pt", hidden_size=HIDDEN)
+        load_agent(tmp_path / "other.pt", state_size=HIDDEN)
+    torch.save(policy_state(state_size=64), tmp_path / "other-lm.pt")
+    with pytest.raises(ValueError, match="agent input size 64 does not match this engine's candidate states of size 256"):
+        load_agent(tmp_path / "other-lm.pt", state_size=HIDDEN)
 
 
 def test_eval_then_arena_end_to_end(run_dir, capsys):
@@ -112,7 +112,7 @@ def test_eval_bad_input_is_one_line_and_status_2(run_dir, tmp_path, capsys):
         return errors[0]
 
     assert "does not exist: pass a run directory" in error_of(["eval", "--agent", str(tmp_path / "missing-run")])
-    torch.save(policy_state(hidden_size=64), tmp_path / "other-lm.pt")
+    torch.save(policy_state(state_size=64), tmp_path / "other-lm.pt")
     assert "the agent was trained on another LM" in error_of(
         ["eval", "--agent", str(tmp_path / "other-lm.pt"), "--modes", "serial", *FAST])
     (tmp_path / "empty.jsonl").write_text("")

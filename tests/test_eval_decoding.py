@@ -33,7 +33,7 @@ def task() -> DecodingTask:
 def agent(task) -> AcceptRejectPolicy:
     # An agent far from π_ref whose accept probabilities straddle 0.5, so every strategy has choices to make.
     torch.manual_seed(0)
-    policy = AcceptRejectPolicy(hidden_size=task.hidden_size, widths=(16,))
+    policy = AcceptRejectPolicy(state_size=task.state_size, widths=(16,))
     with torch.no_grad():
         torch.nn.init.normal_(policy.body[-1].weight, std=3.0)
     return policy.eval()
@@ -241,8 +241,8 @@ def test_bad_arguments_raise_one_clear_error(task, agent):
         evaluate(task, "serial", PROMPTS)
     with pytest.raises(EvalError, match="no prompts to evaluate"):
         evaluate(task, "base", [])
-    other_lm_agent = AcceptRejectPolicy(hidden_size=task.hidden_size + 8, widths=(8,))
-    with pytest.raises(EvalError, match="does not match the LM's hidden size"):
+    other_lm_agent = AcceptRejectPolicy(state_size=task.state_size + 8, widths=(8,))
+    with pytest.raises(EvalError, match="does not match this engine's candidate states of size"):
         evaluate(task, "max_prob", PROMPTS, policy=other_lm_agent)
 
 

@@ -35,7 +35,7 @@ def rollouts(count: int, *, seed: int = 0, p_costly: float = 0.3) -> list[Transi
     """`count` rollouts of 6 prompts × 2 episodes each from a fixed random agent."""
     problem = AcceptRejectProblem(hidden_size=HIDDEN, p_costly=p_costly)
     gen = torch.Generator().manual_seed(seed)
-    agent = AcceptRejectPolicy(hidden_size=HIDDEN, widths=(4,))
+    agent = AcceptRejectPolicy(state_size=HIDDEN, widths=(4,))
     return [
         problem.rollout(agent, problem.sample_prompts(6, generator=gen), samples_per_prompt=2, generator=gen,
                         first_episode_id=100 * i).transitions
@@ -50,22 +50,22 @@ def parameters(learner: Learner) -> list[torch.Tensor]:
 def test_registry_names_modes_and_config_overrides() -> None:
     assert set(learner_names()) >= {"sac", "ppo", "ppo_lagrangian", "rloo_lagrangian"}
     modes = {name: learner_class(name).data_mode for name in SMALL}
-    assert all(make_learner(name, hidden_size=HIDDEN, config=small(name)).data_mode == modes[name] for name in SMALL)
+    assert all(make_learner(name, state_size=HIDDEN, config=small(name)).data_mode == modes[name] for name in SMALL)
     assert config_class("sac")().gamma == 0.99
     assert modes == {"sac": "replay", "ppo": "on_policy", "ppo_lagrangian": "on_policy", "rloo_lagrangian": "on_policy"}
-    sac = make_learner("sac", hidden_size=HIDDEN, config=config_class("sac")(widths=[16, 8], gamma=0.5))
+    sac = make_learner("sac", state_size=HIDDEN, config=config_class("sac")(widths=[16, 8], gamma=0.5))
     assert sac.config.widths == (16, 8) and sac.config.gamma == 0.5 and sac.contract(sac.config).batch_size == 1024
 
 
 def test_unknown_learner_and_unknown_config_key_are_clear_errors() -> None:
     with pytest.raises(ValueError, match=r"unknown learner 'dqn' \(learner.name\); known learners: dpo, ppo, ppo_lagrangian, rloo_lagrangian"):
-        make_learner("dqn", hidden_size=HIDDEN)
+        make_learner("dqn", state_size=HIDDEN)
     with pytest.raises(ConfigError, match=r"unknown key 'learner.params.learning_rate'; learner.params has keys: actor_lr"):
         load_config(None, ["learner.params.learning_rate=1e-3"])
     with pytest.raises(TypeError, match="learner 'ppo' takes a PPOConfig, got SACConfig"):
-        make_learner("ppo", hidden_size=HIDDEN, config=config_class("sac")())
+        make_learner("ppo", state_size=HIDDEN, config=config_class("sac")())
     with pytest.raises(ValueError, match="lambda_init must be > 0"):
-        make_learner("ppo_lagrangian", hidden_size=HIDDEN, config=config_class("ppo_lagrangian")(lambda_init=0.0))
+        make_learner("ppo_lagrangian", state_size=HIDDEN, config=config_class("ppo_lagrangian")(lambda_init=0.0))
 
 
 def test_a_new_algorithm_is_one_registered_class(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -83,11 +83,11 @@ def test_a_new_algorithm_is_one_registered_class(monkeypatch: pytest.MonkeyPatch
         def contract(cls, config: CountingConfig) -> LearnerContract:
             return LearnerContract(data_mode="replay", gamma=0.9, batch_size=8)
 
-        def __init__(self, *, hidden_size: int, config: CountingConfig, device: str = "cpu", preference_dim: int = 0,
+        def __init__(self, *, state_size: int, config: CountingConfig, device: str = "cpu", preference_dim: int = 0,
                      seed: int = 0) -> None:
-            super().__init__(hidden_size=hidden_size, config=config, device=device, preference_dim=preference_dim,
+            super().__init__(state_size=state_size, config=config, device=device, preference_dim=preference_dim,
                              seed=seed)
-            self.policy = AcceptRejectPolicy(hidden_size=hidden_size, widths=config.widths)
+            self.policy = AcceptRejectPolicy(state_size=state_size, widths=config.widths)
 
         def update(self, batch: Transitions) -> dict[str, float]:
             self.num_updates += 1
@@ -99,7 +99,7 @@ def test_a_new_algorithm_is_one_registered_class(monkeypatch: pytest.MonkeyPatch
         def optimizers(self) -> dict[str, torch.optim.Optimizer]:
             return {}
 
-    learner = make_learner("counting_test", hidden_size=HIDDEN, config=config_class("counting_test")(widths=(3,)))
+    learner = make_learner("counting_test", state_size=HIDDEN, config=config_class("counting_test")(widths=(3,)))
     assert isinstance(learner, Counting) and learner.name == "counting_test" and learner.config.widths == (3,)
     batch = rollouts(1)[0]
     assert learner.update(batch) == {"rows": float(len(batch))}
@@ -110,36 +110,36 @@ def test_a_new_algorithm_is_one_registered_class(monkeypatch: pytest.MonkeyPatch
 
 @pytest.mark.parametrize("name", sorted(SMALL))
 def test_policy_state_is_what_actors_load(name: str) -> None:
-    learner = make_learner(name, hidden_size=HIDDEN, config=small(name))
+    learner = make_learner(name, state_size=HIDDEN, config=small(name))
     state = learner.policy_state()
-    assert set(state) == {"parameterisation", "hidden_size", "preference_dim", "widths", "state_dict"}
+    assert set(state) == {"parameterisation", "state_size", "preference_dim", "widths", "state_dict"}
     assert state["widths"] == [16, 8]
-    actor_copy = AcceptRejectPolicy.from_policy_state(state, hidden_size=HIDDEN)
+    actor_copy = AcceptRejectPolicy.from_policy_state(state, state_size=HIDDEN)
     x = torch.randn(5, HIDDEN + 1)
     assert torch.equal(actor_copy(x), learner.policy(x))
     # an untrained agent IS π_ref: its accept logit is the observation's π_ref logit, exactly
     assert torch.equal(actor_copy.accept_logit(x), x[:, -1])
     with pytest.raises(ValueError, match="trained on another LM"):
-        AcceptRejectPolicy.from_policy_state(state, hidden_size=HIDDEN * 2)
+        AcceptRejectPolicy.from_policy_state(state, state_size=HIDDEN * 2)
     old = {k: v for k, v in state.items() if k != "parameterisation"}
     with pytest.raises(ValueError, match="saved by an older tokenalign.*train it again"):
-        AcceptRejectPolicy.from_policy_state(old, hidden_size=HIDDEN)
+        AcceptRejectPolicy.from_policy_state(old, state_size=HIDDEN)
     checkpoint = {k: v for k, v in learner.state_dict().items() if k != "parameterisation"}
     with pytest.raises(ValueError, match="saved by an older tokenalign"):
-        make_learner(name, hidden_size=HIDDEN, config=small(name)).load_state_dict(checkpoint)
+        make_learner(name, state_size=HIDDEN, config=small(name)).load_state_dict(checkpoint)
 
 
 @pytest.mark.parametrize("name", sorted(SMALL))
 def test_state_dict_round_trip_resumes_bit_identically(name: str) -> None:
     batches = rollouts(4)
-    learner = make_learner(name, hidden_size=HIDDEN, config=small(name))
+    learner = make_learner(name, state_size=HIDDEN, config=small(name))
     for batch in batches[:2]:
         learner.update(batch)
     buffer = io.BytesIO()
     torch.save(learner.state_dict(), buffer)
     expected = [learner.update(batch) for batch in batches[2:]]
 
-    resumed = make_learner(name, hidden_size=HIDDEN, config=small(name), seed=99)
+    resumed = make_learner(name, state_size=HIDDEN, config=small(name), seed=99)
     buffer.seek(0)
     resumed.load_state_dict(torch.load(buffer, weights_only=True))
     assert [resumed.update(batch) for batch in batches[2:]] == expected
@@ -149,18 +149,18 @@ def test_state_dict_round_trip_resumes_bit_identically(name: str) -> None:
 
 
 def test_load_state_dict_refuses_another_learner_lm_or_shape() -> None:
-    state = make_learner("ppo", hidden_size=HIDDEN, config=small("ppo")).state_dict()
+    state = make_learner("ppo", state_size=HIDDEN, config=small("ppo")).state_dict()
     with pytest.raises(ValueError, match="checkpoint holds learner 'ppo', this is 'sac'"):
-        make_learner("sac", hidden_size=HIDDEN, config=small("sac")).load_state_dict(state)
+        make_learner("sac", state_size=HIDDEN, config=small("sac")).load_state_dict(state)
     with pytest.raises(ValueError, match="trained on another LM"):
-        make_learner("ppo", hidden_size=HIDDEN + 1, config=small("ppo")).load_state_dict(state)
+        make_learner("ppo", state_size=HIDDEN + 1, config=small("ppo")).load_state_dict(state)
     with pytest.raises(ValueError, match=r"widths=\(16, 8\).*set the same widths"):
-        make_learner("ppo", hidden_size=HIDDEN, config=config_class("ppo")(widths=(4,))).load_state_dict(state)
+        make_learner("ppo", state_size=HIDDEN, config=config_class("ppo")(widths=(4,))).load_state_dict(state)
 
 
 @pytest.mark.parametrize("name", sorted(SMALL))
 def test_bad_batches_are_refused_before_anything_changes(name: str) -> None:
-    learner = make_learner(name, hidden_size=HIDDEN, config=small(name))
+    learner = make_learner(name, state_size=HIDDEN, config=small(name))
     before = copy.deepcopy(learner.state_dict())
     other_lm = rollouts(1)[0]
     other_lm.state = torch.zeros(len(other_lm), HIDDEN + 4)
@@ -180,7 +180,7 @@ def test_bad_batches_are_refused_before_anything_changes(name: str) -> None:
 
 
 def test_sac_moves_its_targets_by_tau_once_per_update_time() -> None:
-    sac = make_learner("sac", hidden_size=HIDDEN, config=small("sac", update_time=3, tau=0.25))
+    sac = make_learner("sac", state_size=HIDDEN, config=small("sac", update_time=3, tau=0.25))
     batch = rollouts(1)[0]
     target_before = [p.clone() for p in sac.critic_target.parameters()]
     sac.update(batch)
@@ -194,25 +194,25 @@ def test_sac_moves_its_targets_by_tau_once_per_update_time() -> None:
 @pytest.mark.parametrize("name", sorted(SMALL))
 def test_fixed_beta_stays_put_and_adaptive_beta_follows_the_measured_kl(name: str) -> None:
     batch = rollouts(1)[0]
-    fixed = make_learner(name, hidden_size=HIDDEN, config=small(name, kl_coef=0.2))
+    fixed = make_learner(name, state_size=HIDDEN, config=small(name, kl_coef=0.2))
     assert fixed.update(batch)["kl_coef"] == pytest.approx(0.2) and fixed.kl.value == pytest.approx(0.2)
     # The untrained agent is π_ref (KL 0), far below the target: β falls, and is checkpointed.
-    adaptive = make_learner(name, hidden_size=HIDDEN,
+    adaptive = make_learner(name, state_size=HIDDEN,
                             config=small(name, kl_coef=0.2, kl_target=5.0, kl_horizon=10.0))
     assert adaptive.update(batch)["kl_per_response"] == pytest.approx(0.0, abs=1e-6)
     assert adaptive.kl.value < 0.2
-    restored = make_learner(name, hidden_size=HIDDEN, config=small(name, kl_target=5.0, kl_horizon=10.0))
+    restored = make_learner(name, state_size=HIDDEN, config=small(name, kl_target=5.0, kl_horizon=10.0))
     restored.load_state_dict(adaptive.state_dict())
     assert restored.kl.value == adaptive.kl.value
 
 
 @pytest.mark.parametrize("name", ["ppo_lagrangian", "rloo_lagrangian"])
 def test_lagrangian_learners_raise_lambda_on_costly_rollouts_and_lower_it_on_safe_ones(name: str) -> None:
-    costly = make_learner(name, hidden_size=HIDDEN, config=small(name))
+    costly = make_learner(name, state_size=HIDDEN, config=small(name))
     costly_batch = rollouts(1, p_costly=0.7)[0]
     costly_batch.cost = costly_batch.done * 1.0
     assert costly.update(costly_batch)["lambda"] > 1.0
-    safe = make_learner(name, hidden_size=HIDDEN, config=small(name))
+    safe = make_learner(name, state_size=HIDDEN, config=small(name))
     safe_batch = rollouts(1)[0]
     safe_batch.cost = torch.zeros_like(safe_batch.cost)
     metrics = safe.update(safe_batch)
@@ -234,7 +234,7 @@ EXPECTED_METRICS = {
 
 @pytest.mark.parametrize("name", sorted(SMALL))
 def test_update_reports_finite_metrics(name: str) -> None:
-    metrics = make_learner(name, hidden_size=HIDDEN, config=small(name)).update(rollouts(1)[0])
+    metrics = make_learner(name, state_size=HIDDEN, config=small(name)).update(rollouts(1)[0])
     assert EXPECTED_METRICS[name] <= set(metrics)
     assert all(isinstance(v, float) and torch.isfinite(torch.tensor(v)) for v in metrics.values())
 
@@ -244,6 +244,6 @@ def test_float16_states_from_the_buffer_train_every_learner_after_to() -> None:
     for name in [n for n in learner_names() if learner_class(n).data_mode != "pairs"]:  # dpo: tests/test_dpo.py
         batch = rollouts(1)[0]
         half = Transitions(**{**vars(batch), "state": batch.state.half(), "next_state": batch.next_state.half()})
-        learner = make_learner(name, hidden_size=batch.state.shape[1], config=config_class(name)(widths=(8, 4)))
+        learner = make_learner(name, state_size=batch.state.shape[1], config=config_class(name)(widths=(8, 4)))
         metrics = learner.update(half.to("cpu"))
         assert all(torch.isfinite(torch.tensor(v)) for v in metrics.values())

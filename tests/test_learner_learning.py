@@ -17,7 +17,7 @@ THRESHOLD = 0.05
 def train_on_policy(
     name: str, config: dict, problem: AcceptRejectProblem, *, updates: int, prompts: int, samples_per_prompt: int = 1
 ) -> tuple[Learner, dict[str, float]]:
-    learner = make_learner(name, hidden_size=problem.hidden_size, config=config_class(name)(**config))
+    learner = make_learner(name, state_size=problem.hidden_size, config=config_class(name)(**config))
     gen = torch.Generator().manual_seed(1)
     for u in range(updates):
         rollout = problem.rollout(
@@ -29,7 +29,7 @@ def train_on_policy(
 
 
 def test_the_problem_is_not_solved_by_an_untrained_agent() -> None:
-    learner = make_learner("ppo", hidden_size=HIDDEN, config=config_class("ppo")(widths=(32, 32)))
+    learner = make_learner("ppo", state_size=HIDDEN, config=config_class("ppo")(widths=(32, 32)))
     plain = AcceptRejectProblem(hidden_size=HIDDEN)
     assert plain.evaluate(learner.policy, num_episodes=1000, seed=7)[0] < 0.5 * plain.optimal_return()
     assert plain.evaluate(learner.policy, num_episodes=1000, seed=7, deterministic=True)[0] < 0.5
@@ -49,7 +49,7 @@ def test_sac_reaches_90_percent_of_the_optimal_return_greedily() -> None:
     problem = AcceptRejectProblem(hidden_size=HIDDEN)
     config = {"widths": (32, 32), "batch_size": 128, "update_time": 1, "tau": 0.1,
               "actor_lr": 1e-3, "critic_lr": 1e-3, "kl_coef": 0.01}
-    learner = make_learner("sac", hidden_size=HIDDEN, config=config_class("sac")(**config))
+    learner = make_learner("sac", state_size=HIDDEN, config=config_class("sac")(**config))
     gen = torch.Generator().manual_seed(1)
     episodes_per_round, replay = 8, []
     for r in range(45):

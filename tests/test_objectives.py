@@ -33,7 +33,7 @@ def records(scores: np.ndarray, *, lengths: list[int], actions: list[list[int]] 
             preference: np.ndarray | None = None, token_reward: np.ndarray | None = None,
             penalty: np.ndarray | None = None, scorers=("vader", "profanity")):
     """Decisions of len(lengths) episodes with the given per-episode raw scores (E, scorers)."""
-    layout = RecordLayout(hidden_size=HIDDEN, scorers=scorers, preference_dim=0 if preference is None else preference.shape[1])
+    layout = RecordLayout(state_size=HIDDEN, scorers=scorers, preference_dim=0 if preference is None else preference.shape[1])
     lengths = np.asarray(lengths)
     n = int(lengths.sum())
     done = np.concatenate([np.arange(k) == k - 1 for k in lengths])
@@ -177,7 +177,7 @@ def test_preference_weights_normalised_objectives_per_episode():
 def test_stored_data_is_relabelled_by_another_objective_without_a_new_rollout():
     """The same sampled records give each objective's own hand-computed rewards: no rollout in between."""
     spec = memory_spec(data_mode="on_policy", num_shards=1)
-    layout = RecordLayout(hidden_size=32, scorers=("vader", "profanity"))
+    layout = RecordLayout(state_size=32, scorers=("vader", "profanity"))
     spec = type(spec)(spec.data_mode, layout, spec.config)
     queue = spec.connect()
     raw = np.array([[0.8, 0.1], [0.2, 0.4]])

@@ -48,7 +48,7 @@ def test_a_fractional_gpu_count_above_one_is_a_config_error():
 
 
 def test_an_agent_on_another_device_is_copied_to_the_lms():
-    policy = AcceptRejectPolicy(hidden_size=8, widths=(4,))
+    policy = AcceptRejectPolicy(state_size=8, widths=(4,))
     moved = on_device(policy, torch.device("meta"))
     assert moved is not policy and next(moved.parameters()).device.type == "meta"
     assert next(policy.parameters()).device.type == "cpu"  # the caller's agent is left where it was

@@ -33,7 +33,7 @@ def test_a_conditioned_agent_learns_an_optimum_that_flips_with_w(name, updates, 
     """With w fed as raw [0, 1] values beside the normalised state, PPO still accepted at ~0.6 for every w
     after 10 updates; with w scaled to the state's norm (agents/mlp.py) it separates them."""
     params = {"widths": (64, 32), "kl_coef": 0.01} | ({"episodes_per_update": 256} if name == "ppo" else {"threshold": 1.0})
-    learner = make_learner(name, hidden_size=HIDDEN, config=config_class(name)(**params), preference_dim=2)
+    learner = make_learner(name, state_size=HIDDEN, config=config_class(name)(**params), preference_dim=2)
     generator = torch.Generator().manual_seed(0)
     for _ in range(updates):
         learner.update(bandit_round(learner, generator))
@@ -50,7 +50,7 @@ def test_a_conditioned_agent_decodes_with_the_weights_the_user_picks():
     from tokenalign.envs.rollout import conditioned
 
     torch.manual_seed(0)
-    agent = AcceptRejectPolicy(hidden_size=HIDDEN, widths=(8,), preference_dim=2).eval()
+    agent = AcceptRejectPolicy(state_size=HIDDEN, widths=(8,), preference_dim=2).eval()
     obs = torch.randn(5, HIDDEN + 1)
     fixed = conditioned(agent, [3.0, 1.0])  # rescaled onto the simplex, as the envs do
     torch.testing.assert_close(fixed.accept_logit(obs), agent.accept_logit(torch.cat([obs, torch.tensor([0.75, 0.25]).expand(5, 2)], -1)))
@@ -58,6 +58,6 @@ def test_a_conditioned_agent_decodes_with_the_weights_the_user_picks():
         conditioned(agent, None)
     with pytest.raises(ValueError, match="must be 2 non-negative weights"):
         conditioned(agent, [1.0, -1.0])
-    plain = AcceptRejectPolicy(hidden_size=HIDDEN, widths=(8,))
+    plain = AcceptRejectPolicy(state_size=HIDDEN, widths=(8,))
     with pytest.raises(ValueError, match="not preference-conditioned"):
         conditioned(plain, [0.5, 0.5])

@@ -35,12 +35,18 @@ def read_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("learner", ["sac", "ppo", "ppo_lagrangian", "rloo_lagrangian"])
-def test_short_training_run_for_each_learner(ray_cluster, tmp_path, learner):
-    trainer = Trainer.new_run(short_config(tmp_path, learner))
+@pytest.mark.parametrize(("learner", "candidate_state"), [("sac", "lookahead"), ("ppo", "lookahead"),
+                                                       ("ppo_lagrangian", "lookahead"), ("rloo_lagrangian", "lookahead"),
+                                                       ("ppo", "context")])
+def test_short_training_run_for_each_learner(ray_cluster, tmp_path, learner, candidate_state):
+    trainer = Trainer.new_run(short_config(tmp_path, learner, f"engine.candidate_state={candidate_state}"))
     summary = trainer.run()
     run_dir = trainer.run_dir
     assert set(summary) == {"agent", "base", "best_of_4"}
+    assert summary["agent"]["candidate_state"] == candidate_state
+    if candidate_state == "context":  # the agent decodes at the cost of sampling: one forward per token
+        agent, base = (summary[m]["lm_forward_tokens_per_token"] for m in ("agent", "base"))
+        assert agent <= 1.2 * base
     for mode in summary.values():
         assert mode["n"] == 4 and {"mean", "se"} <= set(mode["reward"]) and {"mean", "se"} <= set(mode["cost"])
     training = json.loads((run_dir / "training.json").read_text())

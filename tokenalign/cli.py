@@ -37,13 +37,14 @@ def cmd_generate(args: argparse.Namespace, config: TrainConfig) -> int:
                                           seed=config.data.seed)[: args.num_prompts]
     task = DecodingTask.build(model=config.lm.path, prompts=prompts, scorers=config.reward,
                               sampling=config.engine.sampling, max_new_tokens=config.engine.max_new_tokens,
-                              candidate_block=config.engine.candidate_block, device=pick_device(args.device),
+                              candidate_block=config.engine.candidate_block,
+                              candidate_state=config.engine.candidate_state, device=pick_device(args.device),
                               dtype=config.lm.dtype)
     if args.agent:
-        policy = load_agent(args.agent, hidden_size=task.hidden_size, device=task.engine.device)
+        policy = load_agent(args.agent, state_size=task.state_size, device=task.engine.device)
     else:
         torch.manual_seed(config.run.seed)
-        policy = AcceptRejectPolicy(hidden_size=task.hidden_size).eval()
+        policy = AcceptRejectPolicy(state_size=task.state_size).eval()
     result = evaluate(task, "sample", task.prompts, policy=policy, seed=config.run.seed,
                       batch_size=config.rollout.episodes_per_batch, preference=args.preference)
     for record in result.records:

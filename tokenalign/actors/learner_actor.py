@@ -52,7 +52,7 @@ class LearnerActor:
         if layout.preference_dim != self.objective.preference_dim:
             raise ValueError(f"the buffer's records carry {layout.preference_dim} preference weights, objective "
                              f"{self.objective.name!r} needs {self.objective.preference_dim}")
-        self.learner = make_learner(config.learner.name, hidden_size=layout.hidden_size, config=config.learner.params,
+        self.learner = make_learner(config.learner.name, state_size=layout.state_size, config=config.learner.params,
                                     device=self.device, preference_dim=layout.preference_dim, seed=config.run.seed)
         self.weights = weights
         if self.contract.data_mode == "pairs":

@@ -9,6 +9,7 @@ published version has changed.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from typing import Any
@@ -24,7 +25,7 @@ from tokenalign.buffers.layout import RecordLayout
 from tokenalign.buffers.spec import BufferSpec
 from tokenalign.config import TrainConfig
 from tokenalign.data.prompts import load_prompts
-from tokenalign.envs.engine import DecodingEngine, EngineConfig
+from tokenalign.envs.engine import DecodingEngine
 from tokenalign.envs.rollout import Episode, conditioned, generate_episodes
 from tokenalign.envs.task import DecodingTask
 from tokenalign.heads.states import ResponseStates, response_length
@@ -63,8 +64,7 @@ def build_task(config: TrainConfig, *, device: str, combiner: Any = None) -> Dec
     model, tokenizer = load_lm(config.lm.path, device=device, dtype=config.lm.dtype,
                                spread=device == "cuda" and config.rollout.gpus_per_actor > 1)
     block = 0 if config.shaping.token_reward != "none" else config.engine.candidate_block
-    engine_config = EngineConfig(sampling=config.engine.sampling, max_new_tokens=config.engine.max_new_tokens,
-                                 candidate_block=block)
+    engine_config = dataclasses.replace(config.engine, candidate_block=block)
     prompts = load_prompts(config.data.train, prompt_field=config.data.prompt_field, seed=config.data.seed)
     return DecodingTask(engine=DecodingEngine(model=model, tokenizer=tokenizer, config=engine_config),
                         prompts=prompts, combiner=combiner or RewardCombiner.from_config(config.reward))
@@ -113,14 +113,14 @@ class RolloutActor:
         self.preference_rng = np.random.default_rng(config.run.seed * 1000 + index)
 
     def info(self) -> dict[str, Any]:
-        """Where the actor landed: its GPU ids, device, and the LM's hidden size."""
+        """Where the actor landed: its GPU ids, device, and the size of its candidate states."""
         return {"index": self.index, "gpu_ids": [str(g) for g in ray.get_gpu_ids()], "device": self.device,
-                "hidden_size": self.task.hidden_size, "num_prompts": len(self.task.prompts)}
+                "state_size": self.task.state_size, "num_prompts": len(self.task.prompts)}
 
     def _sync_weights(self) -> None:
         version, state = fetch_if_newer(self.weights, self.version, timeout_s=self.config.run.remote_timeout_s)
         if state is not None:
-            self.policy = AcceptRejectPolicy.from_policy_state(state, hidden_size=self.task.hidden_size).to(self.device)
+            self.policy = AcceptRejectPolicy.from_policy_state(state, state_size=self.task.state_size).to(self.device)
             if self.policy.preference_dim != self.layout.preference_dim:
                 raise RuntimeError(f"the published agent is conditioned on {self.policy.preference_dim} preference "
                                    f"weights, this run's records on {self.layout.preference_dim}")

@@ -11,11 +11,11 @@ class TwinQCritic(nn.Module):
     """Q1, Q2: (..., hidden) → (..., 2) action values; the min of the two curbs overestimation."""
 
     def __init__(
-        self, *, hidden_size: int, widths: tuple[int, ...] = (1024, 256), preference_dim: int = 0  # MARA SAC.py
+        self, *, state_size: int, widths: tuple[int, ...] = (1024, 256), preference_dim: int = 0  # MARA SAC.py
     ) -> None:
         super().__init__()
         self.widths = check_widths(widths, owner="TwinQCritic")
-        self.norm = ObservationNorm(hidden_size, preference_dim)
+        self.norm = ObservationNorm(state_size, preference_dim)
         self.q1 = mlp(self.norm.out_features, self.widths, 2)
         self.q2 = mlp(self.norm.out_features, self.widths, 2)
 

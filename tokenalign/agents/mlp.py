@@ -42,16 +42,16 @@ class ObservationNorm(nn.LayerNorm):
     (benchmarks/results/pareto_unscaled_w.md).
     """
 
-    def __init__(self, hidden_size: int, preference_dim: int = 0) -> None:
-        super().__init__(hidden_size)
-        self.hidden_size = hidden_size
+    def __init__(self, state_size: int, preference_dim: int = 0) -> None:
+        super().__init__(state_size)
+        self.state_size = state_size
         self.preference_dim = preference_dim
-        self.preference_scale = (hidden_size / preference_dim) ** 0.5 if preference_dim else 0.0
+        self.preference_scale = (state_size / preference_dim) ** 0.5 if preference_dim else 0.0
 
     @property
     def in_features(self) -> int:
         """Size of an observation: hidden state, π_ref's accept logit, w."""
-        return self.hidden_size + 1 + self.preference_dim
+        return self.state_size + 1 + self.preference_dim
 
     out_features = in_features
 
@@ -60,11 +60,11 @@ class ObservationNorm(nn.LayerNorm):
         obs = obs.to(self.weight.dtype)
         if obs.shape[-1] != self.in_features:
             raise ValueError(
-                f"agent input has {obs.shape[-1]} features, expected hidden size {self.hidden_size} + 1 (π_ref's accept "
+                f"agent input has {obs.shape[-1]} features, expected state size {self.state_size} + 1 (π_ref's accept "
                 f"logit) + preference size {self.preference_dim}: build observations with "
-                "tokenalign.envs.decode_batch.observation and condition the agent with the preference size it was trained with"
+                "tokenalign.envs.engine.DecodingEngine.observation and condition the agent with the preference size it was trained with"
             )
-        h = self.hidden_size
+        h = self.state_size
         return obs[..., :h], obs[..., h], obs[..., h + 1:]
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:

@@ -39,15 +39,15 @@ class AcceptRejectPolicy(nn.Module):
     """
 
     def __init__(
-        self, *, hidden_size: int, widths: tuple[int, ...] = (1024, 256), preference_dim: int = 0  # MARA SAC.py
+        self, *, state_size: int, widths: tuple[int, ...] = (1024, 256), preference_dim: int = 0  # MARA SAC.py
     ) -> None:
         super().__init__()
-        if hidden_size <= 0:
-            raise ValueError(f"hidden_size must be the LM's positive hidden size, got {hidden_size}")
-        self.hidden_size = hidden_size
+        if state_size <= 0:
+            raise ValueError(f"state_size must be the positive size of a candidate state, got {state_size}")
+        self.state_size = state_size
         self.preference_dim = preference_dim
         self.widths = check_widths(widths, owner="AcceptRejectPolicy")
-        self.norm = ObservationNorm(hidden_size, preference_dim)
+        self.norm = ObservationNorm(state_size, preference_dim)
         self.body = mlp(self.norm.in_features, self.widths, 1)
         nn.init.zeros_(self.body[-1].weight)
         nn.init.zeros_(self.body[-1].bias)
@@ -90,7 +90,7 @@ class AcceptRejectPolicy(nn.Module):
         """The plain dict actors load: sizes plus a CPU copy of the weights (independent of training)."""
         return {
             "parameterisation": PARAMETERISATION,
-            "hidden_size": self.hidden_size,
+            "state_size": self.state_size,
             "preference_dim": self.preference_dim,
             "widths": list(self.widths),
             "state_dict": {k: v.detach().to("cpu", copy=True) for k, v in self.state_dict().items()},
@@ -98,23 +98,30 @@ class AcceptRejectPolicy(nn.Module):
 
     @classmethod
     def from_policy_state(
-        cls, state: dict[str, Any], *, hidden_size: int, device: torch.device | str = "cpu"
+        cls, state: dict[str, Any], *, state_size: int, device: torch.device | str = "cpu"
     ) -> AcceptRejectPolicy:
-        """Rebuild a policy from `policy_state()` for an LM of `hidden_size`, refusing an agent of another size."""
-        missing = {"hidden_size", "widths", "state_dict"} - set(state)
+        """Rebuild a policy from `policy_state()` for candidate states of `state_size`, refusing an agent of another size."""
+        missing = {"widths", "state_dict"} - set(state) | ({"state_size"} if saved_state_size(state) is None else set())
         if missing:
             raise ValueError(
                 f"not an agent policy state: missing {sorted(missing)}; pass the dict from learner.policy_state()"
             )
         check_parameterisation(state)
-        if state["hidden_size"] != hidden_size:
+        if saved_state_size(state) != state_size:
             raise ValueError(
-                f"agent input size {state['hidden_size']} does not match the LM's hidden size {hidden_size}: "
-                "the agent was trained on another LM; load an agent trained on this LM or train a new one"
+                f"agent input size {saved_state_size(state)} does not match this engine's candidate states of size "
+                f"{state_size}: the agent was trained on another LM or engine.candidate_state; load an agent trained "
+                "for this one or train a new one"
             )
-        policy = cls(hidden_size=hidden_size, widths=tuple(state["widths"]), preference_dim=int(state["preference_dim"]))
+        policy = cls(state_size=state_size, widths=tuple(state["widths"]), preference_dim=int(state["preference_dim"]))
         policy.load_state_dict(state["state_dict"])
         return policy.to(device)
+
+
+def saved_state_size(state: dict[str, Any]) -> int | None:
+    """The candidate-state size of a saved agent (policy state or learner checkpoint); agents saved before
+    context-mode states existed call it hidden_size (their states are the LM's hidden states)."""
+    return state.get("state_size", state.get("hidden_size"))
 
 
 def check_parameterisation(state: dict[str, Any]) -> None:

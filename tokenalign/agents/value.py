@@ -11,11 +11,11 @@ class ValueHead(nn.Module):
     """V: (..., hidden) → (...,)."""
 
     def __init__(
-        self, *, hidden_size: int, widths: tuple[int, ...] = (1024, 256), preference_dim: int = 0  # MARA SAC.py shapes
+        self, *, state_size: int, widths: tuple[int, ...] = (1024, 256), preference_dim: int = 0  # MARA SAC.py shapes
     ) -> None:
         super().__init__()
         self.widths = check_widths(widths, owner="ValueHead")
-        self.norm = ObservationNorm(hidden_size, preference_dim)
+        self.norm = ObservationNorm(state_size, preference_dim)
         self.body = mlp(self.norm.out_features, self.widths, 1)
 
     def forward(self, state: torch.Tensor) -> torch.Tensor:

@@ -27,12 +27,13 @@ from tokenalign.buffers.layout import (
 )
 from tokenalign.buffers.shard import Columns
 
+# "hidden_size" is the stored format's name of the state width (kept so that older buffers still read)
 _INFO = ("rows", "hidden_size", "state_offset", "states_len", "head_digest")
 
 
 def layout_signature(layout: RecordLayout) -> str:
     """The layout as one string: writers of one namespace must all write the same one."""
-    return json.dumps({"hidden_size": layout.hidden_size, "scorers": list(layout.scorers),
+    return json.dumps({"hidden_size": layout.state_size, "scorers": list(layout.scorers),
                        "preference_dim": layout.preference_dim})
 
 
@@ -70,17 +71,17 @@ def _digest(head: bytes) -> str:
 
 def encode_chunk(columns: Columns, *, layout: RecordLayout) -> tuple[bytes, bytes]:
     """(meta, states) Arrow IPC values for one chunk."""
-    rows, hidden_size = columns.state.shape
-    flat = pa.array(np.concatenate([columns.state.reshape(-1), np.zeros(hidden_size, dtype=columns.state.dtype)]))
-    states = to_ipc(pa.RecordBatch.from_arrays([pa.FixedSizeListArray.from_arrays(flat, hidden_size)], names=["state"]))
+    rows, state_size = columns.state.shape
+    flat = pa.array(np.concatenate([columns.state.reshape(-1), np.zeros(state_size, dtype=columns.state.dtype)]))
+    states = to_ipc(pa.RecordBatch.from_arrays([pa.FixedSizeListArray.from_arrays(flat, state_size)], names=["state"]))
     # The reader hands back zero-copy slices of `buffer`, so an address difference is the byte offset of row 0.
     buffer = pa.py_buffer(states)
     data = pa.ipc.open_stream(buffer).read_next_batch().column(0).values.buffers()[1]
     offset = data.address - buffer.address
-    if not 0 <= offset <= len(states) - (rows + 1) * hidden_size * 2:
+    if not 0 <= offset <= len(states) - (rows + 1) * state_size * 2:
         raise RuntimeError("Arrow copied the states while reading them back; cannot locate rows for GETRANGE")
     info = dict(
-        rows=rows, hidden_size=hidden_size, state_offset=offset, states_len=len(states), head_digest=_digest(states[:offset])
+        rows=rows, hidden_size=state_size, state_offset=offset, states_len=len(states), head_digest=_digest(states[:offset])
     )
     fields = _meta_fields(layout)
     schema = pa.schema(fields, metadata={**layout.metadata(), **{f"tokenalign.{k}": str(v) for k, v in info.items()}})
@@ -94,7 +95,7 @@ def decode_meta(payload: bytes | None, *, key: str, layout: RecordLayout) -> Chu
         batch = from_ipc(payload)
     except RecordSchemaError as err:
         raise refusal(key, str(err)) from None
-    hidden_size = layout.hidden_size
+    state_size = layout.state_size
     if b"tokenalign.hidden_size" in (batch.schema.metadata or {}):  # ours, but maybe of an older version
         check_version(batch.schema.metadata, what=f"Redis key {key!r}")
     metadata = {k.decode(): v.decode() for k, v in (batch.schema.metadata or {}).items()}
@@ -105,9 +106,9 @@ def decode_meta(payload: bytes | None, *, key: str, layout: RecordLayout) -> Chu
         raise refusal(key, "no chunk description in its Arrow metadata") from None
     if [f.name for f in batch.schema] != [f.name for f in _meta_fields(layout)] or batch.num_rows != ints["rows"]:
         raise refusal(key, f"its columns are {batch.schema.names}")
-    if ints["hidden_size"] != hidden_size:
+    if ints["hidden_size"] != state_size:
         raise ForeignValueError(
-            f"Redis key {key!r} holds states of size {ints['hidden_size']}, this buffer's hidden_size is {hidden_size}: "
+            f"Redis key {key!r} holds states of size {ints['hidden_size']}, this buffer's state_size is {state_size}: "
             "use the same LM as the writers, or another buffer.namespace"
         )
     scalars = {

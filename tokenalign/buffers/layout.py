@@ -79,23 +79,23 @@ class RecordSchemaError(ValueError):
 
 @dataclass(frozen=True)
 class RecordLayout:
-    """What a run's decision records hold: the LM's hidden size, the scorers' names, the conditioning size.
+    """What a run's decision records hold: the size of a candidate state, the scorers' names, the conditioning size.
 
     Each scorer's raw score is a float32 column `score:<name>` (and, with an SFT baseline, the score of the
     base LM's greedy response to the prompt in `baseline:<name>`); the episode's preference weights are
     `pref:<i>`. Every row of an episode repeats them, so any sampled transition carries its episode's signals.
     """
 
-    hidden_size: int
-    """Size of the LM's last hidden state."""
+    state_size: int
+    """Size of a candidate state (the engine's `state_size`: the LM's hidden size in lookahead mode)."""
     scorers: tuple[str, ...] = ()
     """Scorer names, in the order of the run's reward config."""
     preference_dim: int = 0
     """Size of the per-episode preference vector w (0 = unconditioned agents)."""
 
     def __post_init__(self) -> None:
-        if self.hidden_size <= 0:
-            raise ValueError(f"hidden_size must be positive, got {self.hidden_size}")
+        if self.state_size <= 0:
+            raise ValueError(f"state_size must be positive, got {self.state_size}")
         if self.preference_dim < 0:
             raise ValueError(f"preference_dim must be ≥ 0, got {self.preference_dim}")
         object.__setattr__(self, "scorers", tuple(self.scorers))
@@ -135,7 +135,7 @@ class RecordLayout:
     @cached_property
     def schema(self) -> pa.Schema:
         columns = [pa.field(name, dtype, nullable=False) for name, dtype in self.scalar_types.items()]
-        columns.insert(2, pa.field("state", pa.list_(pa.float16(), self.hidden_size), nullable=False))
+        columns.insert(2, pa.field("state", pa.list_(pa.float16(), self.state_size), nullable=False))
         return pa.schema(columns, metadata=self.metadata())
 
 
@@ -168,7 +168,7 @@ def validate_record_batch(batch: pa.RecordBatch, *, layout: RecordLayout) -> Non
             if field.name == "state" and pa.types.is_fixed_size_list(got["state"]):
                 raise RecordSchemaError(
                     f"record batch has state size {got['state'].list_size}, the buffer holds states of size "
-                    f"{layout.hidden_size}: the rollout LM's hidden size must match the buffer's (check the model path)"
+                    f"{layout.state_size}: the rollout's candidate states must match the buffer's (check the model path and engine.candidate_state)"
                 )
             raise RecordSchemaError(f"record batch column {field.name!r} has type {got[field.name]}, expected {field.type}")
     extra = set(got) - set(expected.names)
@@ -192,8 +192,8 @@ def make_record_batch(
     COLUMN_DOCS is an (n,) array (`token_reward` and `mara_kl_penalty` may be None or absent: zeros).
     """
     state = np.ascontiguousarray(state, dtype=np.float16)
-    if state.ndim != 2 or state.shape[1] != layout.hidden_size:
-        raise RecordSchemaError(f"state must have shape (decisions, {layout.hidden_size}), got {state.shape}")
+    if state.ndim != 2 or state.shape[1] != layout.state_size:
+        raise RecordSchemaError(f"state must have shape (decisions, {layout.state_size}), got {state.shape}")
     n = state.shape[0]
     for optional in ("token_reward", "mara_kl_penalty"):
         if columns.get(optional) is None:
@@ -217,7 +217,7 @@ def make_record_batch(
         if values.shape != (n,):
             raise RecordSchemaError(f"column {name!r} has shape {values.shape}, expected ({n},) to match state")
         arrays[name] = pa.array(values.astype(dtype, copy=False))
-    arrays["state"] = pa.FixedSizeListArray.from_arrays(pa.array(state.reshape(-1)), layout.hidden_size)
+    arrays["state"] = pa.FixedSizeListArray.from_arrays(pa.array(state.reshape(-1)), layout.state_size)
     schema = layout.schema
     return pa.RecordBatch.from_arrays([arrays[name] for name in schema.names], schema=schema)
 

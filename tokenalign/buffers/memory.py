@@ -22,10 +22,10 @@ class MemoryShard:
         self.layout = layout
         self.capacity = capacity
         specs = {col: ((), dtype) for col, dtype in layout.scalar_dtypes.items()}
-        specs["state"] = ((layout.hidden_size,), np.dtype(np.float16))
+        specs["state"] = ((layout.state_size,), np.dtype(np.float16))
         self._ring = ChunkRing(capacity=capacity, columns=specs)
         self._states = torch.from_numpy(self._ring.columns["state"])  # the ring never reallocates
-        self._batches = BatchMemory(width=layout.hidden_size)
+        self._batches = BatchMemory(width=layout.state_size)
         self._counters = ShardCounters()
         self._next_chunk_id = 0
 

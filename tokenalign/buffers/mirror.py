@@ -23,14 +23,14 @@ from tokenalign.buffers.ring import ChunkRing
 class StateMirror:
     """float16 state rows of whole chunks, newest chunks first within `rows`, looked up by (chunk id, row)."""
 
-    def __init__(self, *, rows: int, hidden_size: int) -> None:
+    def __init__(self, *, rows: int, state_size: int) -> None:
         self.rows = rows
         # The done column gives each row's chain successor (the zero row after an episode's last decision).
         # A ring holds at least one row; a budget of 0 never fills it.
-        columns = {"state": ((hidden_size,), np.dtype(np.float16)), "done": ((), np.dtype(bool))}
+        columns = {"state": ((state_size,), np.dtype(np.float16)), "done": ((), np.dtype(bool))}
         self._ring = ChunkRing(capacity=max(rows, 1), columns=columns)
         self._states = torch.from_numpy(self._ring.columns["state"])  # the ring never reallocates
-        self._batches = BatchMemory(width=hidden_size)
+        self._batches = BatchMemory(width=state_size)
 
     @property
     def held_rows(self) -> int:

@@ -96,7 +96,7 @@ class RedisShard:
         self.name = f"redis shard {index} at {public_url(url)}"
         self.state_dtype = state_dtype
         self.layout = layout
-        self.hidden_size = hidden_size = layout.hidden_size
+        self.state_size = state_size = layout.state_size
         self.capacity = capacity
         self.write_timeout_s = write_timeout_s
         self._ns = namespace
@@ -104,7 +104,7 @@ class RedisShard:
         self._add_script = self._client.register_script(_ADD)
         self._clear_script = self._client.register_script(_CLEAR)
         self._ranges = RangeReader(self._client)
-        self._row_bytes = hidden_size * 2
+        self._row_bytes = state_size * 2
         self._index_ring: ChunkRing | None = None
         self._metas: dict[int, ChunkMeta] = {}
         self._epoch: bytes | None = None
@@ -124,7 +124,7 @@ class RedisShard:
     def _mirror(self) -> StateMirror:
         """Copies of the newest chunks' states, allocated on first use: only samplers fill it."""
         if self._mirror_copy is None:
-            self._mirror_copy = StateMirror(rows=self._mirror_rows, hidden_size=self.hidden_size)
+            self._mirror_copy = StateMirror(rows=self._mirror_rows, state_size=self.state_size)
         return self._mirror_copy
 
     def _key(self, *parts: object) -> str:
@@ -144,8 +144,8 @@ class RedisShard:
             if "LAYOUT" not in str(err):
                 raise
             theirs = json.loads(str(err).split(" ", 1)[1])
-            if theirs["hidden_size"] != self.hidden_size:
-                why = f"holds states of size {theirs['hidden_size']}, these are of size {self.hidden_size}: use the same LM"
+            if theirs["hidden_size"] != self.state_size:
+                why = f"holds states of size {theirs['hidden_size']}, these are of size {self.state_size}: use the same LM"
             else:
                 why = (f"holds records with scorers {theirs['scorers']} and preference size {theirs['preference_dim']}, "
                        f"these have {list(self.layout.scorers)} and {self.layout.preference_dim}: use the same reward config")
@@ -241,7 +241,7 @@ class RedisShard:
         starts = cols["state_offset"][positions] + cols["row"][positions] * self._row_bytes
         rows, ranges = self._ranges.read_rows(self._state_keys(chunk_ids), starts, 2 * self._row_bytes)
         self._check_ranges(chunk_ids, ranges)
-        return positions[ranges.read], torch.from_numpy(rows.view(np.float16)).view(-1, 2, self.hidden_size)
+        return positions[ranges.read], torch.from_numpy(rows.view(np.float16)).view(-1, 2, self.state_size)
 
     def _fill_mirror(self) -> None:
         """Copy into the mirror the indexed chunks it should hold and does not: whole chunks, in pipelined reads."""
@@ -267,7 +267,7 @@ class RedisShard:
         data = np.frombuffer(ranges.buffer, dtype=np.uint8)
         for chunk_id, meta, offset, length in zip(ids, metas, ranges.offsets.tolist(), lengths.tolist()):
             if offset >= 0:  # else evicted since the refresh: its rows are read one by one until the next one drops it
-                states = data[offset: offset + length].view(np.float16).reshape(meta.rows, self.hidden_size)
+                states = data[offset: offset + length].view(np.float16).reshape(meta.rows, self.state_size)
                 self._mirror.add(chunk_id, states, meta.scalars, episode_starts(meta.scalars["episode_id"]))
 
     def gather_episodes(self, indices: np.ndarray) -> Decisions:
@@ -282,7 +282,7 @@ class RedisShard:
         if not ranges.read.all():
             raise ViewOutdated(int(chunk_ids[~ranges.read][0]))
         self._client.incrby(self._key("sampled"), int(lengths.sum()))
-        state = torch.from_numpy(ranges.joined(lengths * self._row_bytes).view(np.float16)).view(-1, self.hidden_size)
+        state = torch.from_numpy(ranges.joined(lengths * self._row_bytes).view(np.float16)).view(-1, self.state_size)
         state = state.to(self.state_dtype)
         next_state = torch.zeros_like(state)
         next_state[:-1] = state[1:]

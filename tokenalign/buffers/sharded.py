@@ -59,7 +59,7 @@ class ShardedReplayBuffer:
         self._down: set[int] = set()
         self._counters_seen = [ShardCounters() for _ in self.shards]
         self._write_skip_until: dict[int, float] = {}
-        self._batches = BatchMemory(width=layout.hidden_size)
+        self._batches = BatchMemory(width=layout.state_size)
         self._readers = ThreadPoolExecutor(max_workers=len(self.shards), thread_name_prefix="shard-reader")
 
     # -- writers ---------------------------------------------------------------------------------------------

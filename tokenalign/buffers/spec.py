@@ -26,7 +26,7 @@ class BufferSpec:
     data_mode: str
     """"replay" opens a ShardedReplayBuffer (SAC); "on_policy" an EpisodeQueue (PPO, RLOO)."""
     layout: RecordLayout
-    """What every record batch holds (hidden size, scorer names, preference size); each must match it."""
+    """What every record batch holds (state size, scorer names, preference size); each must match it."""
     config: BufferConfig
     """The buffer section of the run config."""
     redis_urls: tuple[str, ...] = ()

@@ -16,7 +16,7 @@ if TYPE_CHECKING:  # imported when a preference is given, so the unconditioned e
     from tokenalign.objectives.normalizer import EpisodeNormalizer
 
 _MAX_PROMPT_DRAWS = 100
-ENV_ARGUMENTS = ("model", "prompts", "scorers", "sampling", "max_new_tokens", "candidate_block", "device",
+ENV_ARGUMENTS = ("model", "prompts", "scorers", "sampling", "max_new_tokens", "candidate_block", "candidate_state", "device",
                  "render_mode", "preference", "max_decisions")
 
 
@@ -54,11 +54,11 @@ def check_options(options: dict[str, Any] | None) -> None:
         raise ValueError(f"unknown reset option(s) {unknown}; the env takes {list(RESET_OPTIONS)}")
 
 
-def observation_space(hidden_size: int, preference_dim: int) -> gym.spaces.Box:
-    """Box of [hidden state ; π_ref accept logit ; w]: the hidden state unbounded, the logit within
+def observation_space(state_size: int, preference_dim: int) -> gym.spaces.Box:
+    """Box of [candidate state ; π_ref accept logit ; w]: the state unbounded, the logit within
     ±BASE_LOGIT_BOUND, each weight of w in [0, 1] (w absent when dim 0)."""
-    low = np.concatenate([np.full(hidden_size, -np.inf), [-BASE_LOGIT_BOUND], np.zeros(preference_dim)])
-    high = np.concatenate([np.full(hidden_size, np.inf), [BASE_LOGIT_BOUND], np.ones(preference_dim)])
+    low = np.concatenate([np.full(state_size, -np.inf), [-BASE_LOGIT_BOUND], np.zeros(preference_dim)])
+    high = np.concatenate([np.full(state_size, np.inf), [BASE_LOGIT_BOUND], np.ones(preference_dim)])
     low, high = low.astype(np.float32), high.astype(np.float32)
     return gym.spaces.Box(low, high, dtype=np.float32)
 
@@ -98,12 +98,19 @@ class AcceptRejectEnv(gym.Env):
     that a learner can measure the KL of its text to the LLM's, a sum of Bernoulli KLs to π_ref.
 
     ## Observation Space
-    `Box(low, high, (hidden_size + 1,), float32)`: `[h ; l_ref]`, the LLM's last-layer hidden state h at
-    the last position of context + candidate (what the LLM "thinks" right after the candidate,
-    unbounded), then π_ref's accept logit l_ref = log q_i − log Σ_{j>i} q_j of the candidate (within ±30).
+    `Box(low, high, (S + 1,), float32)`: `[s ; l_ref]`, the candidate's state s (unbounded), then π_ref's
+    accept logit l_ref = log q_i − log Σ_{j>i} q_j of the candidate (within ±30). What s is depends on
+    `candidate_state` (`env.engine.state_size` is S):
+    - `"lookahead"` (MARA's): S = H, the LLM's last-layer hidden state at the last position of context +
+      candidate (what the LLM "thinks" right after the candidate). Each candidate looked at costs the LLM
+      one query token.
+    - `"context"`: S = 2H + 2, `[h_t ; e_c ; log q_c ; log(1 + rank)]`: the context's last hidden state and
+      the candidate's output embedding (its LM-head row), each scaled to unit root-mean-square, the
+      candidate's warped log-probability and its rank (0 = first shown). All of it comes from the forward
+      that gave the step's logits: one LLM forward per emitted token, like sampling.
     After the episode ends the observation is all zeros.
 
-    With `preference`, `Box(low, high, (hidden_size + 1 + P,), float32)`: `[h ; l_ref ; w]`, the episode's
+    With `preference`, `Box(low, high, (S + 1 + P,), float32)`: `[s ; l_ref ; w]`, the episode's
     preference weights w (P = number of scorers, each in [0, 1], summing to 1) appended, as a RiC
     preference-conditioned agent sees them. After the episode ends the first part is zeros and w stays:
     `[0, …, 0 ; w]`.
@@ -151,7 +158,8 @@ class AcceptRejectEnv(gym.Env):
       `ScorerConfig`s or dicts); default: the demo's 2:1 VADER / profanity.
     - `sampling`: `SamplingConfig` or dict (top_k 40, top_p 0.95, temperature 0.8, order).
     - `max_new_tokens`: episode length cap in tokens (default 32).
-    - `candidate_block`: candidates whose states are computed per forward (0 = all).
+    - `candidate_block`: lookahead mode, candidates whose states are computed per forward (0 = all).
+    - `candidate_state`: `"lookahead"` (default, MARA's) or `"context"` (see Observation Space).
     - `device`: torch device of the LLM.
     - `render_mode`: `"ansi"` returns the prompt and text so far (any other mode is a TypeError).
     - `max_decisions`: truncate (and score) after this many decisions (default None: no limit).
@@ -177,6 +185,7 @@ class AcceptRejectEnv(gym.Env):
         sampling: SamplingConfig | dict[str, Any] | None = None,
         max_new_tokens: int = 32,
         candidate_block: int = 8,
+        candidate_state: str = "lookahead",
         device: str = "cpu",
         render_mode: str | None = None,
         preference: Sequence[float] | None = None,
@@ -188,7 +197,8 @@ class AcceptRejectEnv(gym.Env):
                 raise TypeError(f"unknown AcceptRejectEnv argument(s) {unknown} in its config dict; the arguments "
                                 f"are {list(ENV_ARGUMENTS)}")
             self.__init__(**{**dict(model=model, prompts=prompts, scorers=scorers, sampling=sampling,
-                                    max_new_tokens=max_new_tokens, candidate_block=candidate_block, device=device,
+                                    max_new_tokens=max_new_tokens, candidate_block=candidate_block,
+                                    candidate_state=candidate_state, device=device,
                                     render_mode=render_mode, preference=preference, max_decisions=max_decisions),
                              **config})
             return
@@ -197,14 +207,15 @@ class AcceptRejectEnv(gym.Env):
             raise ValueError(f"max_decisions must be a positive int or None, got {max_decisions!r}")
         self.max_decisions = max_decisions
         self.task = DecodingTask.build(model=model, prompts=prompts, scorers=scorers, sampling=sampling,
-                                       max_new_tokens=max_new_tokens, candidate_block=candidate_block, device=device)
+                                       max_new_tokens=max_new_tokens, candidate_block=candidate_block,
+                                       candidate_state=candidate_state, device=device)
         self.engine = self.task.engine
         self.render_mode = render_mode
         self.scorer_names = [t.scorer.name for t in self.task.combiner.terms]
         self.preference = None if preference is None else check_preference(preference, self.scorer_names)
         self.preference_dim = 0 if self.preference is None else len(self.scorer_names)
         self.preference_normalizer = new_normalizer(self.preference_dim) if self.preference_dim else None
-        self.observation_space = observation_space(self.task.hidden_size, self.preference_dim)
+        self.observation_space = observation_space(self.task.state_size, self.preference_dim)
         self.action_space = gym.spaces.Discrete(2)
         self._batch = None
         self._prompt: Prompt | None = None
@@ -273,7 +284,7 @@ class AcceptRejectEnv(gym.Env):
 
     def _observation(self) -> np.ndarray:
         if bool(self._batch.done[0]):
-            obs = np.zeros(self.task.hidden_size + 1, dtype=np.float32)
+            obs = np.zeros(self.task.state_size + 1, dtype=np.float32)
         else:
             obs = self.engine.observe(self._batch)[0].cpu().numpy().astype(np.float32)
         if self._w is None:

@@ -1,5 +1,5 @@
-"""The decoding engine's batch state: what B sequences being decoded hold (`DecodeBatch`), what the host
-knows of them after a settle round (`StepStatus`), and the agent's observation of a candidate.
+"""The decoding engine's batch state: what B sequences being decoded hold (`DecodeBatch`) and what the host
+knows of them after a settle round (`StepStatus`).
 
 The engine (`envs/engine.py`) is the only writer of a batch; the faces and the rollout fast path read it.
 """
@@ -48,6 +48,7 @@ class DecodeBatch:
     n_new: torch.Tensor  # (B,) emitted token count
     cand: Candidates  # current step's candidates
     cand_slots: torch.Tensor  # (B, K + 1, H) `cand_hidden`, then a scratch column for query slots past a row's candidates
+    context_state: torch.Tensor  # (B, H) the state that gave the current candidates' logits, at unit RMS
     computed: torch.Tensor  # (B,) candidate states available
     cursor: torch.Tensor  # (B,) rank under decision
     commit: torch.Tensor  # (B, C) tokens to commit in the next forward (left-aligned)
@@ -62,7 +63,7 @@ class DecodeBatch:
 
     @property
     def cand_hidden(self) -> torch.Tensor:
-        """(B, K, H) last hidden state of context + candidate, valid for ranks < computed."""
+        """(B, K, H) last hidden state of context + candidate, valid for ranks < computed (lookahead mode)."""
         return self.cand_slots[:, :-1]
 
     @property
@@ -76,9 +77,3 @@ class DecodeBatch:
 
     def response_tokens(self, row: int) -> list[int]:
         return self.tokens[row, : int(self.n_new[row])].tolist()
-
-
-def observation(batch: DecodeBatch, rows: torch.Tensor, ranks: torch.Tensor) -> torch.Tensor:
-    """(N, H + 1) what the agent sees of candidate `ranks[n]` of row `rows[n]`: the LM's last hidden state of
-    context + candidate, then π_ref's accept logit (the agent's accept logit is it plus a learned residual)."""
-    return torch.cat([batch.cand_hidden[rows, ranks], batch.cand.base_logit[rows, ranks].unsqueeze(-1)], dim=-1)

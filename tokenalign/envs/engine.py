@@ -28,12 +28,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from tokenalign.envs.candidate_state import CANDIDATE_STATES, unit_rms
 from tokenalign.envs.candidates import BASE_LOGIT_BOUND, Candidates, SamplingConfig, propose
-from tokenalign.envs.decode_batch import DecodeBatch, StepStatus, observation
+from tokenalign.envs.decode_batch import DecodeBatch, StepStatus
 from tokenalign.envs.kv_cache import SlotCache
 from tokenalign.lm.prompt_ids import prompt_token_ids
 
@@ -49,7 +51,11 @@ class EngineConfig:
     max_new_tokens: int = 512  # MARA train script
     """An episode ends after this many emitted tokens (or at EOS)."""
     candidate_block: int = 8
-    """Candidate states are computed lazily in blocks of this many ranks; 0 computes all at once."""
+    """Lookahead mode: candidate states are computed lazily in blocks of this many ranks; 0 computes all at once."""
+    candidate_state: Literal["lookahead", "context"] = "lookahead"  # MARA: lookahead
+    """What the agent sees of a candidate (`envs/candidate_state.py`): lookahead, the LM's state of context +
+    candidate (a query token per candidate looked at), or context, what the step's one forward returned (the
+    context's state, the candidate's embedding, log q, rank: one LM forward per token, like sampling)."""
 
     def __post_init__(self) -> None:
         for name in ("max_new_tokens", "candidate_block"):
@@ -60,6 +66,8 @@ class EngineConfig:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.candidate_block < 0:
             raise ValueError(f"candidate_block must be >= 0 (0 = all candidates at once), got {self.candidate_block}")
+        if self.candidate_state not in CANDIDATE_STATES:
+            raise ValueError(f"candidate_state is {self.candidate_state!r}; choose one of {', '.join(CANDIDATE_STATES)}")
 
 
 class DecodingEngine:
@@ -82,6 +90,9 @@ class DecodingEngine:
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
         self.hidden_size = int(model.config.hidden_size)
+        self.mode = CANDIDATE_STATES[config.candidate_state]
+        self.state_size = self.mode.state_size(self.hidden_size)
+        """Features of a candidate state (what agents read beside π_ref's accept logit)."""
         self.vocab_size = int(self.lm_head.weight.shape[0])
         self.k = min(config.sampling.top_k, self.vocab_size)
         self.block = self.k if config.candidate_block == 0 else min(config.candidate_block, self.k)
@@ -123,7 +134,8 @@ class DecodingEngine:
                 count=torch.zeros(b, dtype=torch.long, device=dev),
                 base_logit=torch.full((b, self.k), -BASE_LOGIT_BOUND, device=dev),
             ),
-            cand_slots=torch.zeros(b, self.k + 1, self.hidden_size, device=dev),
+            cand_slots=torch.zeros(b, self.k + 1 if self.mode.queries else 1, self.hidden_size, device=dev),
+            context_state=torch.zeros(b, self.hidden_size, device=dev),
             computed=torch.zeros(b, dtype=torch.long, device=dev),
             cursor=torch.zeros(b, dtype=torch.long, device=dev),
             commit=torch.zeros(b, 0, dtype=torch.long, device=dev),
@@ -182,7 +194,7 @@ class DecodingEngine:
         """Drop the rows not in `keep` (bool (B,)) from the batch, cache included."""
         index = keep.nonzero(as_tuple=True)[0]
         batch.cache.batch_select_indices(index)
-        for name in ("attn", "n_real", "tokens", "n_new", "cand_slots", "computed", "cursor", "commit",
+        for name in ("attn", "n_real", "tokens", "n_new", "cand_slots", "context_state", "computed", "cursor", "commit",
                      "commit_valid", "needs_logits", "done", "row_ids"):
             setattr(batch, name, getattr(batch, name)[index])
         if batch.token_hidden is not None:
@@ -191,10 +203,20 @@ class DecodingEngine:
 
     # --------------------------------------------------------------------------------------- decisions
     def observe(self, batch: DecodeBatch) -> torch.Tensor:
-        """(B, H + 1) observation of the candidate under decision in every row (meaningful where `awaiting`):
-        its last hidden state and π_ref's accept logit (`observation`)."""
+        """(B, state_size + 1) observation of the candidate under decision in every row (meaningful where
+        `awaiting`): its state and π_ref's accept logit (`observation`)."""
         rows = torch.arange(batch.size, device=self.device)
-        return observation(batch, rows, batch.cursor.clamp(max=self.k - 1))
+        return self.observation(batch, rows, batch.cursor.clamp(max=self.k - 1))
+
+    def candidate_states(self, batch: DecodeBatch, rows: torch.Tensor, ranks: torch.Tensor) -> torch.Tensor:
+        """(..., state_size) states of candidate `ranks[...]` of row `rows[...]`, as the mode makes them."""
+        return self.mode.states(batch, rows, ranks, output_embeddings=self.lm_head.weight)
+
+    def observation(self, batch: DecodeBatch, rows: torch.Tensor, ranks: torch.Tensor) -> torch.Tensor:
+        """(..., state_size + 1) what the agent sees of candidate `ranks[...]` of row `rows[...]`: the candidate's
+        state, then π_ref's accept logit (the agent's accept logit is it plus a learned residual)."""
+        return torch.cat([self.candidate_states(batch, rows, ranks), batch.cand.base_logit[rows, ranks].unsqueeze(-1)],
+                         dim=-1)
 
     def apply(self, batch: DecodeBatch, action: torch.Tensor) -> torch.Tensor:
         """Apply one decision per awaiting row (1 = accept) and settle. Returns (B,) rows whose step ended:
@@ -208,7 +230,8 @@ class DecodingEngine:
         return ends_step
 
     def emit(self, batch: DecodeBatch, rows: torch.Tensor, rank: torch.Tensor) -> None:
-        """Emit candidate `rank` in each row of the bool mask `rows`; its hidden state gives the next logits.
+        """Emit candidate `rank` in each row of the bool mask `rows`. In lookahead mode its hidden state gives the
+        next logits at once; in context mode the next forward, which commits the token, gives them.
 
         On an accelerator every row is computed and the result kept where `rows` says: reading which rows
         emit would cost a sync, and most live rows emit at every step. On a CPU, where a host read is free
@@ -217,31 +240,42 @@ class DecodingEngine:
         emits = rows[index]
         rank = rank[index].clamp(0, self.k - 1)
         token = batch.cand.token_ids[index, rank]
-        chosen = batch.cand_hidden[index, rank]
         slot = batch.n_new[index].clamp(max=self.config.max_new_tokens - 1)
         batch.tokens[index, slot] = torch.where(emits, token, batch.tokens[index, slot])
         n_new = batch.n_new[index] + emits.long()
         batch.n_new[index] = n_new
-        if batch.token_hidden is not None:
-            batch.token_hidden[index, n_new] = torch.where(emits.unsqueeze(1), chosen, batch.token_hidden[index, n_new])
         finished = n_new >= self.config.max_new_tokens
         if self.eos_token_id is not None:
             finished = finished | (token == self.eos_token_id)
         finished = emits & finished
         batch.done[index] = batch.done[index] | finished
         going = emits & ~finished
-        self._set_candidates(batch, index, going, self.next_token_logits(chosen))
+        if self.mode.queries:
+            chosen = batch.cand_hidden[index, rank]
+            if batch.token_hidden is not None:
+                batch.token_hidden[index, n_new] = torch.where(emits.unsqueeze(1), chosen,
+                                                               batch.token_hidden[index, n_new])
+            self._set_candidates(batch, index, going, chosen)
+        else:
+            # The next forward commits the token and gives the next logits. Score heads read the state after
+            # every token, so with kept token states a finishing token is committed too.
+            if batch.token_hidden is not None:
+                going = emits
+            batch.needs_logits[index] = batch.needs_logits[index] | going
         self._ensure_commit_width(batch, 1)
         batch.commit[index, 0] = torch.where(going, token, batch.commit[index, 0])
         batch.commit_valid[index, 0] = batch.commit_valid[index, 0] | going
 
     # ---------------------------------------------------------------------------------------- forwards
-    def settle(self, batch: DecodeBatch) -> StepStatus:
+    def settle(self, batch: DecodeBatch, *, defer_forward: bool = False) -> StepStatus:
         """Run forwards until every live row awaits a decision; the last candidate left emits on its own.
 
         THE all-rejected rule, the one every face and mode shares: a candidate that is the last one left
         (a single survivor, or the last after every other was rejected) is emitted without a decision.
         π(last) = ∏_{j<last}(1 − p_j) then follows from the decisions alone, and π_ref reproduces q.
+        `defer_forward`: while some row awaits a decision, a forward other rows need waits for it, so that
+        rows that emit one step apart (one forced, one decided) share the next forward: the rollout fast
+        path, which decides every awaiting row at once, keeps context mode at one forward per token step.
         Returns (and keeps in `batch.status`) the status read after the last round.
         """
         while True:
@@ -249,7 +283,7 @@ class DecodingEngine:
             if status.last_left:
                 self.forced_rounds += 1
                 self.emit(batch, self._last_left(batch), batch.cursor)
-            elif status.forward:
+            elif status.forward and not (defer_forward and status.window > 0):
                 self._forward(batch, status)
             else:
                 return status
@@ -322,12 +356,15 @@ class DecodingEngine:
             batch.attn = torch.cat([batch.attn, commit_valid], dim=1)
             batch.n_real += n_commit
             if status.fresh:  # rows that just committed their prompt take their first candidates from it
+                # (and in context mode rows that just committed their last token take their next ones)
                 fresh = batch.needs_logits
-                last_commit = hidden[torch.arange(b, device=self.device), (n_commit - 1).clamp(min=0)]
-                self._set_candidates(batch, torch.arange(b, device=self.device), fresh,
-                                     self.next_token_logits(last_commit))
+                every = torch.arange(b, device=self.device)
+                last_commit = hidden[every, (n_commit - 1).clamp(min=0)]
+                self._set_candidates(batch, every, fresh, last_commit)
                 if batch.token_hidden is not None:
-                    batch.token_hidden[:, 0] = torch.where(fresh.unsqueeze(1), last_commit, batch.token_hidden[:, 0])
+                    at = batch.n_new.clamp(max=self.config.max_new_tokens)
+                    batch.token_hidden[every, at] = torch.where(fresh.unsqueeze(1), last_commit,
+                                                                batch.token_hidden[every, at])
                 batch.needs_logits = batch.needs_logits & ~fresh
             batch.commit_valid[:] = False
         if q:
@@ -360,10 +397,13 @@ class DecodingEngine:
             logits = torch.tanh(logits / self._softcap) * self._softcap
         return logits
 
-    def _set_candidates(self, batch: DecodeBatch, index: torch.Tensor, rows: torch.Tensor, logits: torch.Tensor) -> None:
-        """New candidates from `logits` (one row per entry of `index`) where the bool mask `rows` says."""
-        batch.cand.assign_where(index, rows, propose(logits, self.config.sampling))
-        batch.computed[index] = torch.where(rows, 0, batch.computed[index])
+    def _set_candidates(self, batch: DecodeBatch, index: torch.Tensor, rows: torch.Tensor, hidden: torch.Tensor) -> None:
+        """New candidates from the last hidden states `hidden` (one row per entry of `index`) where the bool mask
+        `rows` says. Lookahead states are computed by later forwards; context states are all known at once."""
+        batch.cand.assign_where(index, rows, propose(self.next_token_logits(hidden), self.config.sampling))
+        batch.context_state[index] = torch.where(rows.unsqueeze(1), unit_rms(hidden), batch.context_state[index])
+        computed = 0 if self.mode.queries else batch.cand.count[index]
+        batch.computed[index] = torch.where(rows, computed, batch.computed[index])
         batch.cursor[index] = torch.where(rows, 0, batch.cursor[index])
 
     def _ensure_commit_width(self, batch: DecodeBatch, width: int) -> None:

@@ -1,9 +1,12 @@
 """The rollout fast path: a policy decides whole blocks of candidates per forward, for many sequences.
 
 The Gymnasium faces hand one decision at a time to an outside agent. Rollout actors own the agent, so
-they evaluate it on every computed candidate of every row at once, sample all actions of the block in
-one draw, and let the first accept of each row decide: the decisions taken are exactly those the
-one-at-a-time faces would take given the same actions (tests replay them to prove it).
+they evaluate it on every computed candidate of every row at once (in context mode: every candidate of the
+step, in one agent call) and draw each row's emitted rank once, from the chain's emission distribution
+π(i) = p_i·∏_{j<i}(1 − p_j) over the block (no accept in it: ∏(1 − p_j)). That is the distribution of
+sequential decisions; the decisions recorded are the chain the draw implies (rejections before the
+emitted rank, the accept at it), exactly those the one-at-a-time faces would take given the same actions
+(tests replay them to prove it).
 """
 from __future__ import annotations
 
@@ -17,7 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from tokenalign.envs.candidates import BASE_LOGIT_BOUND
-from tokenalign.envs.decode_batch import DecodeBatch, observation
+from tokenalign.envs.decode_batch import DecodeBatch
+from tokenalign.envs.emission import draw_first_accept
 from tokenalign.envs.engine import DecodingEngine
 from tokenalign.rewards.shaping import ShapingConfig, mara_kl_penalties
 
@@ -47,7 +51,7 @@ class Episode:
     response: str
     response_tokens: list[int]
     state: np.ndarray
-    """(n, H) float16 candidate hidden states, one per decision."""
+    """(n, state_size) float16 candidate states, one per decision (`engine.candidate_states`)."""
     action: np.ndarray
     """(n,) int8, 1 = accept."""
     logp: np.ndarray
@@ -108,9 +112,9 @@ class _DecisionLog:
     def add(self, **columns: torch.Tensor) -> None:
         self.parts.append({k: v.detach().to("cpu", non_blocking=True, copy=True) for k, v in columns.items()})
 
-    def per_sequence(self, n: int, hidden_size: int) -> list[dict[str, np.ndarray]]:
+    def per_sequence(self, n: int, state_size: int) -> list[dict[str, np.ndarray]]:
         if not self.parts:
-            empty = {k: np.zeros((0, hidden_size) if k == "state" else 0, t) for k, t in _TYPES.items()}
+            empty = {k: np.zeros((0, state_size) if k == "state" else 0, t) for k, t in _TYPES.items()}
             return [dict(empty) for _ in range(n)]
         if self.device.type == "cuda":
             torch.cuda.current_stream(self.device).synchronize()  # the non-blocking copies above
@@ -162,32 +166,34 @@ def decide_block(
     in_range = awaiting.unsqueeze(1) & (cols < window_end.unsqueeze(1))
     cols = cols.clamp(max=engine.k - 1)
     rows = torch.arange(batch.size, device=engine.device).unsqueeze(1).expand_as(cols)
-    observed = observation(batch, rows, cols)
+    observed = engine.observation(batch, rows, cols)
     if preference is not None:
         observed = torch.cat([observed.to(preference.dtype), preference[batch.row_ids].unsqueeze(1).expand(
             *cols.shape, preference.shape[1])], -1)
     logit = accept_logit(observed.flatten(0, 1)).float().clamp(-BASE_LOGIT_BOUND, BASE_LOGIT_BOUND).view(cols.shape)
     if greedy:
-        action = (logit > 0).long()
+        accepts = (logit > 0) & in_range
     else:
-        u = torch.rand(logit.shape, generator=generator, device=logit.device)
-        action = (u < torch.sigmoid(logit)).long()
-    accepts = action.bool() & in_range
+        accepts = draw_first_accept(logit, in_range, generator=generator)
     has_accept = accepts.any(dim=1)
+    first = cols.gather(1, accepts.int().argmax(dim=1, keepdim=True)).squeeze(1)
     # Without an accept the cursor moves past the block: onto the next block, or onto the last candidate.
-    stop = torch.where(has_accept, cols.gather(1, accepts.int().argmax(dim=1, keepdim=True)).squeeze(1), window_end)
+    stop = torch.where(has_accept, first, window_end)
     if record is not None:
-        _record(record, batch, cols, logit, action, has_accept, stop, in_range, greedy=greedy,
-                shaping=shaping, engine=engine)
+        # The chain the emission implies: rejections before the first accept, the accept at it.
+        action = ((cols == stop.unsqueeze(1)) & has_accept.unsqueeze(1)).long()
+        _record(record, batch, cols, observed[..., :engine.state_size], logit, action, has_accept, stop, in_range,
+                greedy=greedy, shaping=shaping, engine=engine)
     batch.cursor = torch.where(awaiting, stop, batch.cursor)
     engine.emit(batch, awaiting & has_accept, batch.cursor)
-    engine.settle(batch)
+    engine.settle(batch, defer_forward=not engine.mode.queries)
 
 
-def _record(record: _DecisionLog, batch: DecodeBatch, cols: torch.Tensor, logit: torch.Tensor,
+def _record(record: _DecisionLog, batch: DecodeBatch, cols: torch.Tensor, state: torch.Tensor, logit: torch.Tensor,
             action: torch.Tensor, has_accept: torch.Tensor, stop: torch.Tensor, in_range: torch.Tensor, *,
             greedy: bool, shaping: ShapingConfig | None, engine: DecodingEngine) -> None:
-    """Append the block's decisions (B, W) with their KL terms; `taken` marks those up to each row's first accept."""
+    """Append the block's decisions (B, W), with their candidates' `state` (B, W, state_size) and KL terms; `taken`
+    marks those up to each row's first accept."""
     stop_ = stop.unsqueeze(1)
     taken = in_range & (cols <= stop_)
     base = batch.cand.base_logit.gather(1, cols)
@@ -219,7 +225,6 @@ def _record(record: _DecisionLog, batch: DecodeBatch, cols: torch.Tensor, logit:
                                     config=shaping).gather(1, cols)
     token_kl = torch.where(ends_step, step_kl.unsqueeze(1), 0.0)
     # float16 states: clamp first, a bf16/fp32 value beyond float16's range would become inf.
-    state = batch.cand_hidden.gather(1, cols.unsqueeze(-1).expand(*cols.shape, engine.hidden_size))
     half = torch.finfo(torch.float16).max
     record.add(taken=taken, row=batch.row_ids.unsqueeze(1).expand_as(cols), state=state.clamp(-half, half).half(),
                action=action, logp=logp, rank=cols, base_logit=base, log_ratio=log_ratio, decision_kl=kl,
@@ -328,7 +333,7 @@ def generate_episodes(
                     states[int(batch.row_ids[row])] = batch.token_hidden[row, : int(batch.n_new[row]) + 1].half().cpu()
             # Finished rows leave the batch so later forwards only pay for live sequences.
             engine.compact(batch, ~batch.done)
-    decisions = record.per_sequence(len(prompts), engine.hidden_size)
+    decisions = record.per_sequence(len(prompts), engine.state_size)
     return [
         Episode(prompt=prompt, prompt_index=i, response=engine.tokenizer.decode(finished[i], skip_special_tokens=True),
                 response_tokens=finished[i], token_states=states.get(i), **decisions[i])

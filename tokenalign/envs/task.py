@@ -43,6 +43,7 @@ class DecodingTask:
         sampling: SamplingConfig | dict[str, Any] | None = None,
         max_new_tokens: int = 32,
         candidate_block: int = 8,
+        candidate_state: str = "lookahead",
         device: str = "cpu",
         dtype: str = "auto",
     ) -> DecodingTask:
@@ -53,12 +54,14 @@ class DecodingTask:
         if isinstance(sampling, dict):
             sampling = SamplingConfig(**sampling)
         engine = DecodingEngine(model=lm, tokenizer=tokenizer, config=EngineConfig(
-            sampling=sampling or SamplingConfig(), max_new_tokens=max_new_tokens, candidate_block=candidate_block))
+            sampling=sampling or SamplingConfig(), max_new_tokens=max_new_tokens, candidate_block=candidate_block,
+            candidate_state=candidate_state))
         return cls(engine=engine, prompts=_prompt_set(prompts), combiner=RewardCombiner.from_config(_reward_config(scorers)))
 
     @property
-    def hidden_size(self) -> int:
-        return self.engine.hidden_size
+    def state_size(self) -> int:
+        """Features of a candidate state (what the agent reads beside π_ref's accept logit)."""
+        return self.engine.state_size
 
     def score(self, prompts: list[Prompt], responses: list[str], *,
               states: Sequence[ResponseStates] | None = None) -> CombinedScores:

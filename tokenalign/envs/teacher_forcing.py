@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
+from tokenalign.envs.candidate_state import context_states, unit_rms
 from tokenalign.envs.candidates import propose
 from tokenalign.envs.engine import DecodingEngine
 
@@ -91,7 +92,7 @@ def force_responses(engine: DecodingEngine, prompts: Sequence[str],
     tokens = torch.tensor([len(r) for _, r in sequences], dtype=torch.long)
     if not len(seq):
         empty = torch.zeros(0, dtype=torch.long)
-        return ForcedDecisions(state=torch.zeros(0, engine.hidden_size), base_logit=torch.zeros(0), action=empty,
+        return ForcedDecisions(state=torch.zeros(0, engine.state_size), base_logit=torch.zeros(0), action=empty,
                                sequence=empty, token_index=empty, tokens=tokens, uncovered=torch.zeros(b, dtype=torch.long))
     context_end = start[seq] + tok - 1  # the position whose state gives the step's next-token logits
     cand = propose(engine.next_token_logits(hidden[seq, context_end].float()), engine.config.sampling)
@@ -104,8 +105,13 @@ def force_responses(engine: DecodingEngine, prompts: Sequence[str],
     last = torch.where(rank == cand.count - 1, rank - 1, rank)
     decided = covered.unsqueeze(1) & (ranks <= last.unsqueeze(1))
     step, col = decided.nonzero(as_tuple=True)
-    states = (_candidate_states(engine, cache, real, seq[step], context_end[step] + 1, cand.token_ids[step, col])
-              if len(step) else torch.zeros(0, engine.hidden_size, device=dev))
+    if not len(step):
+        states = torch.zeros(0, engine.state_size, device=dev)
+    elif engine.mode.queries:
+        states = _candidate_states(engine, cache, real, seq[step], context_end[step] + 1, cand.token_ids[step, col])
+    else:  # context mode: the state at the context's end, as the engine's forward gave it
+        context = unit_rms(hidden[seq[step], context_end[step]].float())
+        states = context_states(context, engine.lm_head.weight[cand.token_ids[step, col]], cand.logp[step, col], col)
     uncovered = torch.zeros(b, dtype=torch.long).index_add_(0, seq[~covered].cpu(),
                                                              torch.ones(int((~covered).sum()), dtype=torch.long))
     return ForcedDecisions(state=states.float(), base_logit=cand.base_logit[step, col],

@@ -37,7 +37,7 @@ class AcceptRejectVectorEnv(VectorEnv):
     first axis. `info` also holds per-row `emitted`, `rank` and `num_tokens`.
 
     With `preference` (the default w, one weight per scorer) each row is preference-conditioned as
-    `AcceptRejectEnv` is: its observation is `[hidden state ; π_ref accept logit ; w_row]` (`[0, …, 0 ; w_row]` on the step that
+    `AcceptRejectEnv` is: its observation is `[candidate state ; π_ref accept logit ; w_row]` (`[0, …, 0 ; w_row]` on the step that
     ends its episode), its final reward Σ_i w_row,i · z_i, with one running normaliser
     (`preference_normalizer`) over every row's finished episodes (the rows ending on a step are counted
     together, then normalised), and `info["preference"]` is the (num_envs, P) weights. `reset(options=
@@ -61,6 +61,7 @@ class AcceptRejectVectorEnv(VectorEnv):
         sampling: SamplingConfig | dict[str, Any] | None = None,
         max_new_tokens: int = 32,
         candidate_block: int = 8,
+        candidate_state: str = "lookahead",
         device: str = "cpu",
         preference: Sequence[float] | None = None,
         render_mode: str | None = None,
@@ -70,14 +71,15 @@ class AcceptRejectVectorEnv(VectorEnv):
         check_render_mode(render_mode, self.metadata["render_modes"])
         self.render_mode = render_mode
         self.task = DecodingTask.build(model=model, prompts=prompts, scorers=scorers, sampling=sampling,
-                                       max_new_tokens=max_new_tokens, candidate_block=candidate_block, device=device)
+                                       max_new_tokens=max_new_tokens, candidate_block=candidate_block,
+                                       candidate_state=candidate_state, device=device)
         self.engine = self.task.engine
         self.num_envs = num_envs
         self.scorer_names = [t.scorer.name for t in self.task.combiner.terms]
         self.preference = None if preference is None else check_preference(preference, self.scorer_names)
         self.preference_dim = 0 if self.preference is None else len(self.scorer_names)
         self.preference_normalizer = new_normalizer(self.preference_dim) if self.preference_dim else None
-        self.single_observation_space = observation_space(self.task.hidden_size, self.preference_dim)
+        self.single_observation_space = observation_space(self.task.state_size, self.preference_dim)
         self.single_action_space = gym.spaces.Discrete(2)
         self.observation_space = batch_space(self.single_observation_space, num_envs)
         self.action_space = batch_space(self.single_action_space, num_envs)

@@ -1,7 +1,7 @@
 """Find and load a trained agent from a run directory or a checkpoint file.
 
 Accepted files (torch.save, read with weights_only=True so a checkpoint cannot run code):
-  * a policy state, `learner.policy_state()`: {"hidden_size", "widths", "state_dict"};
+  * a policy state, `learner.policy_state()`: {"state_size", "widths", "state_dict"};
   * a learner state, `learner.state_dict()` (its "policy" network and config "widths");
   * a dict holding either under "policy_state" or "learner" (the trainer's learner.pt).
 A run directory resolves through `checkpoints/latest`, the trainer's pointer to its newest
@@ -15,10 +15,10 @@ from typing import Any
 
 import torch
 
-from tokenalign.agents.policy import AcceptRejectPolicy
+from tokenalign.agents.policy import AcceptRejectPolicy, saved_state_size
 from tokenalign.eval.errors import EvalError
 
-_POLICY_KEYS = {"hidden_size", "widths", "state_dict"}
+_POLICY_KEYS = {"widths", "state_dict"}
 CHECKPOINT_FILES = ("policy_state.pt", "learner.pt")
 """What the trainer writes into each checkpoints/step-<updates>/ directory, the agent alone first."""
 
@@ -52,25 +52,26 @@ def run_config(path: str | Path) -> Path | None:
     return None
 
 
-def load_agent(path: str | Path, *, hidden_size: int, device: torch.device | str = "cpu") -> AcceptRejectPolicy:
-    """The agent saved at `path` (run directory or file), in eval mode, for an LM of `hidden_size`."""
+def load_agent(path: str | Path, *, state_size: int, device: torch.device | str = "cpu") -> AcceptRejectPolicy:
+    """The agent saved at `path` (run directory or file), in eval mode, for candidate states of `state_size`
+    (`DecodingEngine.state_size`)."""
     file = find_checkpoint(path)
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:
         raise EvalError(f"{file} is not a readable torch checkpoint ({str(err).splitlines()[0]}); "
                         "pass a file written by torch.save of a policy or learner state") from None
-    policy = AcceptRejectPolicy.from_policy_state(_policy_state(state, file), hidden_size=hidden_size, device=device)
+    policy = AcceptRejectPolicy.from_policy_state(_policy_state(state, file), state_size=state_size, device=device)
     return policy.eval()
 
 
 def _policy_state(state: Any, file: Path) -> dict[str, Any]:
     if isinstance(state, dict):
-        if _POLICY_KEYS <= state.keys():
+        if _POLICY_KEYS <= state.keys() and saved_state_size(state) is not None:
             return state
         networks = state.get("networks")
         if isinstance(networks, dict) and "policy" in networks:
-            return {"parameterisation": state.get("parameterisation"), "hidden_size": state["hidden_size"],
+            return {"parameterisation": state.get("parameterisation"), "state_size": saved_state_size(state),
                     "preference_dim": state.get("preference_dim", 0), "widths": state["config"]["widths"],
                     "state_dict": networks["policy"]}
         for key in ("policy_state", "learner"):

@@ -92,9 +92,10 @@ def run_eval_command(args: argparse.Namespace, config: TrainConfig) -> int:
         prompts = prompts[: args.num_prompts if args.num_prompts is not None else config.run.eval_prompts]
         task = DecodingTask.build(model=config.lm.path, prompts=prompts, scorers=config.reward,
                                   sampling=config.engine.sampling, max_new_tokens=config.engine.max_new_tokens,
-                                  candidate_block=config.engine.candidate_block, device=device,
+                                  candidate_block=config.engine.candidate_block,
+                                  candidate_state=config.engine.candidate_state, device=device,
                                   dtype=config.lm.dtype)
-        policy = load_agent(checkpoint, hidden_size=task.hidden_size, device=device) if checkpoint else None
+        policy = load_agent(checkpoint, state_size=task.state_size, device=device) if checkpoint else None
         out = Path(args.out) if args.out else _default_out(args.agent, config)
         seed = config.run.seed if args.seed is None else args.seed
         summaries = {}

@@ -122,6 +122,8 @@ def evaluate(
     ]
     summary = summarize(records, mode=label, cost_threshold=cost_threshold, forward_tokens=counter.total,
                         eos_token_id=engine.eos_token_id, seed=seed)
+    if mode in AGENT_MODES:  # what the agent's compute (lm_forward_tokens_per_token) was spent on
+        summary["candidate_state"] = engine.config.candidate_state
     if mode == "best-of-n":  # the analytic bound on best-of-N's KL to the base LM (Stiennon et al. 2020)
         summary["kl_per_response_bound"] = float(np.log(n) - (n - 1) / n)
     return EvalResult(label=label, records=records, summary=summary)
@@ -166,9 +168,10 @@ def _check_arguments(task: DecodingTask, mode: str, prompts: Sequence[Prompt], *
     if mode in AGENT_MODES:
         if policy is None:
             raise EvalError(f"mode {mode!r} decodes with an agent: pass policy= (e.g. load_agent(run_dir, ...))")
-        agent_size = getattr(policy, "hidden_size", task.hidden_size)
-        if agent_size != task.hidden_size:
+        agent_size = getattr(policy, "state_size", task.state_size)
+        if agent_size != task.state_size:
             raise EvalError(
-                f"agent input size {agent_size} does not match the LM's hidden size {task.hidden_size}: the agent "
-                "was trained on another LM; evaluate it with that LM (lm.path) or pass an agent trained on this one"
+                f"agent input size {agent_size} does not match this engine's candidate states of size "
+                f"{task.state_size}: the agent was trained on another LM or candidate_state; evaluate it with its "
+                "run's config (lm.path, engine.candidate_state) or pass an agent trained for this one"
             )

@@ -19,7 +19,7 @@ from typing import Literal
 
 import torch
 
-from tokenalign.envs.decode_batch import DecodeBatch, observation
+from tokenalign.envs.decode_batch import DecodeBatch
 from tokenalign.envs.engine import DecodingEngine
 from tokenalign.envs.rollout import AcceptLogitFn
 
@@ -63,7 +63,7 @@ def proxy_decode(
         # The last candidate is never decided on: it is what an all-rejected step emits.
         window = batch.awaiting.unsqueeze(1) & (ranks < (batch.cand.count - 1).unsqueeze(1))
         rows = torch.arange(batch.size, device=engine.device).unsqueeze(1).expand_as(ranks)
-        logit = accept_logit(observation(batch, rows, ranks).flatten(0, 1)).float().view(ranks.shape)
+        logit = accept_logit(engine.observation(batch, rows, ranks).flatten(0, 1)).float().view(ranks.shape)
         engine.emit(batch, batch.awaiting, _choose(batch, logit, window, strategy, generator))
         if engine.settle(batch).done:
             for row in batch.done.nonzero(as_tuple=True)[0].tolist():

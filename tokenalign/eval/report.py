@@ -85,7 +85,7 @@ def summary_markdown(summary: dict[str, dict[str, Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for mode, s in summary.items():
         lines.append(" | ".join([
-            f"| {mode}", str(s["n"]), _mean_se(s["reward"]), _mean_se(s["cost"]), _mean_se(s.get("cost_success")),
+            f"| {mode}" + (f" ({s['candidate_state']})" if "candidate_state" in s else ""), str(s["n"]), _mean_se(s["reward"]), _mean_se(s["cost"]), _mean_se(s.get("cost_success")),
             _kl(s), _mean_se(s.get("length"), 1), _mean_se(s.get("perplexity"), 1), _number(s.get("distinct_2"), ".3f"),
             _number(s.get("lm_forward_tokens_per_token"), ".1f"), _number(s.get("seconds_per_token"), ".2e"),
         ]) + " |")

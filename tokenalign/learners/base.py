@@ -19,7 +19,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import nn
 
-from tokenalign.agents.policy import PARAMETERISATION, AcceptRejectPolicy, check_parameterisation
+from tokenalign.agents.policy import PARAMETERISATION, AcceptRejectPolicy, check_parameterisation, saved_state_size
 from tokenalign.buffers.batches import Transitions
 from tokenalign.learners.kl import KLConfig, KLController, decision_kl, kl_per_response, reference_log_probs
 
@@ -98,15 +98,15 @@ class Learner(abc.ABC):
         """What this learner, with `config`, needs from the runtime."""
 
     def __init__(
-        self, *, hidden_size: int, config: Any, device: torch.device | str = "cpu", preference_dim: int = 0,
+        self, *, state_size: int, config: Any, device: torch.device | str = "cpu", preference_dim: int = 0,
         seed: int = 0,
     ) -> None:
         """`seed`: of network initialisation and minibatch shuffling (a run's run.seed)."""
-        if hidden_size <= 0:
-            raise ValueError(f"hidden_size must be the LM's positive hidden size, got {hidden_size}")
+        if state_size <= 0:
+            raise ValueError(f"state_size must be the positive size of a candidate state, got {state_size}")
         if preference_dim < 0:
             raise ValueError(f"preference_dim must be ≥ 0, got {preference_dim}")
-        self.hidden_size = hidden_size
+        self.state_size = state_size
         self.preference_dim = preference_dim
         self.config = config
         self.device = torch.device(device)
@@ -138,7 +138,7 @@ class Learner(abc.ABC):
         """Restore what `extra_state` returned."""
 
     def policy_state(self) -> dict[str, Any]:
-        """What rollout actors need: `{"hidden_size", "widths", "state_dict"}` with CPU tensors."""
+        """What rollout actors need: `{"state_size", "widths", "state_dict"}` with CPU tensors."""
         return self.policy.policy_state()
 
     def state_dict(self) -> dict[str, Any]:
@@ -146,7 +146,7 @@ class Learner(abc.ABC):
         return {
             "learner": self.name,
             "parameterisation": PARAMETERISATION,
-            "hidden_size": self.hidden_size,
+            "state_size": self.state_size,
             "preference_dim": self.preference_dim,
             "config": dataclasses.asdict(self.config),
             "networks": {name: net.state_dict() for name, net in self.networks().items()},
@@ -158,16 +158,16 @@ class Learner(abc.ABC):
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a `state_dict()`; refuses one of another algorithm, LM hidden size or network shape."""
+        """Restore a `state_dict()`; refuses one of another algorithm, state size or network shape."""
         if state.get("learner") != self.name:
             raise ValueError(
                 f"checkpoint holds learner {state.get('learner')!r}, this is {self.name!r}: "
                 f"resume with learner name {state.get('learner')!r}"
             )
         check_parameterisation(state)
-        if state["hidden_size"] != self.hidden_size:
+        if saved_state_size(state) != self.state_size:
             raise ValueError(
-                f"checkpoint agent has input size {state['hidden_size']}, the LM's hidden size is {self.hidden_size}: "
+                f"checkpoint agent has input size {saved_state_size(state)}, this learner's states have size {self.state_size}: "
                 "the checkpoint was trained on another LM"
             )
         if state.get("preference_dim", 0) != self.preference_dim:
@@ -206,10 +206,10 @@ class Learner(abc.ABC):
         `next_state` (what every network reads), or one ValueError saying why it cannot be trained on."""
         if len(batch) == 0:
             raise ValueError(f"{self.name}: empty batch; the trainer must pass at least one decision")
-        if batch.state.shape[-1] != self.hidden_size:
+        if batch.state.shape[-1] != self.state_size:
             raise ValueError(
                 f"{self.name}: batch states have size {batch.state.shape[-1]}, the agent's input size is "
-                f"{self.hidden_size}: the rollout LM differs from the one this learner was built for"
+                f"{self.state_size}: the rollout LM differs from the one this learner was built for"
             )
         batch = batch.to(self.device)
         state = [batch.state, batch.base_logit.unsqueeze(-1)]

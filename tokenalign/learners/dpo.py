@@ -88,14 +88,14 @@ class DPO(Learner):
     def contract(cls, config: DPOConfig) -> LearnerContract:
         return LearnerContract(data_mode="pairs", gamma=1.0, batch_size=config.batch_size)
 
-    def __init__(self, *, hidden_size: int, config: DPOConfig, device: torch.device | str = "cpu",
+    def __init__(self, *, state_size: int, config: DPOConfig, device: torch.device | str = "cpu",
                  preference_dim: int = 0, seed: int = 0) -> None:
-        super().__init__(hidden_size=hidden_size, config=config, device=device, preference_dim=preference_dim,
+        super().__init__(state_size=state_size, config=config, device=device, preference_dim=preference_dim,
                          seed=seed)
         if preference_dim:
             raise ValueError("dpo learns one agent from pairs; a preference-conditioned objective has no pairs to give")
         with seeded(seed):
-            self.policy = AcceptRejectPolicy(hidden_size=hidden_size, widths=config.widths).to(self.device)
+            self.policy = AcceptRejectPolicy(state_size=state_size, widths=config.widths).to(self.device)
         self.ema = copy.deepcopy(self.policy).requires_grad_(False)
         self.optimizer = adam(self.policy.parameters(), lr=config.lr)
 

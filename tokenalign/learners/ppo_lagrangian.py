@@ -44,11 +44,11 @@ class PPOLagrangianLearner(PPOLearner):
     signals = ("reward", "cost")
 
     def __init__(
-        self, *, hidden_size: int, config: PPOLagrangianConfig | None = None, device: torch.device | str = "cpu",
+        self, *, state_size: int, config: PPOLagrangianConfig | None = None, device: torch.device | str = "cpu",
         preference_dim: int = 0, seed: int = 0,
     ) -> None:
         config = config or PPOLagrangianConfig()
-        super().__init__(hidden_size=hidden_size, config=config, device=device, preference_dim=preference_dim,
+        super().__init__(state_size=state_size, config=config, device=device, preference_dim=preference_dim,
                          seed=seed)
         self.multiplier = LagrangeMultiplier(config=config)
         self.cost_window = CostWindow(size=config.episode_cost_window_size)

@@ -29,13 +29,13 @@ def config_class(name: str) -> type:
 
 
 def make_learner(
-    name: str, *, hidden_size: int, config: Any = None, device: torch.device | str = "cpu", preference_dim: int = 0,
+    name: str, *, state_size: int, config: Any = None, device: torch.device | str = "cpu", preference_dim: int = 0,
     seed: int = 0,
 ) -> Learner:
-    """Build learner `name` for an LM of `hidden_size` (agents conditioned on `preference_dim` weights) on `device`,
+    """Build learner `name` for candidate states of `state_size` (agents conditioned on `preference_dim` weights) on `device`,
     with `config`, an instance of its config dataclass (None: the defaults), networks and shuffling seeded by `seed`."""
     cls, config_cls = LEARNERS.lookup(name)
     config = config_cls() if config is None else config
     if type(config) is not config_cls:
         raise TypeError(f"learner {name!r} takes a {config_cls.__name__}, got {type(config).__name__}")
-    return cls(hidden_size=hidden_size, config=config, device=device, preference_dim=preference_dim, seed=seed)
+    return cls(state_size=state_size, config=config, device=device, preference_dim=preference_dim, seed=seed)

@@ -101,14 +101,14 @@ class RLOOLagrangianLearner(Learner):
                                group_size=config.samples_per_prompt, groups_per_update=config.prompts_per_update)
 
     def __init__(
-        self, *, hidden_size: int, config: RLOOLagrangianConfig | None = None, device: torch.device | str = "cpu",
+        self, *, state_size: int, config: RLOOLagrangianConfig | None = None, device: torch.device | str = "cpu",
         preference_dim: int = 0, seed: int = 0,
     ) -> None:
         config = config or RLOOLagrangianConfig()
-        super().__init__(hidden_size=hidden_size, config=config, device=device, preference_dim=preference_dim,
+        super().__init__(state_size=state_size, config=config, device=device, preference_dim=preference_dim,
                          seed=seed)
         with seeded(seed):
-            self.policy = AcceptRejectPolicy(hidden_size=hidden_size, widths=config.widths,
+            self.policy = AcceptRejectPolicy(state_size=state_size, widths=config.widths,
                                              preference_dim=preference_dim).to(self.device)
         self.actor_optimizer = adam(self.policy.parameters(), lr=config.actor_lr)
         self.multiplier = LagrangeMultiplier(config=config)

@@ -106,13 +106,13 @@ class SACLearner(Learner):
                                learning_starts=config.batch_size * config.learning_starts_factor)
 
     def __init__(
-        self, *, hidden_size: int, config: SACConfig | None = None, device: torch.device | str = "cpu",
+        self, *, state_size: int, config: SACConfig | None = None, device: torch.device | str = "cpu",
         preference_dim: int = 0, seed: int = 0,
     ) -> None:
         config = config or SACConfig()
-        super().__init__(hidden_size=hidden_size, config=config, device=device, preference_dim=preference_dim,
+        super().__init__(state_size=state_size, config=config, device=device, preference_dim=preference_dim,
                          seed=seed)
-        shape = dict(hidden_size=hidden_size, widths=config.widths, preference_dim=preference_dim)
+        shape = dict(state_size=state_size, widths=config.widths, preference_dim=preference_dim)
         with seeded(seed):
             self.policy = AcceptRejectPolicy(**shape).to(self.device)
             self.critic = TwinQCritic(**shape).to(self.device)

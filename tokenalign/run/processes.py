@@ -25,6 +25,7 @@ from tokenalign.cluster import ray_cluster
 from tokenalign.cluster.buffer_servers import launch_buffer
 from tokenalign.cluster.redis_fleet import RedisFleet
 from tokenalign.config import TrainConfig
+from tokenalign.envs.candidate_state import CANDIDATE_STATES
 from tokenalign.lm.loader import resolve_lm_path
 from tokenalign.objectives import make_objective
 
@@ -72,9 +73,10 @@ class RunProcesses:
         """The buffer (its servers in `run_dir`) and the learner actor; the rollout actors come after a restore."""
         cfg = self.config
         hidden_size = int(AutoConfig.from_pretrained(resolve_lm_path(cfg.lm.path), local_files_only=True).hidden_size)
+        state_size = CANDIDATE_STATES[cfg.engine.candidate_state].state_size(hidden_size)
         self.objective = make_objective(cfg.objective, reward=cfg.reward, shaping=cfg.shaping, gamma=self.contract.gamma,
                                         signals=self.contract.signals)
-        layout = RecordLayout(hidden_size=hidden_size, scorers=tuple(s.resolved_name for s in cfg.reward.scorers),
+        layout = RecordLayout(state_size=state_size, scorers=tuple(s.resolved_name for s in cfg.reward.scorers),
                               preference_dim=self.objective.preference_dim)
         self.buffer_spec = None
         if self.contract.data_mode != "pairs":
