@@ -30,7 +30,8 @@ from transformers import DynamicCache
 
 from tokenalign.envs.candidates import SamplingConfig, propose
 from tokenalign.envs.engine import DecodingEngine, EngineConfig
-from tokenalign.envs.rollout import ProbabilityPolicy, generate_episodes
+from tokenalign.envs.policies import ProbabilityPolicy
+from tokenalign.envs.rollout import generate_episodes
 from tokenalign.eval.forward_tokens import ForwardTokenCounter
 from tokenalign.hf import AgentLogitsProcessor
 from tokenalign.lm.loader import load_lm

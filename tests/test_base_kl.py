@@ -10,9 +10,10 @@ import scipy.stats
 import torch
 import torch.nn.functional as F
 
+from tokenalign.agents.chain import reference_accept_logits
 from tokenalign.agents.policy import AcceptRejectPolicy
 from tokenalign.buffers.batches import Transitions
-from tokenalign.envs.candidates import SamplingConfig, propose, reference_accept_logits
+from tokenalign.envs.candidates import SamplingConfig, propose
 from tokenalign.envs.engine import DecodingEngine, EngineConfig
 from tokenalign.envs.rollout import generate_episodes
 from tokenalign.learners import config_class, make_learner

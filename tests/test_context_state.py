@@ -10,12 +10,12 @@ import scipy.stats
 import torch
 from gymnasium.utils.env_checker import check_env
 
+from tokenalign.agents.chain import chain_log_probs, draw_first_accept, emission_log_probs
 from tokenalign.agents.policy import AcceptRejectPolicy
 from tokenalign.buffers.batches import Transitions
 from tokenalign.envs.accept_reject import AcceptRejectEnv
 from tokenalign.envs.candidate_state import unit_rms
 from tokenalign.envs.candidates import SamplingConfig
-from tokenalign.envs.emission import chain_log_probs, draw_first_accept, emission_log_probs
 from tokenalign.envs.engine import DecodingEngine, EngineConfig
 from tokenalign.envs.rollout import generate_episodes
 from tokenalign.envs.teacher_forcing import force_responses

@@ -12,10 +12,10 @@ import torch
 from transformers import LogitsProcessorList
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
+from tokenalign.agents.chain import emission_log_probs
 from tokenalign.agents.policy import AcceptRejectPolicy
 from tokenalign.config import load_config, save_config
 from tokenalign.envs.candidates import SamplingConfig
-from tokenalign.envs.emission import emission_log_probs
 from tokenalign.envs.engine import DecodingEngine, EngineConfig
 from tokenalign.hf import AgentLogitsProcessor
 from tokenalign.run.checkpoints import write_checkpoint

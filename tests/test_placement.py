@@ -9,7 +9,7 @@ from tokenalign.actors.rollout_actor import actor_device
 from tokenalign.agents.policy import AcceptRejectPolicy
 from tokenalign.config import load_config
 from tokenalign.core.parsing import ConfigError
-from tokenalign.envs.rollout import on_device
+from tokenalign.envs.policies import on_device
 from tokenalign.lm.loader import load_lm, resolve_dtype
 
 

@@ -47,7 +47,7 @@ def test_a_conditioned_agent_learns_an_optimum_that_flips_with_w(name, updates, 
 
 def test_a_conditioned_agent_decodes_with_the_weights_the_user_picks():
     from tokenalign.agents import AcceptRejectPolicy
-    from tokenalign.envs.rollout import conditioned
+    from tokenalign.envs.policies import conditioned
 
     torch.manual_seed(0)
     agent = AcceptRejectPolicy(state_size=HIDDEN, widths=(8,), preference_dim=2).eval()

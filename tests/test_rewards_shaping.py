@@ -75,7 +75,7 @@ def test_no_token_reward_and_config_validation():
 def test_maras_penalty_is_not_a_kl():
     """π_ref, the accept/reject policy that decodes exactly as base sampling, has KL 0 to the base LM; MARA's
     penalty charges it anyway, and less than it charges a policy that always emits the top candidate."""
-    from tokenalign.envs.candidates import reference_accept_logits
+    from tokenalign.agents.chain import reference_accept_logits
 
     logq = torch.log_softmax(torch.tensor([[2.0, 1.0, 0.5, 0.0, -1.0]]), -1)
     mask = torch.ones(1, 5, dtype=torch.bool)

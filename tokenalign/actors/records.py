@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 
 from tokenalign.buffers.layout import RecordLayout, make_record_batch
-from tokenalign.envs.rollout import Episode
+from tokenalign.envs.episode import Episode
 from tokenalign.rewards.combine import CombinedScores
 
 

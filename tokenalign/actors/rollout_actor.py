@@ -20,13 +20,15 @@ import torch
 
 from tokenalign.actors.records import episodes_to_records
 from tokenalign.actors.weights import fetch_if_newer
-from tokenalign.agents.policy import AcceptRejectPolicy
+from tokenalign.agents.loading import policy_from_state
 from tokenalign.buffers.layout import RecordLayout
 from tokenalign.buffers.spec import BufferSpec
 from tokenalign.config import TrainConfig
 from tokenalign.data.prompts import load_prompts
 from tokenalign.envs.engine import DecodingEngine
-from tokenalign.envs.rollout import Episode, conditioned, generate_episodes
+from tokenalign.envs.episode import Episode
+from tokenalign.envs.policies import AcceptPolicy, conditioned
+from tokenalign.envs.rollout import generate_episodes
 from tokenalign.envs.task import DecodingTask
 from tokenalign.heads.states import ResponseStates, response_length
 from tokenalign.lm.loader import load_lm
@@ -106,7 +108,7 @@ class RolloutActor:
         self.buffer = buffer_spec.connect()
         self.weights = weights
         self.version = -1
-        self.policy: AcceptRejectPolicy | None = None
+        self.policy: AcceptPolicy | None = None
         # Seeded by actor index: a restarted actor replays its stream from the start, which is harmless
         # (its prompts come from the driver) and keeps runs reproducible.
         self.generator = torch.Generator(device=self.device).manual_seed(config.run.seed * 1000 + index)
@@ -120,7 +122,7 @@ class RolloutActor:
     def _sync_weights(self) -> None:
         version, state = fetch_if_newer(self.weights, self.version, timeout_s=self.config.run.remote_timeout_s)
         if state is not None:
-            self.policy = AcceptRejectPolicy.from_policy_state(state, state_size=self.task.state_size).to(self.device)
+            self.policy = policy_from_state(state, state_size=self.task.state_size, device=self.device)
             if self.policy.preference_dim != self.layout.preference_dim:
                 raise RuntimeError(f"the published agent is conditioned on {self.policy.preference_dim} preference "
                                    f"weights, this run's records on {self.layout.preference_dim}")
@@ -183,7 +185,7 @@ class RolloutActor:
                             seed=seed)
 
 
-def sample_generations(task: DecodingTask, policy: AcceptRejectPolicy, prompt_indices: list[int], *,
+def sample_generations(task: DecodingTask, policy: AcceptPolicy, prompt_indices: list[int], *,
                        generator: torch.Generator) -> list[dict[str, Any]]:
     """The agent's generations for training prompts `prompt_indices`, with their scores and KL per response
     (a preference-conditioned agent at equal weights)."""

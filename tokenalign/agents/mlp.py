@@ -34,7 +34,7 @@ class ObservationNorm(nn.LayerNorm):
     """What every network makes of an observation [hidden state ; π_ref accept logit ; w].
 
     Hidden-state scales differ wildly between LMs and layers, so a LayerNorm over the hidden state makes
-    one learning rate fit all. π_ref's accept logit (`tokenalign.envs.candidates.reference_accept_logits`)
+    one learning rate fit all. π_ref's accept logit (`tokenalign.agents.chain.reference_accept_logits`)
     follows as one clipped, scaled feature. The conditioning weights w must not be folded into the state's
     statistics, and must not drown in it either: the normalised state has norm √H, so w enters as
     (w − 1/P)·√(H/P), the same total norm for a one-hot w. Fed as raw [0, 1] values beside H unit-variance

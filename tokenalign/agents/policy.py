@@ -29,7 +29,7 @@ class AcceptRejectPolicy(nn.Module):
 
     The observation s is [h ; l_ref (; w)]: the LM's last hidden state h of "context + candidate", π_ref's
     accept logit l_ref (the accept/reject policy that decodes exactly as base sampling,
-    `tokenalign.envs.candidates.reference_accept_logits`) and, for a preference-conditioned agent, the
+    `tokenalign.agents.chain.reference_accept_logits`) and, for a preference-conditioned agent, the
     weights w (RiC). The accept logit is
 
         l(s) = l_ref + f_θ(s),    f_θ = LayerNorm → MLP → 1, its last layer initialised at zero,

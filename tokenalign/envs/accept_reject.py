@@ -8,8 +8,9 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from tokenalign.agents.chain import BASE_LOGIT_BOUND
 from tokenalign.data.prompts import Prompt, prompt_id
-from tokenalign.envs.candidates import BASE_LOGIT_BOUND, SamplingConfig
+from tokenalign.envs.candidates import SamplingConfig
 from tokenalign.envs.task import DecodingTask, ModelArg, ScorersArg
 
 if TYPE_CHECKING:  # imported when a preference is given, so the unconditioned env needs no objectives package

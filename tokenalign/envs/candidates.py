@@ -11,6 +11,8 @@ from typing import Literal
 
 import torch
 
+from tokenalign.agents.chain import reference_accept_logits
+
 CandidateOrder = Literal["prob_desc", "top1_last", "prob_asc"]
 
 
@@ -64,29 +66,6 @@ class Candidates:
         self.logp[index] = torch.where(keep, fresh.logp, self.logp[index])
         self.count[index] = torch.where(rows, fresh.count, self.count[index])
         self.base_logit[index] = torch.where(keep, fresh.base_logit, self.base_logit[index])
-
-
-BASE_LOGIT_BOUND = 30.0
-"""|π_ref accept logits| are clipped here: the last candidate's is +∞ (it takes all the mass left), and
-σ(30) differs from 1 by 1e-13, far below anything a response's probability can resolve."""
-
-
-def reference_accept_logits(logp: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
-    """(B, K) accept logits of π_ref, the accept/reject policy whose emitted token is distributed exactly as q.
-
-    With q_i the warped probabilities in presentation order, π_ref accepts candidate i with probability
-    q_i / (1 − Σ_{j<i} q_j) = q_i / Σ_{j≥i} q_j, so its accept logit is log q_i − log Σ_{j>i} q_j; the
-    first-accept rule then emits candidate i with probability ∏_{j<i}(1 − π_ref_j)·π_ref_i = q_i. The tail
-    sum comes from a reversed log-cumsum-exp, never from 1 − Σ_{j<i} q_j, which cancels catastrophically.
-    """
-    k = logp.shape[-1]
-    suffix = torch.logcumsumexp(logp.flip(-1), dim=-1).flip(-1)  # log Σ_{j≥i} q_j
-    tail = torch.cat([suffix[..., 1:], torch.full_like(suffix[..., :1], float("-inf"))], dim=-1)  # log Σ_{j>i} q_j
-    real = torch.arange(k, device=logp.device) < count.unsqueeze(-1)
-    last = torch.arange(k, device=logp.device) == (count - 1).unsqueeze(-1)
-    logit = torch.where(real & ~last, logp - tail.masked_fill(~real | last, 0.0), 0.0)
-    logit = torch.where(last, BASE_LOGIT_BOUND, logit)
-    return torch.where(real, logit, -BASE_LOGIT_BOUND).clamp(-BASE_LOGIT_BOUND, BASE_LOGIT_BOUND)
 
 
 def propose(logits: torch.Tensor, config: SamplingConfig) -> Candidates:

@@ -33,8 +33,9 @@ from typing import Literal
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from tokenalign.agents.chain import BASE_LOGIT_BOUND
 from tokenalign.envs.candidate_state import CANDIDATE_STATES, unit_rms
-from tokenalign.envs.candidates import BASE_LOGIT_BOUND, Candidates, SamplingConfig, propose
+from tokenalign.envs.candidates import Candidates, SamplingConfig, propose
 from tokenalign.envs.decode_batch import DecodeBatch, StepStatus
 from tokenalign.envs.kv_cache import SlotCache
 from tokenalign.lm.prompt_ids import prompt_token_ids

@@ -15,7 +15,8 @@ from typing import Any
 
 import torch
 
-from tokenalign.agents.policy import AcceptRejectPolicy, saved_state_size
+from tokenalign.agents.loading import policy_from_state
+from tokenalign.agents.policy import saved_state_size
 from tokenalign.eval.errors import EvalError
 
 _POLICY_KEYS = {"widths", "state_dict"}
@@ -52,7 +53,7 @@ def run_config(path: str | Path) -> Path | None:
     return None
 
 
-def load_agent(path: str | Path, *, state_size: int, device: torch.device | str = "cpu") -> AcceptRejectPolicy:
+def load_agent(path: str | Path, *, state_size: int, device: torch.device | str = "cpu") -> torch.nn.Module:
     """The agent saved at `path` (run directory or file), in eval mode, for candidate states of `state_size`
     (`DecodingEngine.state_size`)."""
     file = find_checkpoint(path)
@@ -61,7 +62,7 @@ def load_agent(path: str | Path, *, state_size: int, device: torch.device | str 
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:
         raise EvalError(f"{file} is not a readable torch checkpoint ({str(err).splitlines()[0]}); "
                         "pass a file written by torch.save of a policy or learner state") from None
-    policy = AcceptRejectPolicy.from_policy_state(_policy_state(state, file), state_size=state_size, device=device)
+    policy = policy_from_state(_policy_state(state, file), state_size=state_size, device=device)
     return policy.eval()
 
 

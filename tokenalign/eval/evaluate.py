@@ -29,7 +29,8 @@ import torch
 
 from tokenalign.data.prompts import Prompt
 from tokenalign.envs.engine import DecodingEngine
-from tokenalign.envs.rollout import AcceptPolicy, conditioned, generate_episodes, on_device
+from tokenalign.envs.policies import AcceptPolicy, conditioned, on_device
+from tokenalign.envs.rollout import generate_episodes
 from tokenalign.envs.task import DecodingTask
 from tokenalign.eval.errors import EvalError
 from tokenalign.eval.forward_tokens import ForwardTokenCounter

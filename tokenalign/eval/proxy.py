@@ -21,7 +21,7 @@ import torch
 
 from tokenalign.envs.decode_batch import DecodeBatch
 from tokenalign.envs.engine import DecodingEngine
-from tokenalign.envs.rollout import AcceptLogitFn
+from tokenalign.envs.policies import AcceptLogitFn
 
 Strategy = Literal["top1", "random", "max_prob"]
 STRATEGIES: tuple[str, ...] = ("top1", "random", "max_prob")

@@ -12,7 +12,7 @@ from typing import Any
 
 from tokenalign.config import TrainConfig
 from tokenalign.data.prompts import load_prompts
-from tokenalign.envs.rollout import AcceptPolicy
+from tokenalign.envs.policies import AcceptPolicy
 from tokenalign.envs.task import DecodingTask
 from tokenalign.eval.evaluate import evaluate
 

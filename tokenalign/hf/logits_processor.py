@@ -28,11 +28,11 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList, PreTrainedModel
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper
 
+from tokenalign.agents.chain import BASE_LOGIT_BOUND, emission_log_probs
 from tokenalign.config import load_config
 from tokenalign.envs.candidate_state import CANDIDATE_STATES, context_states, unit_rms
-from tokenalign.envs.candidates import BASE_LOGIT_BOUND, SamplingConfig, propose
-from tokenalign.envs.emission import emission_log_probs
-from tokenalign.envs.rollout import AcceptPolicy, conditioned, on_device
+from tokenalign.envs.candidates import SamplingConfig, propose
+from tokenalign.envs.policies import AcceptPolicy, conditioned, is_step_policy, on_device
 from tokenalign.eval.agent_source import load_agent, run_config
 
 NEUTRAL_SAMPLING = {"do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0, "min_p": None, "typical_p": 1.0,
@@ -50,7 +50,7 @@ class AgentLogitsProcessor(LogitsProcessor):
         self.sampling = sampling
         self.lm_head = model.get_output_embeddings()
         device = self.lm_head.weight.device
-        self.accept_logit = conditioned(on_device(policy, device), preference).accept_logit
+        self.policy = conditioned(on_device(policy, device), preference)
         self._context: torch.Tensor | None = None
         self._hook = self.lm_head.register_forward_pre_hook(self._capture)
 
@@ -100,7 +100,10 @@ class AgentLogitsProcessor(LogitsProcessor):
         context = unit_rms(self._context.float()).unsqueeze(1).expand(-1, ranks.shape[1], -1)
         states = context_states(context, self.lm_head.weight[cand.token_ids], cand.logp, ranks)
         observation = torch.cat([states, cand.base_logit.unsqueeze(-1)], dim=-1)
-        logit = self.accept_logit(observation.flatten(0, 1)).float().view(ranks.shape)
+        if is_step_policy(self.policy):
+            logit = self.policy.step_accept_logits(observation, cand.count).float()
+        else:
+            logit = self.policy.accept_logit(observation.flatten(0, 1)).float().view(ranks.shape)
         log_pi = emission_log_probs(logit.clamp(-BASE_LOGIT_BOUND, BASE_LOGIT_BOUND), cand.count)
         return torch.full_like(scores, float("-inf")).scatter_(1, cand.token_ids, log_pi.to(scores.dtype))
 
