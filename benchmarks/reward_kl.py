@@ -14,6 +14,9 @@ equal KL and at equal decode compute.
              distribution it is (sampled actions). Its KL per response is measured while decoding (Σ of the
              decisions' Bernoulli KLs to π_ref). Lookahead agents see the LM's state of context + candidate
              (a forward token per candidate looked at), context agents what the step's forward gave.
+  * value    with --value-betas, one value-guided head per seed (learner value_guided, context mode: Q_θ(s, c)
+             regressed on every candidate's one-step reward and the response's return), decoded at each β of
+             the list: π ∝ q·exp(Q_θ/β), β dialled at decode time with no retraining.
   * best-of-N a pool of 64 base samples per prompt and seed, scored once; best-of-N keeps the highest
              reward among the pool's first N. Its KL is at most log N − (N − 1)/N (the analytic bound,
              Stiennon et al. 2020; Beirami et al. 2024); the estimate log N + (N − 1)·log F̂(r*) uses the
@@ -66,7 +69,11 @@ class Args:
     overrides: str = ""
     """Extra config overrides of every agent's training and of the evaluation engine, space-separated."""
     candidate_states: str = "lookahead,context"
-    """Comma-separated candidate-state modes (engine.candidate_state): agents are trained in each."""
+    """Comma-separated candidate-state modes (engine.candidate_state): agents are trained in each (empty: none)."""
+    value_betas: str = ""
+    """Comma-separated β at which one value-guided head per seed decodes (empty: no value-guided agent)."""
+    value_params: str = "{}"
+    """learner.params of the value-guided head (learner value_guided)."""
     episodes: int = 2000
     """Episodes each agent is trained on (the equal training budget; one reward per episode is the signal)."""
     eval_prompts: int = 100
@@ -139,12 +146,13 @@ def main() -> None:
     args = parse_args(Args, __doc__, QUICK)
     name = "reward_kl_quick" if args.quick else "reward_kl"
     betas = [float(b) for b in args.betas.split(",")]
-    modes = args.candidate_states.split(",")
+    modes = [m for m in args.candidate_states.split(",") if m]
+    value_betas = [float(b) for b in args.value_betas.split(",") if b]
     runs_dir = Path(args.runs_dir) / time.strftime("%Y%m%d-%H%M%S")
     # the agents' engine settings, one engine per candidate-state mode (base sampling is the same in each)
     tasks = {mode: held_out_task([*args.overrides.split(), f"engine.candidate_state={mode}"], args.eval_prompts)[1]
-             for mode in modes}
-    task = tasks[modes[0]]
+             for mode in {*modes, *(["context"] if value_betas else [])}}
+    task = next(iter(tasks.values()))
     data: dict[str, Any] = {"command": command("reward_kl.py", args, QUICK), "args": asdict(args),
                             "machine": machine(), "seeds": []}
     out = Path(args.out_dir)
@@ -170,6 +178,18 @@ def main() -> None:
                 policy = load_agent(run_dir, state_size=tasks[mode].state_size)
                 row["agents"][key] = {**agent_row(tasks[mode], policy, seed=seed, batch_size=args.eval_batch_size),
                                       "decisions": training["decisions"], "train_minutes": training["minutes"]}
+        if value_betas:
+            print(f"[{(time.monotonic() - start) / 60:5.1f} min] seed {seed}: value-guided head", flush=True)
+            run_dir, training = train([*budget_overrides(learner="value_guided", decisions=None, seed=seed,
+                                                         runs_dir=runs_dir, name="value"),
+                                       f"run.total_episodes={args.episodes}", f"learner.params={args.value_params}",
+                                       *args.overrides.split(), "engine.candidate_state=context"])
+            head = load_agent(run_dir, state_size=tasks["context"].state_size)
+            for beta in value_betas:
+                head.beta = beta
+                row["agents"][f"value β={beta}"] = {
+                    **agent_row(tasks["context"], head, seed=seed, batch_size=args.eval_batch_size),
+                    "decisions": training["decisions"], "train_minutes": training["minutes"]}
         data["seeds"].append(row)
         (out / f"{name}.json").write_text(json.dumps(data, indent=1))  # after each seed, so a stop keeps them
     data["summary"] = {
@@ -268,12 +288,14 @@ def plot(data: dict[str, Any], path: Path) -> None:
         est = [n for n in ns if "kl_estimate" in s["best_of"][n]]
         ax.plot([math.sqrt(max(s["best_of"][n]["kl_estimate"][0], 0)) for n in est],
                 [s["best_of"][n][key][0] for n in est], "^", mfc="none", color="C3", label="best-of-N (KL estimate)")
-        for i, mode in enumerate(data["args"]["candidate_states"].split(",")):
+        families = [m for m in data["args"]["candidate_states"].split(",") if m]
+        for i, mode in enumerate([*families, *(["value"] if data["args"].get("value_betas") else [])]):
             agents = {k: a for k, a in s["agents"].items() if k.startswith(f"{mode} ")}
             ax.errorbar([math.sqrt(max(a["kl"][0], 0)) for a in agents.values()], [a[key][0] for a in agents.values()],
                         xerr=[a["kl"][1] / (2 * math.sqrt(max(a["kl"][0], 1e-9))) for a in agents.values()],
                         yerr=[a[key][1] for a in agents.values()], fmt="o-", color=f"C{i}",
-                        label=f"{data['args']['learner']} agents, {mode} (β)")
+                        label="value-guided (β at decode time)" if mode == "value" else
+                        f"{data['args']['learner']} agents, {mode} (β)")
             for k, a in agents.items():
                 ax.annotate(k.split(" ", 1)[1], (math.sqrt(max(a["kl"][0], 0)), a[key][0]),
                             textcoords="offset points", xytext=(3, 4), fontsize=7)

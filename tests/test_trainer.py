@@ -22,6 +22,7 @@ LEARNER_PARAMS = {
     "ppo": ["learner.params.episodes_per_update=8"],
     "ppo_lagrangian": ["learner.params.episodes_per_update=8"],
     "rloo_lagrangian": ["learner.params.prompts_per_update=4"],
+    "value_guided": ["learner.params.learning_starts=64", "learner.params.batch_size=64"],
 }
 
 
@@ -37,7 +38,7 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 @pytest.mark.parametrize(("learner", "candidate_state"), [("sac", "lookahead"), ("ppo", "lookahead"),
                                                        ("ppo_lagrangian", "lookahead"), ("rloo_lagrangian", "lookahead"),
-                                                       ("ppo", "context")])
+                                                       ("ppo", "context"), ("value_guided", "context")])
 def test_short_training_run_for_each_learner(ray_cluster, tmp_path, learner, candidate_state):
     trainer = Trainer.new_run(short_config(tmp_path, learner, f"engine.candidate_state={candidate_state}"))
     summary = trainer.run()

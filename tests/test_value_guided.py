@@ -94,7 +94,23 @@ def test_a_value_guided_agent_needs_context_states(tiny_lm):
     model, tokenizer = tiny_lm
     engine = DecodingEngine(model=model, tokenizer=tokenizer, config=EngineConfig(max_new_tokens=4))
     policy = ValueGuidedPolicy(state_size=engine.state_size, widths=(8,))
-    with pytest.raises(ValueError, match="decode it with engine.candidate_state=context"):
+    with pytest.raises(ValueError, match="needs every candidate of a step at once: decode with engine.candidate_state=context"):
         generate_episodes(engine, policy, [PROMPT])
     with pytest.raises(ValueError, match="β .* must be a positive number"):
         ValueGuidedPolicy(state_size=8, beta=0.0)
+
+
+def test_beta_is_a_decode_time_dial_of_a_saved_head(tmp_path):
+    from tokenalign.agents.policy import AcceptRejectPolicy
+    from tokenalign.eval.agent_source import load_agent
+    from tokenalign.eval.errors import EvalError
+
+    saved = ValueGuidedPolicy(state_size=10, widths=(8,), beta=0.5)
+    torch.save(saved.policy_state(), tmp_path / "value.pt")
+    assert load_agent(tmp_path / "value.pt", state_size=10).beta == 0.5
+    loaded = load_agent(tmp_path / "value.pt", state_size=10, beta=0.2)
+    assert isinstance(loaded, ValueGuidedPolicy) and loaded.beta == 0.2
+    torch.testing.assert_close(loaded.state_dict()["body.0.weight"], saved.state_dict()["body.0.weight"])
+    torch.save(AcceptRejectPolicy(state_size=10, widths=(8,)).policy_state(), tmp_path / "mlp.pt")
+    with pytest.raises(EvalError, match="β sets a value-guided agent's tilt"):
+        load_agent(tmp_path / "mlp.pt", state_size=10, beta=0.2)

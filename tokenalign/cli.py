@@ -41,7 +41,7 @@ def cmd_generate(args: argparse.Namespace, config: TrainConfig) -> int:
                               candidate_state=config.engine.candidate_state, device=pick_device(args.device),
                               dtype=config.lm.dtype)
     if args.agent:
-        policy = load_agent(args.agent, state_size=task.state_size, device=task.engine.device)
+        policy = load_agent(args.agent, state_size=task.state_size, device=task.engine.device, beta=args.beta)
     else:
         torch.manual_seed(config.run.seed)
         policy = AcceptRejectPolicy(state_size=task.state_size).eval()

@@ -210,12 +210,19 @@ class TrainConfig:
             raise ConfigError(f"data.pairs is empty: learner.name={self.learner.name} learns from preference pairs; "
                               "give them, e.g. data.pairs=[builtin:demo-prefs]")
         try:
-            make_objective(self.objective, reward=self.reward, shaping=self.shaping, gamma=contract.gamma,
-                           signals=contract.signals)
+            objective = make_objective(self.objective, reward=self.reward, shaping=self.shaping, gamma=contract.gamma,
+                                       signals=contract.signals)
         except ConfigError:
             raise
         except ValueError as err:
             raise ConfigError(str(err)) from err
+        if contract.records == "candidates":
+            if self.engine.candidate_state != "context":
+                raise ConfigError(f"learner.name={self.learner.name} learns from every candidate of a step: set "
+                                  "engine.candidate_state=context")
+            if objective.linear_weights() is None:
+                raise ConfigError(f"learner.name={self.learner.name} needs an objective linear in the scores for its "
+                                  f"one-step targets: objective.name is {objective.name!r}; use weighted or lagrangian")
 
     @classmethod
     def from_plain(cls, data: Any, *, where: str = "") -> TrainConfig:

@@ -94,7 +94,9 @@ class LearnerActor:
             # more than batch_size × learning_starts_factor transitions.
             if not self.buffer.can_sample(batch_size) or len(self.buffer) <= starts:
                 break
-            metrics = self.learner.update(self.objective.label(self.buffer.sample(batch_size)))
+            sampled = (self.buffer.sample_episodes(batch_size) if self.contract.sample == "episodes"
+                       else self.buffer.sample(batch_size))
+            metrics = self.learner.update(self.learner.label(self.objective, sampled))
             for key, value in metrics.items():
                 sums[key] = sums.get(key, 0.0) + float(value)
             done += 1
@@ -107,7 +109,7 @@ class LearnerActor:
         """One update on the oldest fresh complete prompt groups, as many as the contract asks for."""
         batch = self.buffer.get(self.contract.groups_per_update, learner_version=self.version,
                                 group_size=self.contract.group_size)
-        metrics = self.learner.update(self.objective.label(batch))
+        metrics = self.learner.update(self.learner.label(self.objective, batch))
         self.publish()
         return {"updates_done": 1.0, "num_updates": float(self.version), **{k: float(v) for k, v in metrics.items()}}
 

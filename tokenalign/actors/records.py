@@ -9,7 +9,8 @@ nothing to learn from.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -57,6 +58,26 @@ def place_token_rewards(episode: Episode, per_token: np.ndarray) -> np.ndarray:
     return out
 
 
+def one_step_scores(episodes: Sequence[Episode], prompts: Sequence[str], *, tokenizer: Any,
+                    score: Callable[[list[str], list[str]], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Candidate rows' one-step scores, concatenated over `episodes`: (rows, scorers) each scorer's raw score of
+    the response so far plus the row's candidate, and of the response so far. `score(prompts, responses)` gives
+    (scorers, n) raw scores (`RewardCombiner.raw_scores`); every distinct text is scored once."""
+    texts: dict[tuple[int, tuple[int, ...]], int] = {}
+    step_keys, prefix_keys = [], []
+    for i, episode in enumerate(episodes):
+        for t, token in zip(episode.token_index.tolist(), episode.token.tolist()):
+            prefix = tuple(episode.response_tokens[:t])
+            step_keys.append(texts.setdefault((i, (*prefix, token)), len(texts)))
+            prefix_keys.append(texts.setdefault((i, prefix), len(texts)))
+    if not texts:
+        return np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32)
+    keys = list(texts)
+    raw = score([prompts[i] for i, _ in keys], [tokenizer.decode(list(ids), skip_special_tokens=True) for _, ids in keys])
+    raw = np.asarray(raw, np.float32).T
+    return raw[step_keys], raw[prefix_keys]
+
+
 def episodes_to_records(
     episodes: Sequence[Episode],
     scores: CombinedScores,
@@ -65,11 +86,14 @@ def episodes_to_records(
     prompt_ids: Sequence[int],
     policy_version: int,
     preference: np.ndarray | None = None,
+    step_scores: np.ndarray | None = None,
+    prefix_scores: np.ndarray | None = None,
 ) -> pa.RecordBatch | None:
     """One record batch with the decisions of every episode that has any, in episode order.
 
     `preference` holds each episode's weights w, shape (len(episodes), layout.preference_dim); the per-token
-    rewards of token heads (`scores.token_reward`) are placed on decisions by `place_token_rewards`.
+    rewards of token heads (`scores.token_reward`) are placed on decisions by `place_token_rewards`. Candidate
+    rows carry `step_scores` and `prefix_scores` (`one_step_scores`, rows of every episode in order).
     """
     keep = [i for i, e in enumerate(episodes) if e.num_decisions > 0]
     if not keep:
@@ -90,6 +114,8 @@ def episodes_to_records(
 
     if preference is None:
         preference = np.zeros((len(episodes), layout.preference_dim), np.float32)
+    if layout.candidate_rows and (step_scores is None or prefix_scores is None or len(step_scores) != n):
+        raise ValueError(f"candidate rows need one-step scores for each of their {n} rows; compute them with one_step_scores")
     return make_record_batch(
         layout=layout,
         episode_id=np.repeat(new_episode_ids(len(keep)), lengths),
@@ -115,4 +141,6 @@ def episodes_to_records(
         scores=per_row(scores.raw),
         baseline_scores=per_row(scores.baseline_raw),
         preference=np.repeat(np.asarray(preference, dtype=np.float32)[keep], lengths, axis=0),
+        step_scores=step_scores,
+        prefix_scores=prefix_scores,
     )

@@ -18,7 +18,7 @@ import numpy as np
 import ray
 import torch
 
-from tokenalign.actors.records import episodes_to_records
+from tokenalign.actors.records import episodes_to_records, one_step_scores
 from tokenalign.actors.weights import fetch_if_newer
 from tokenalign.agents.loading import policy_from_state
 from tokenalign.buffers.layout import RecordLayout
@@ -138,12 +138,19 @@ class RolloutActor:
         self._sync_weights()
         prompts = [self.task.prompts[i] for i in prompt_indices]
         preference = self.objective.sample_preferences(len(prompts), self.preference_rng)
+        candidates = self.layout.candidate_rows
         episodes = generate_episodes(self.task.engine, self.policy, [p.text for p in prompts], generator=self.generator,
                                      shaping=self.config.shaping, preference=preference,
-                                     keep_token_states=self.keep_token_states)
+                                     keep_token_states=self.keep_token_states,
+                                     records="candidates" if candidates else "decisions")
         scores = self.task.score(prompts, [e.response for e in episodes], states=self._states(episodes))
+        one_step = {}
+        if candidates:
+            one_step = dict(zip(("step_scores", "prefix_scores"), one_step_scores(
+                episodes, [p.text for p in prompts], tokenizer=self.task.engine.tokenizer,
+                score=self.task.combiner.raw_scores)))
         records = episodes_to_records(episodes, scores, layout=self.layout, prompt_ids=[p.id for p in prompts],
-                                      policy_version=self.version, preference=preference)
+                                      policy_version=self.version, preference=preference, **one_step)
         if records is not None:
             self.buffer.add(records)
         decisions = np.array([e.num_decisions for e in episodes])

@@ -27,6 +27,9 @@ from tokenalign.agents.policy import PARAMETERISATION, check_parameterisation, s
 
 KIND = "value-guided"
 """The `kind` of a value-guided agent's policy state (`policy_from_state` builds it by that)."""
+COMPONENTS = ("one_step", "future")
+"""Q_θ(s, c) = Δ_θ(s, c) + G_θ(s, c): the one-step gain of the reward when c is added to the response so far,
+and the gain the rest of the response brings after c (learners/value_guided.py trains each)."""
 
 
 class ValueGuidedPolicy(nn.Module):
@@ -42,13 +45,17 @@ class ValueGuidedPolicy(nn.Module):
         self.widths = check_widths(widths, owner="ValueGuidedPolicy")
         self.beta = check_beta(beta)
         self.norm = ObservationNorm(state_size, preference_dim)
-        self.body = mlp(self.norm.in_features, self.widths, 1)
+        self.body = mlp(self.norm.in_features, self.widths, len(COMPONENTS))
         nn.init.zeros_(self.body[-1].weight)
         nn.init.zeros_(self.body[-1].bias)
 
+    def components(self, obs: torch.Tensor) -> torch.Tensor:
+        """(..., 2) the parts of Q_θ(s, c) (`COMPONENTS`) for observations (..., state_size + 1 + P) (differentiable)."""
+        return self.body(self.norm(obs))
+
     def q_values(self, obs: torch.Tensor) -> torch.Tensor:
-        """Q_θ(s, c), shape (...,), for observations (..., state_size + 1 + P) (differentiable)."""
-        return self.body(self.norm(obs)).squeeze(-1)
+        """Q_θ(s, c), shape (...,): the sum of its components."""
+        return self.components(obs).sum(dim=-1)
 
     @torch.no_grad()
     def step_log_probs(self, obs: torch.Tensor, count: torch.Tensor) -> torch.Tensor:

@@ -83,6 +83,10 @@ class Decisions(DecisionChain):
     """(B, scorers) float32 raw scores of the base LM's greedy response to the prompt (zeros without sft_baseline)."""
     preference: torch.Tensor
     """(B, preference_dim) float32 the episode's preference weights w."""
+    step_scores: torch.Tensor | None = None
+    """Candidate rows: (B, scorers) float32 each scorer's raw score of the response so far plus the row's candidate."""
+    prefix_scores: torch.Tensor | None = None
+    """Candidate rows: (B, scorers) float32 each scorer's raw score of the response so far."""
 
 
 @dataclass

@@ -84,6 +84,10 @@ class RecordLayout:
     Each scorer's raw score is a float32 column `score:<name>` (and, with an SFT baseline, the score of the
     base LM's greedy response to the prompt in `baseline:<name>`); the episode's preference weights are
     `pref:<i>`. Every row of an episode repeats them, so any sampled transition carries its episode's signals.
+
+    With `candidate_rows` the rows are every candidate of every step that had a choice, not the decision chain
+    (value-guided learners: `envs.episode.record_candidates`), and each carries its one-step scores: the raw
+    score of the response so far plus the candidate (`step:<name>`) and of the response so far (`prefix:<name>`).
     """
 
     state_size: int
@@ -92,6 +96,8 @@ class RecordLayout:
     """Scorer names, in the order of the run's reward config."""
     preference_dim: int = 0
     """Size of the per-episode preference vector w (0 = unconditioned agents)."""
+    candidate_rows: bool = False
+    """Rows are every candidate of every step with a choice, with one-step scores (value-guided learners)."""
 
     def __post_init__(self) -> None:
         if self.state_size <= 0:
@@ -114,10 +120,19 @@ class RecordLayout:
     def preference_columns(self) -> list[str]:
         return [f"pref:{i}" for i in range(self.preference_dim)]
 
+    @property
+    def step_columns(self) -> list[str]:
+        return [f"step:{name}" for name in self.scorers] if self.candidate_rows else []
+
+    @property
+    def prefix_columns(self) -> list[str]:
+        return [f"prefix:{name}" for name in self.scorers] if self.candidate_rows else []
+
     @cached_property
     def scalar_types(self) -> dict[str, pa.DataType]:
         """Arrow type of every per-decision column except the state."""
-        dynamic = self.score_columns + self.baseline_columns + self.preference_columns
+        dynamic = (self.score_columns + self.baseline_columns + self.preference_columns + self.step_columns
+                   + self.prefix_columns)
         return {**_FIXED_COLUMNS, **{name: pa.float32() for name in dynamic}}
 
     @cached_property
@@ -130,6 +145,7 @@ class RecordLayout:
             "tokenalign.schema_version": SCHEMA_VERSION,
             "tokenalign.scorers": json.dumps(list(self.scorers)),
             "tokenalign.preference_dim": str(self.preference_dim),
+            "tokenalign.rows": "candidates" if self.candidate_rows else "decisions",
         }
 
     @cached_property
@@ -158,9 +174,10 @@ def validate_record_batch(batch: pa.RecordBatch, *, layout: RecordLayout) -> Non
     for field in expected:
         if field.name not in got:
             hint = ""
-            if field.name.startswith(("score:", "baseline:", "pref:")):
-                hint = (f" (the buffer's scorers are {list(layout.scorers)} and its preference size "
-                        f"{layout.preference_dim}: writers and learner must use the same reward and objective config)")
+            if field.name.startswith(("score:", "baseline:", "pref:", "step:", "prefix:")):
+                hint = (f" (the buffer's scorers are {list(layout.scorers)}, its preference size "
+                        f"{layout.preference_dim}, its rows {'candidates' if layout.candidate_rows else 'decisions'}: "
+                        "writers and learner must use the same reward, objective and learner config)")
             raise RecordSchemaError(
                 f"record batch lacks column {field.name!r}{hint}; build batches with tokenalign.buffers.layout.make_record_batch"
             )
@@ -183,13 +200,16 @@ def make_record_batch(
     scores: np.ndarray,
     baseline_scores: np.ndarray | None = None,
     preference: np.ndarray | None = None,
+    step_scores: np.ndarray | None = None,
+    prefix_scores: np.ndarray | None = None,
     **columns: np.ndarray,
 ) -> pa.RecordBatch:
     """Build a decision record batch from per-decision arrays.
 
-    `state` is (n, hidden) and becomes float16; `scores` and `baseline_scores` are (n, scorers) and
-    `preference` (n, preference_dim), each row repeating its episode's values; every other column of
-    COLUMN_DOCS is an (n,) array (`token_reward` and `mara_kl_penalty` may be None or absent: zeros).
+    `state` is (n, state_size) and becomes float16; `scores` and `baseline_scores` are (n, scorers) and
+    `preference` (n, preference_dim), each row repeating its episode's values; with candidate rows
+    `step_scores` and `prefix_scores` are (n, scorers); every other column of COLUMN_DOCS is an (n,) array
+    (`token_reward` and `mara_kl_penalty` may be None or absent: zeros).
     """
     state = np.ascontiguousarray(state, dtype=np.float16)
     if state.ndim != 2 or state.shape[1] != layout.state_size:
@@ -205,7 +225,9 @@ def make_record_batch(
     wide = {"scores": (scores, layout.score_columns),
             "baseline_scores": (np.zeros((n, len(layout.scorers))) if baseline_scores is None else baseline_scores,
                                 layout.baseline_columns),
-            "preference": (np.zeros((n, 0)) if preference is None else preference, layout.preference_columns)}
+            "preference": (np.zeros((n, 0)) if preference is None else preference, layout.preference_columns),
+            "step_scores": (np.zeros((n, 0)) if step_scores is None else step_scores, layout.step_columns),
+            "prefix_scores": (np.zeros((n, 0)) if prefix_scores is None else prefix_scores, layout.prefix_columns)}
     for what, (values, names) in wide.items():
         values = np.asarray(values, dtype=np.float32)
         if values.shape != (n, len(names)):

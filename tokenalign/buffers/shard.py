@@ -121,6 +121,8 @@ def make_decisions(
         scores=wide(layout.score_columns),
         baseline_scores=wide(layout.baseline_columns),
         preference=wide(layout.preference_columns),
+        step_scores=wide(layout.step_columns) if layout.candidate_rows else None,
+        prefix_scores=wide(layout.prefix_columns) if layout.candidate_rows else None,
     )
 
 

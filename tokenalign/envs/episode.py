@@ -8,7 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tokenalign.agents.chain import BASE_LOGIT_BOUND
+from tokenalign.agents.chain import BASE_LOGIT_BOUND, emission_log_probs
 from tokenalign.envs.decode_batch import DecodeBatch
 from tokenalign.envs.engine import DecodingEngine
 from tokenalign.rewards.shaping import ShapingConfig, mara_kl_penalties
@@ -22,6 +22,10 @@ class Episode:
     log-probabilities, and π_ref's decisions give log q(token) the same way, so per-token and per-response
     log-ratios and KLs are sums over decisions. Tokens emitted without a decision (the last candidate left)
     have π = π_ref given the decisions before them and add nothing.
+
+    With candidate records (`record_candidates`) the rows are instead every candidate of every step that had a
+    choice: `action` and `emit` mark the emitted one, `logp` is each candidate's log π, and the step's log-ratio
+    and KL sit on its emitted row, so the sums above still give the response's.
     """
 
     prompt: str
@@ -52,6 +56,8 @@ class Episode:
     the last was emitted without a decision)."""
     mara_kl_penalty: np.ndarray
     """(n,) float32 MARA's kl_div shaping penalty of each decision before −kl_ctl (zeros without it)."""
+    token: np.ndarray
+    """(n,) int32 token id of the decided candidate."""
     token_states: torch.Tensor | None = None
     """With keep_token_states, (len(response_tokens) + 1, H) float16: the LM's state after the prompt, then
     after each response token (EOS included), as the engine computed them; what a score head on this LM reads."""
@@ -75,7 +81,7 @@ class Episode:
 
 _TYPES = dict(state=np.float16, action=np.int8, logp=np.float32, rank=np.int16, base_logit=np.float32,
               log_ratio=np.float32, decision_kl=np.float32, token_kl=np.float32, token_index=np.int32,
-              emit=np.bool_, mara_kl_penalty=np.float32)
+              emit=np.bool_, mara_kl_penalty=np.float32, token=np.int32)
 
 
 class DecisionLog:
@@ -154,4 +160,26 @@ def record_decisions(record: DecisionLog, batch: DecodeBatch, cols: torch.Tensor
     record.add(taken=taken, row=batch.row_ids.unsqueeze(1).expand_as(cols), state=state.clamp(-half, half).half(),
                action=action, logp=logp, rank=cols, base_logit=base, log_ratio=log_ratio, decision_kl=kl,
                token_kl=token_kl, token_index=batch.n_new.unsqueeze(1).expand_as(cols), emit=ends_step,
-               mara_kl_penalty=penalty)
+               mara_kl_penalty=penalty, token=batch.cand.token_ids.gather(1, cols))
+
+
+def record_candidates(record: DecisionLog, batch: DecodeBatch, state: torch.Tensor, accept_logit: torch.Tensor,
+                      emitted: torch.Tensor, awaiting: torch.Tensor) -> None:
+    """Append every candidate of each awaiting row's step (those with a choice: two candidates or more), with
+    `state` (B, K, state_size) and the chain's `accept_logit` (B, K) over all of them, `emitted` the rank each row
+    emits. Each candidate's logp is log π of it; the step's log-ratio and exact KL go on the emitted row."""
+    count = batch.cand.count.unsqueeze(1)
+    ranks = torch.arange(state.shape[1], device=state.device).expand(batch.size, state.shape[1])
+    taken = awaiting.unsqueeze(1) & (ranks < count) & (count >= 2)
+    log_pi = emission_log_probs(accept_logit, batch.cand.count)
+    log_q = emission_log_probs(batch.cand.base_logit, batch.cand.count)
+    real = ranks < count
+    step_kl = torch.where(real, log_pi.exp() * (log_pi - log_q.masked_fill(~real, 0.0)), 0.0).sum(dim=1)
+    chosen = ranks == emitted.unsqueeze(1)
+    half = torch.finfo(torch.float16).max
+    zero = torch.zeros_like(accept_logit)
+    record.add(taken=taken, row=batch.row_ids.unsqueeze(1).expand_as(ranks), state=state.clamp(-half, half).half(),
+               action=chosen.long(), logp=log_pi.masked_fill(~real, 0.0), rank=ranks, base_logit=batch.cand.base_logit,
+               log_ratio=torch.where(chosen, log_pi - log_q, zero), decision_kl=torch.where(chosen, step_kl.unsqueeze(1), zero),
+               token_kl=torch.where(chosen, step_kl.unsqueeze(1), zero), token_index=batch.n_new.unsqueeze(1).expand_as(ranks),
+               emit=chosen, mara_kl_penalty=zero, token=batch.cand.token_ids)

@@ -11,6 +11,7 @@ emitted rank, the accept at it), exactly those the one-at-a-time faces would tak
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal
 
 import numpy as np
 import torch
@@ -18,9 +19,12 @@ import torch
 from tokenalign.agents.chain import BASE_LOGIT_BOUND, draw_first_accept
 from tokenalign.envs.decode_batch import DecodeBatch
 from tokenalign.envs.engine import DecodingEngine
-from tokenalign.envs.episode import DecisionLog, Episode, record_decisions
+from tokenalign.envs.episode import DecisionLog, Episode, record_candidates, record_decisions
 from tokenalign.envs.policies import AcceptPolicy, as_policy, is_step_policy, on_device
 from tokenalign.rewards.shaping import ShapingConfig
+
+Records = Literal["decisions", "candidates"]
+"""What an Episode holds: the decision chain, or every candidate of every step with a choice."""
 
 
 def decide_block(
@@ -33,6 +37,7 @@ def decide_block(
     record: DecisionLog | None = None,
     shaping: ShapingConfig | None = None,
     preference: torch.Tensor | None = None,
+    records: Records = "decisions",
 ) -> None:
     """Decide every computed candidate from each awaiting row's cursor on, emit first accepts, settle.
 
@@ -40,8 +45,9 @@ def decide_block(
     (`DecodingEngine.settle`). Sampled decoding draws each action from the agent; `greedy` takes the more
     probable one (MARA's serial mode). With MARA's KL `shaping`, every candidate's P(accept) enters each
     decision's penalty, so the engine must compute all candidates at once (candidate_block=0). With
-    `preference` (one row of weights w per sequence of the batch), the agent sees [observation ; w]. A step
-    policy scores every candidate of the step (context mode) and the window takes its accept logits.
+    `preference` (one row of weights w per sequence of the batch), the agent sees [observation ; w]. In
+    context mode every candidate of the step is scored in one call (a step policy needs that), and `records`
+    may be "candidates": every candidate of every step with a choice is recorded, not the decision chain.
     """
     status = batch.status if batch.status is not None else engine.read_status(batch)
     if status.window == 0:
@@ -53,17 +59,22 @@ def decide_block(
     window_end = torch.minimum(batch.computed, batch.cand.count - 1)
     in_range = awaiting.unsqueeze(1) & (cols < window_end.unsqueeze(1))
     cols = cols.clamp(max=engine.k - 1)
-    if is_step_policy(policy):
-        if engine.mode.queries:
-            raise ValueError("this agent scores every candidate of a step at once: decode it with "
-                             "engine.candidate_state=context")
-        ranks = torch.arange(engine.k, device=engine.device).expand(batch.size, engine.k)
-        whole = _observation(engine, batch, ranks, preference)
-        logit = policy.step_accept_logits(whole, batch.cand.count).float().gather(1, cols)
-        observed = whole.gather(1, cols.unsqueeze(-1).expand(*cols.shape, whole.shape[-1]))
-    else:
+    if engine.mode.queries:
+        if is_step_policy(policy) or records == "candidates":
+            raise ValueError("this agent (or its learner's records) needs every candidate of a step at once: decode "
+                             "with engine.candidate_state=context")
         observed = _observation(engine, batch, cols, preference)
         logit = policy.accept_logit(observed.flatten(0, 1)).float().view(cols.shape)
+    else:  # context mode: the whole step is known, scored in one call
+        ranks = torch.arange(engine.k, device=engine.device).expand(batch.size, engine.k)
+        whole = _observation(engine, batch, ranks, preference)
+        if is_step_policy(policy):
+            whole_logit = policy.step_accept_logits(whole, batch.cand.count).float()
+        else:
+            whole_logit = policy.accept_logit(whole.flatten(0, 1)).float().view(ranks.shape)
+        whole_logit = whole_logit.clamp(-BASE_LOGIT_BOUND, BASE_LOGIT_BOUND)
+        logit = whole_logit.gather(1, cols)
+        observed = whole.gather(1, cols.unsqueeze(-1).expand(*cols.shape, whole.shape[-1]))
     logit = logit.clamp(-BASE_LOGIT_BOUND, BASE_LOGIT_BOUND)
     if greedy:
         accepts = (logit > 0) & in_range
@@ -73,7 +84,10 @@ def decide_block(
     first = cols.gather(1, accepts.int().argmax(dim=1, keepdim=True)).squeeze(1)
     # Without an accept the cursor moves past the block: onto the next block, or onto the last candidate.
     stop = torch.where(has_accept, first, window_end)
-    if record is not None:
+    if record is not None and records == "candidates":
+        emitted = torch.where(has_accept, first, batch.cand.count - 1)
+        record_candidates(record, batch, whole[..., :engine.state_size], whole_logit, emitted, awaiting)
+    elif record is not None:
         # The chain the emission implies: rejections before the first accept, the accept at it.
         action = ((cols == stop.unsqueeze(1)) & has_accept.unsqueeze(1)).long()
         record_decisions(record, batch, cols, observed[..., :engine.state_size], logit, action, has_accept, stop, in_range,
@@ -105,11 +119,14 @@ def generate_episodes(
     shaping: ShapingConfig | None = None,
     preference: np.ndarray | torch.Tensor | None = None,
     keep_token_states: bool = False,
+    records: Records = "decisions",
 ) -> list[Episode]:
     """Decode `prompts` as one batch with `policy` deciding; return one Episode per prompt, in order.
 
     `preference` (len(prompts), P) conditions a preference-conditioned agent: row i sees [state ; w_i].
-    `keep_token_states` fills each Episode's `token_states` (for score heads on this LM).
+    `keep_token_states` fills each Episode's `token_states` (for score heads on this LM). `records`
+    "candidates" (context mode) fills the Episode with every candidate of every step with a choice instead of
+    the decision chain (`record_candidates`: what value-guided learners train on).
     """
     agent = as_policy(on_device(policy, engine.device))
     if preference is not None:
@@ -122,7 +139,7 @@ def generate_episodes(
     states: dict[int, torch.Tensor] = {}
     while batch.size:
         decide_block(engine, batch, agent, generator=generator, greedy=greedy, record=record, shaping=shaping,
-                     preference=preference)
+                     preference=preference, records=records)
         if batch.status.done:
             for row in batch.done.nonzero(as_tuple=True)[0].tolist():
                 finished[int(batch.row_ids[row])] = batch.response_tokens(row)

@@ -17,6 +17,7 @@ import torch
 
 from tokenalign.agents.loading import policy_from_state
 from tokenalign.agents.policy import saved_state_size
+from tokenalign.agents.value_guided import check_beta
 from tokenalign.eval.errors import EvalError
 
 _POLICY_KEYS = {"widths", "state_dict"}
@@ -53,9 +54,10 @@ def run_config(path: str | Path) -> Path | None:
     return None
 
 
-def load_agent(path: str | Path, *, state_size: int, device: torch.device | str = "cpu") -> torch.nn.Module:
+def load_agent(path: str | Path, *, state_size: int, device: torch.device | str = "cpu",
+               beta: float | None = None) -> torch.nn.Module:
     """The agent saved at `path` (run directory or file), in eval mode, for candidate states of `state_size`
-    (`DecodingEngine.state_size`)."""
+    (`DecodingEngine.state_size`); a value-guided agent decodes at `beta` (None: the β it was trained with)."""
     file = find_checkpoint(path)
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)
@@ -63,6 +65,10 @@ def load_agent(path: str | Path, *, state_size: int, device: torch.device | str 
         raise EvalError(f"{file} is not a readable torch checkpoint ({str(err).splitlines()[0]}); "
                         "pass a file written by torch.save of a policy or learner state") from None
     policy = policy_from_state(_policy_state(state, file), state_size=state_size, device=device)
+    if beta is not None:
+        if not hasattr(policy, "beta"):
+            raise EvalError("β sets a value-guided agent's tilt (learner.name=value_guided); this agent has none")
+        policy.beta = check_beta(beta)
     return policy.eval()
 
 

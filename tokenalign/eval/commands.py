@@ -51,9 +51,13 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_preference_argument(parser: argparse.ArgumentParser) -> None:
-    """`--preference w1,w2,...`: the weights a preference-conditioned agent decodes with (RiC: the user picks w)."""
+    """`--preference w1,w2,...`: the weights a preference-conditioned agent decodes with (RiC: the user picks w);
+    `--beta`: the tilt's temperature a value-guided agent decodes at."""
     parser.add_argument("--preference", type=preference_weights, default=None, metavar="W1,W2[,...]",
                         help="weights over the objectives for a preference-conditioned agent, e.g. 0.3,0.7")
+    parser.add_argument("--beta", type=float, default=None,
+                        help="a value-guided agent's β: π ∝ q·exp(Q/β) (default: the β it was trained with)")
+
 
 
 def preference_weights(text: str) -> list[float]:
@@ -95,7 +99,7 @@ def run_eval_command(args: argparse.Namespace, config: TrainConfig) -> int:
                                   candidate_block=config.engine.candidate_block,
                                   candidate_state=config.engine.candidate_state, device=device,
                                   dtype=config.lm.dtype)
-        policy = load_agent(checkpoint, state_size=task.state_size, device=device) if checkpoint else None
+        policy = load_agent(checkpoint, state_size=task.state_size, device=device, beta=args.beta) if checkpoint else None
         out = Path(args.out) if args.out else _default_out(args.agent, config)
         seed = config.run.seed if args.seed is None else args.seed
         summaries = {}

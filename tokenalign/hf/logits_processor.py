@@ -55,10 +55,10 @@ class AgentLogitsProcessor(LogitsProcessor):
         self._hook = self.lm_head.register_forward_pre_hook(self._capture)
 
     @classmethod
-    def from_run(cls, run_dir: str | Path, model: PreTrainedModel, *,
-                 preference: Sequence[float] | None = None) -> AgentLogitsProcessor:
+    def from_run(cls, run_dir: str | Path, model: PreTrainedModel, *, preference: Sequence[float] | None = None,
+                 beta: float | None = None) -> AgentLogitsProcessor:
         """The agent of a `tokenalign train` run (its latest checkpoint) for `model`, the run's LM, with the run's
-        sampling settings; refuses an agent trained in lookahead mode."""
+        sampling settings (a value-guided agent at `beta`, default its own); refuses an agent trained in lookahead mode."""
         config_path = run_config(run_dir)
         if config_path is None:
             raise FileNotFoundError(f"{str(run_dir)!r} is not a tokenalign run directory (no config.yaml beside "
@@ -72,7 +72,7 @@ class AgentLogitsProcessor(LogitsProcessor):
             )
         hidden_size = int(model.get_output_embeddings().weight.shape[1])
         state_size = CANDIDATE_STATES["context"].state_size(hidden_size)
-        policy = load_agent(run_dir, state_size=state_size, device=model.get_output_embeddings().weight.device)
+        policy = load_agent(run_dir, state_size=state_size, device=model.get_output_embeddings().weight.device, beta=beta)
         return cls(model=model, policy=policy, sampling=config.engine.sampling, preference=preference)
 
     def generate_kwargs(self) -> dict[str, Any]:

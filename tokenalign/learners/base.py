@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from tokenalign.agents.policy import PARAMETERISATION, AcceptRejectPolicy, check_parameterisation, saved_state_size
-from tokenalign.buffers.batches import Transitions
+from tokenalign.buffers.batches import Decisions, Transitions
 from tokenalign.learners.kl import KLConfig, KLController, decision_kl, kl_per_response, reference_log_probs
 
 DataMode = Literal["replay", "on_policy", "pairs"]
@@ -48,6 +48,11 @@ class LearnerContract:
     """On-policy: episodes collected per prompt (RLOO's k)."""
     groups_per_update: int = 1
     """On-policy: prompt groups per update."""
+    records: Literal["decisions", "candidates"] = "decisions"
+    """What the actors record: the decision chain, or every candidate of every step with its one-step scores
+    (value-guided learners; context mode)."""
+    sample: Literal["rows", "episodes"] = "rows"
+    """Replay: an update samples batch_size rows, or batch_size whole episodes (targets that follow a response)."""
 
 
 @contextlib.contextmanager
@@ -118,9 +123,13 @@ class Learner(abc.ABC):
         # Minibatch shuffling draws from this CPU generator, so runs replay identically on any device.
         self.generator = torch.Generator().manual_seed(seed)
 
+    def label(self, objective: Any, decisions: Decisions) -> Any:
+        """What `update` trains on, from sampled `decisions`: the objective's Transitions (rewards and costs)."""
+        return objective.label(decisions)
+
     @abc.abstractmethod
     def update(self, batch: Transitions) -> dict[str, float]:
-        """Train on `batch` and return scalar metrics (losses, entropy, multipliers, grad norms, ...)."""
+        """Train on `batch` (what `label` made) and return scalar metrics (losses, entropy, multipliers, ...)."""
 
     @abc.abstractmethod
     def networks(self) -> dict[str, nn.Module]:

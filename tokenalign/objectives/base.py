@@ -119,6 +119,11 @@ class Objective(abc.ABC):
         cost = torch.from_numpy(np.asarray(episode_cost, dtype=np.float64)) * done
         return with_rewards(decisions, reward=reward.float(), cost=cost.float(), conditioned=self.preference_dim > 0)
 
+    def linear_weights(self) -> np.ndarray | None:
+        """w with R = w·scores + (a constant per episode) when this objective's sequence reward is linear in the raw
+        scores (what one-step value targets need: R of a partial response), else None."""
+        return None
+
     def cost_of(self, scores: np.ndarray) -> np.ndarray:
         """The sequence cost every objective reports: the sum of the cost-role scorers' raw scores (safe-rlhf)."""
         return scores[:, ~self.is_reward].sum(axis=1)

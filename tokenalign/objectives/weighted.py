@@ -29,6 +29,10 @@ class WeightedObjective(Objective):
 
     reward_roles_only = False
 
+    def linear_weights(self) -> np.ndarray:
+        mask = self.is_reward if self.reward_roles_only else np.ones_like(self.is_reward)
+        return self.reward.baseline_multiplier * self.multiplier * mask
+
     def episode_values(self, scores: np.ndarray, decisions: Decisions) -> tuple[np.ndarray, np.ndarray]:
         mask = self.is_reward if self.reward_roles_only else np.ones_like(self.is_reward)
         weights = self.multiplier * mask

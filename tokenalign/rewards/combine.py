@@ -162,6 +162,10 @@ class RewardCombiner:
             token_reward=self._token_rewards(states),
         )
 
+    def raw_scores(self, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
+        """(scorers, n) every scorer's raw score of each response, from its text (partial responses too)."""
+        return np.stack([self._score_term(t, prompts, responses, None) for t in self.terms])
+
     @staticmethod
     def _score_term(term: RewardTerm, prompts: Sequence[str], responses: Sequence[str],
                     states: Sequence[ResponseStates] | None) -> np.ndarray:

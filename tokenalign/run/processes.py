@@ -77,7 +77,8 @@ class RunProcesses:
         self.objective = make_objective(cfg.objective, reward=cfg.reward, shaping=cfg.shaping, gamma=self.contract.gamma,
                                         signals=self.contract.signals)
         layout = RecordLayout(state_size=state_size, scorers=tuple(s.resolved_name for s in cfg.reward.scorers),
-                              preference_dim=self.objective.preference_dim)
+                              preference_dim=self.objective.preference_dim,
+                              candidate_rows=self.contract.records == "candidates")
         self.buffer_spec = None
         if self.contract.data_mode != "pairs":
             self.buffer_spec, self.fleet = launch_buffer(cfg.buffer, layout=layout, data_mode=self.contract.data_mode,

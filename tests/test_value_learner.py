@@ -1,0 +1,166 @@
+"""The value_guided learner: candidate rows with one-step scores through the buffer's records, its regression
+targets and loss by hand, and a planted reward whose values the head learns."""
+from __future__ import annotations
+
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from tokenalign.actors.records import episodes_to_records, one_step_scores
+from tokenalign.buffers.batches import select_rows
+from tokenalign.buffers.layout import RecordLayout
+from tokenalign.buffers.shard import Columns, make_decisions
+from tokenalign.config import load_config
+from tokenalign.core.parsing import ConfigError
+from tokenalign.envs.engine import DecodingEngine, EngineConfig
+from tokenalign.envs.rollout import generate_episodes
+from tokenalign.learners import config_class, make_learner
+from tokenalign.learners.value_guided import ValueTargets
+from tokenalign.objectives import ObjectiveSection, make_objective
+from tokenalign.rewards.combine import RewardCombiner, RewardConfig
+from tokenalign.rewards.factory import parse_scorer_spec
+from tokenalign.rewards.shaping import ShapingConfig
+
+PROMPTS = ["The secret of life is", "A man", "Love is", "In the beginning"]
+
+
+@pytest.fixture()
+def counting_scorer(tmp_path, monkeypatch):
+    """A user's scorer: +1 per occurrence of the word 'the' (a planted reward the head must find)."""
+    (tmp_path / "planted.py").write_text(textwrap.dedent("""
+        import re
+
+        def the_count(prompts, responses):
+            return [float(len(re.findall(r"\\bthe\\b", r.lower()))) for r in responses]
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return "python:planted:the_count"
+
+
+def candidate_batch(lm, scorer: str, *, episodes: int, seed: int):
+    """Base-sampled episodes' candidate rows, through the record batch a rollout actor writes, as the learner
+    samples them (Decisions), with the reward config and objective that label them."""
+    model, tokenizer = lm
+    engine = DecodingEngine(model=model, tokenizer=tokenizer, config=EngineConfig(max_new_tokens=16,
+                                                                                  candidate_state="context"))
+    reward = RewardConfig(scorers=[parse_scorer_spec(scorer)])
+    combiner = RewardCombiner.from_config(reward)
+    prompts = (PROMPTS * (episodes // len(PROMPTS) + 1))[:episodes]
+    decoded = generate_episodes(engine, lambda s: torch.sigmoid(s[:, -1]), prompts,
+                                generator=torch.Generator().manual_seed(seed), records="candidates")
+    scores = combiner.combine(prompts, [e.response for e in decoded])
+    step, prefix = one_step_scores(decoded, prompts, tokenizer=tokenizer, score=combiner.raw_scores)
+    layout = RecordLayout(state_size=engine.state_size, scorers=(combiner.terms[0].scorer.name,), candidate_rows=True)
+    batch = episodes_to_records(decoded, scores, layout=layout, prompt_ids=list(range(episodes)), policy_version=0,
+                                step_scores=step, prefix_scores=prefix)
+    columns = Columns.from_batch(batch, layout=layout)
+    state = torch.from_numpy(np.array(columns.state, dtype=np.float32))
+    decisions = make_decisions(columns.scalars, state, torch.zeros_like(state), layout=layout, state_dtype=torch.float32)
+    objective = make_objective(ObjectiveSection(name="weighted"), reward=reward, shaping=ShapingConfig(postback=False),
+                               gamma=1.0, signals=("reward",))
+    return engine, decoded, decisions, objective
+
+
+def test_candidate_rows_carry_one_step_scores_and_their_targets_are_the_objectives(tiny_lm, counting_scorer):
+    """Every candidate of every step with a choice is a row; Δ = R(y_<t + c) − R(y_<t) and G = R(y) − R(y_<t + c)
+    under the weighted objective (multiplier 1 here), checked against the texts by hand."""
+    engine, decoded, decisions, objective = candidate_batch(tiny_lm, counting_scorer, episodes=4, seed=0)
+    tokenizer = engine.tokenizer
+    targets = make_learner("value_guided", state_size=engine.state_size).label(objective, decisions)
+    count = lambda ids: float(len(__import__("re").findall(r"\bthe\b", tokenizer.decode(ids).lower())))  # noqa: E731
+    row = 0
+    for episode in decoded:
+        final = count(episode.response_tokens)
+        for t, token, emitted in zip(episode.token_index.tolist(), episode.token.tolist(), episode.action.tolist()):
+            prefix = episode.response_tokens[:t]
+            assert float(targets.one_step[row]) == count(prefix + [token]) - count(prefix)
+            assert float(targets.future[row]) == final - count(prefix + [token])
+            assert bool(targets.emitted[row]) == bool(emitted)
+            row += 1
+    assert row == len(decisions) > 0
+    assert targets.observation.shape == (row, engine.state_size + 1)
+
+
+def test_the_loss_by_hand():
+    learner = make_learner("value_guided", state_size=6, config=config_class("value_guided")(widths=(4,), future_weight=0.5))
+    torch.nn.init.normal_(learner.policy.body[-1].weight)
+    batch = ValueTargets(observation=torch.randn(5, 7, generator=torch.Generator().manual_seed(0)),
+                         one_step=torch.tensor([1.0, 0.0, -1.0, 0.5, 0.0]), future=torch.tensor([2.0, 9.0, 1.0, 9.0, 0.0]),
+                         emitted=torch.tensor([True, False, True, False, True]))
+    with torch.no_grad():
+        predicted = learner.policy.components(batch.observation)
+    step = float(((predicted[:, 0] - batch.one_step) ** 2).mean())
+    future = float(((predicted[:, 1] - batch.future) ** 2)[batch.emitted].mean())
+    metrics = learner.update(batch)
+    assert metrics["loss_one_step"] == pytest.approx(step, rel=1e-5)
+    assert metrics["loss_future"] == pytest.approx(future, rel=1e-5)
+    assert metrics["loss"] == pytest.approx(step + 0.5 * future, rel=1e-5)
+
+
+def test_the_head_learns_a_planted_reward(tiny_lm, counting_scorer):
+    """+1 per 'the': the one-step head learns Δ = 1 for the candidate ' the' and 0 for others (within 0.15 on
+    average on held-out rows); the future head is calibrated on the base samples' future counts (within 0.05) and
+    expects more of them early in a response than late."""
+    engine, _, train, objective = candidate_batch(tiny_lm, counting_scorer, episodes=96, seed=1)
+    _, _, held_out, _ = candidate_batch(tiny_lm, counting_scorer, episodes=32, seed=2)
+    learner = make_learner("value_guided", state_size=engine.state_size, seed=0,
+                           config=config_class("value_guided")(widths=(64,), lr=3e-3, batch_size=256))
+    data = learner.label(objective, train)
+    gen = torch.Generator().manual_seed(3)
+    for _ in range(600):
+        rows = torch.randint(len(data.one_step), (256,), generator=gen)
+        learner.update(ValueTargets(data.observation[rows], data.one_step[rows], data.future[rows], data.emitted[rows]))
+    test = learner.label(objective, held_out)
+    with torch.no_grad():
+        predicted = learner.policy.components(test.observation)
+    planted = test.one_step == 1
+    assert int(planted.sum()) >= 10  # the held-out rows do hold the planted word
+    assert float((predicted[planted, 0] - 1).abs().mean()) < 0.15
+    assert float(predicted[~planted, 0].abs().mean()) < 0.15
+    # The future part is an average over continuations: calibrated on what it saw, larger early than late.
+    with torch.no_grad():
+        fitted = learner.policy.components(data.observation[data.emitted])[:, 1]
+    assert abs(float(fitted.mean() - data.future[data.emitted].mean())) < 0.05
+    position = train.step[data.emitted]
+    early, late = fitted[position < position.median()], fitted[position >= position.median()]
+    assert float(early.mean()) > float(late.mean())
+
+
+def test_the_value_learner_needs_context_states_and_a_linear_objective():
+    with pytest.raises(ConfigError, match="learner.name=value_guided learns from every candidate of a step: set "
+                                          "engine.candidate_state=context"):
+        load_config(None, ["learner.name=value_guided"])
+    with pytest.raises(ConfigError, match="needs an objective linear in the scores .* 'hierarchical'"):
+        load_config(None, ["learner.name=value_guided", "engine.candidate_state=context", "objective.name=hierarchical"])
+
+
+def train_future_head(engine, data_batch, objective, *, target: str, beta: float, steps: int = 800):
+    """A value_guided head trained on whole episodes of `data_batch`, future targets of kind `target`."""
+    learner = make_learner("value_guided", state_size=engine.state_size, seed=0,
+                           config=config_class("value_guided")(widths=(64,), lr=3e-3, kl_coef=beta, future_target=target))
+    episodes = torch.unique_consecutive(data_batch.episode_id)
+    gen = torch.Generator().manual_seed(4)
+    for _ in range(steps):
+        chosen = episodes[torch.randperm(len(episodes), generator=gen)[:8]]
+        rows = torch.nonzero(torch.isin(data_batch.episode_id, chosen)).flatten()
+        learner.update(learner.label(objective, select_rows(data_batch, rows)))
+    return learner
+
+
+def test_the_soft_bellman_head_is_the_monte_carlo_one_at_large_beta_and_optimistic_at_small(tiny_lm, counting_scorer):
+    """CD-Q's target bootstraps the next step's soft value β·log E_q exp(Q/β): at β = 20 that is E_q Q, so the
+    learned future gain matches the Monte-Carlo head's on base samples (within 0.1); at β = 0.3 it is the
+    tilted optimum's, which says 'the' more often, so it expects a larger future count."""
+    engine, _, data, objective = candidate_batch(tiny_lm, counting_scorer, episodes=96, seed=5)
+    emitted = data.action.bool()
+    mc = train_future_head(engine, data, objective, target="monte_carlo", beta=20.0)
+    soft_large = train_future_head(engine, data, objective, target="soft_bellman", beta=20.0)
+    soft_small = train_future_head(engine, data, objective, target="soft_bellman", beta=0.3)
+    observation = mc.label(objective, data).observation[emitted]
+    with torch.no_grad():
+        future = {name: float(head.policy.components(observation)[:, 1].mean())
+                  for name, head in (("mc", mc), ("soft_large", soft_large), ("soft_small", soft_small))}
+    assert abs(future["soft_large"] - future["mc"]) < 0.1, future
+    assert future["soft_small"] > future["mc"] + 0.1, future
