@@ -9,6 +9,7 @@ import contextlib
 import numpy as np
 import pytest
 import torch
+from candidate_rows import candidate_batch
 from synthetic_accept_reject import AcceptRejectProblem
 
 from tokenalign.agents import AcceptRejectPolicy
@@ -69,12 +70,22 @@ def rollout_batch():
                            generator=gen).transitions
 
 
-@pytest.mark.parametrize("name", [n for n in learner_names() if learner_class(n).data_mode != "pairs"])
+@pytest.mark.parametrize("name", [n for n in learner_names() if learner_class(n).data_mode != "pairs" and n != "value_guided"])
 def test_a_learner_step_creates_every_tensor_on_its_device(name):
     learner = make_learner(name, state_size=8, config=config_class(name)(widths=(8, 4)))
     batch = rollout_batch()
     with no_implicit_device():
         metrics = learner.update(batch.to("cpu"))
+    assert metrics and all(np.isfinite(v) for v in metrics.values())
+
+
+@pytest.mark.parametrize("future_target", ["monte_carlo", "soft_bellman"])
+def test_value_guided_labels_and_updates_with_every_tensor_on_its_device(tiny_lm, future_target):
+    engine, _, decisions, objective = candidate_batch(tiny_lm, "vader", episodes=4, seed=0)
+    learner = make_learner("value_guided", state_size=engine.state_size,
+                           config=config_class("value_guided")(widths=(8,), future_target=future_target))
+    with no_implicit_device():
+        metrics = learner.update(learner.label(objective, decisions))
     assert metrics and all(np.isfinite(v) for v in metrics.values())
 
 

@@ -96,7 +96,7 @@ def test_eval_then_arena_end_to_end(run_dir, capsys):
     assert all(s["n"] == 3 and set(s["reward"]) == {"mean", "se"} for s in summary.values())
     records = read_generations(out / "generations-agent-serial.jsonl")
     assert len(records) == 3 and all(1 <= r.tokens <= 6 for r in records)
-    assert "| agent-max_prob | 3 |" in capsys.readouterr().out
+    assert "| agent-max_prob (lookahead) | 3 |" in capsys.readouterr().out
 
     assert run(["arena", str(out / "generations-base.jsonl"), str(out / "generations-agent-serial.jsonl")]) == 0
     arena = out / "arena-agent-serial-vs-base"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tokenalign.eval.errors import EvalError
-from tokenalign.eval.report import write_report
+from tokenalign.eval.report import the_bar, write_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SUMMARY = {
@@ -82,6 +82,26 @@ def test_report_reads_the_trainers_mode_names(tmp_path):
     run = write_run(tmp_path / "demo-4", summary={names[m]: s for m, s in SUMMARY.items()})
     write_report(run)
     assert "**agent** vs best_of_4: reward worse by 0.100 ± 0.036" in (run / "report.md").read_text()
+
+
+def test_the_bar_states_each_comparison_and_its_verdict():
+    base, best = SUMMARY["base"], SUMMARY["best-of-4"]
+    # Clears: +0.15 over best-of-4 with 2 SE = 2·hypot(0.02, 0.03) = 0.072; KL 1.80 ≤ log 16 − 15/16 = 1.835.
+    good = {"reward": {"mean": 0.65, "se": 0.03}, "cost": base["cost"], "n": 100, "kl_per_response": {"mean": 1.80, "se": 0.1},
+            "distinct_2": 0.63, "perplexity": {"mean": 26.0, "se": 1.0}, "lm_forward_tokens_per_token": 1.0}
+    assert the_bar("agent", {"base": base, "best_of_4": best, "agent": good}) == (
+        "**agent** clears the bar for training over best-of-N: reward +0.150 over best-of-4's (2 SE = 0.072) ✓; "
+        "KL 1.80 nats per response (best-of-16's bound 1.84) ✓; distinct-2 0.90× base sampling's (bar ≥ 0.9) ✓; "
+        "perplexity 1.30× base sampling's (bar ≤ 1.3) ✓; 1.0 LM forward tokens per token (bar ≤ 3) ✓.")
+    for key, value, failed in [("reward", {"mean": 0.57, "se": 0.03}, "reward +0.070 over best-of-4's (2 SE = 0.072) ✗"),
+                               ("kl_per_response", {"mean": 1.84, "se": 0.1}, "(best-of-16's bound 1.84) ✗"),
+                               ("distinct_2", 0.62, "distinct-2 0.89× base sampling's (bar ≥ 0.9) ✗"),
+                               ("perplexity", {"mean": 26.2, "se": 1.0}, "perplexity 1.31× base sampling's (bar ≤ 1.3) ✗"),
+                               ("lm_forward_tokens_per_token", 3.1, "3.1 LM forward tokens per token (bar ≤ 3) ✗")]:
+        line = the_bar("agent", {"base": base, "best-of-4": best, "agent": {**good, key: value}})
+        assert line.startswith("**agent** does not clear the bar") and failed in line and line.count("✗") == 1, key
+    assert the_bar("agent", {"base": base, "agent": good}) is None  # nothing to compare with
+    assert the_bar("agent", {"base": base, "best-of-4": best, "agent": {**good, "kl_per_response": None}}) is None
 
 
 def test_missing_run_directory(tmp_path):

@@ -20,9 +20,8 @@ a mask on the device; the host reads one small `StepStatus` per settle round (th
 forward, whether any row emits or finished), so a forward costs about two device-to-host syncs however
 many rows the batch has. Query slots per forward are bounded by what the rows still need.
 
-Why not a per-candidate loop over one cache (as the reference does): with transformers 5 a
-DynamicCache handed to several forwards is mutated in place, so later candidates silently attend to
-earlier ones; and it costs one forward per candidate.
+Not a per-candidate loop over one cache (as the reference does): transformers 5 mutates a shared
+DynamicCache in place, so later candidates would attend to earlier ones; and it costs a forward each.
 """
 from __future__ import annotations
 
@@ -34,6 +33,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from tokenalign.agents.chain import BASE_LOGIT_BOUND
+from tokenalign.envs.attention import attention_mask
 from tokenalign.envs.candidate_state import CANDIDATE_STATES, unit_rms
 from tokenalign.envs.candidates import Candidates, SamplingConfig, propose
 from tokenalign.envs.decode_batch import DecodeBatch, StepStatus
@@ -59,14 +59,10 @@ class EngineConfig:
     context's state, the candidate's embedding, log q, rank: one LM forward per token, like sampling)."""
 
     def __post_init__(self) -> None:
-        for name in ("max_new_tokens", "candidate_block"):
+        for name, low, hint in (("max_new_tokens", 1, ""), ("candidate_block", 0, " (0 = all candidates at once)")):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise ValueError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.candidate_block < 0:
-            raise ValueError(f"candidate_block must be >= 0 (0 = all candidates at once), got {self.candidate_block}")
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ValueError(f"{name} must be an int >= {low}{hint}, got {value!r} ({type(value).__name__})")
         if self.candidate_state not in CANDIDATE_STATES:
             raise ValueError(f"candidate_state is {self.candidate_state!r}; choose one of {', '.join(CANDIDATE_STATES)}")
 
@@ -103,8 +99,7 @@ class DecodingEngine:
         self._softcap = getattr(model.config, "final_logit_softcapping", None)
         layer_types = set(getattr(model.config, "layer_types", None) or ())
         if layer_types - {"full_attention", "sliding_attention"}:
-            raise ValueError(f"the LM has attention layers of types {sorted(layer_types)}; the decoding engine supports "
-                             "full_attention and sliding_attention layers")
+            raise ValueError(f"the LM has attention layers of types {sorted(layer_types)}; the engine supports full_attention and sliding_attention only")
         # Sliding-window layers (Gemma 3, ...) see only the last `sliding_window` positions: they get a mask of their own.
         self.sliding_window = getattr(model.config, "sliding_window", None) if "sliding_attention" in layer_types else None
         self._truncation_warned = False
@@ -345,7 +340,8 @@ class DecodingEngine:
         diagonal = torch.arange(c + q, device=self.device)
         allowed[:, diagonal, t + diagonal] = True
         slot_pos = batch.attn.long().cumsum(dim=1) - 1  # a real slot's position: the row's real tokens before it
-        mask = self.attention_mask(allowed, positions, torch.cat([slot_pos, positions], dim=1))
+        mask = attention_mask(allowed, positions, torch.cat([slot_pos, positions], dim=1), dtype=self.dtype,
+                              sliding_window=self.sliding_window)
 
         out = self.base(input_ids=input_ids, attention_mask=mask, position_ids=positions,
                         cache=batch.cache, use_cache=True)
@@ -380,17 +376,6 @@ class DecodingEngine:
         and restarts index."""
         return SlotCache()
 
-    def attention_mask(self, allowed: torch.Tensor, query_pos: torch.Tensor,
-                       key_pos: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
-        """The forward's additive mask from `allowed` (B, Q, K) with the queries' and keys' positions: one 4D
-        mask for every layer, or for an LM with sliding-window layers one per layer type, the sliding one
-        also hiding keys `sliding_window` or more positions behind the query (as HF's sliding mask does)."""
-        full = _additive(allowed, self.dtype)
-        if self.sliding_window is None:
-            return full
-        near = (query_pos.unsqueeze(2) - key_pos.unsqueeze(1)) < self.sliding_window
-        return {"full_attention": full, "sliding_attention": _additive(allowed & near, self.dtype)}
-
     def next_token_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Next-token logits from last hidden states (the LM head, with its final soft-cap when the model has one)."""
         logits = self.lm_head(hidden.to(self.dtype)).to(self.device).float()
@@ -413,8 +398,3 @@ class DecodingEngine:
             batch.commit = torch.nn.functional.pad(batch.commit, (0, pad), value=self.pad_token_id)
             batch.commit_valid = torch.nn.functional.pad(batch.commit_valid, (0, pad), value=False)
 
-
-def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """(B, 1, Q, K) additive attention mask: 0 where `allowed` (B, Q, K), the dtype's minimum elsewhere."""
-    mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
-    return mask.masked_fill_(~allowed, torch.finfo(dtype).min).unsqueeze(1)

@@ -174,7 +174,7 @@ def record_candidates(record: DecisionLog, batch: DecodeBatch, state: torch.Tens
     log_pi = emission_log_probs(accept_logit, batch.cand.count)
     log_q = emission_log_probs(batch.cand.base_logit, batch.cand.count)
     real = ranks < count
-    step_kl = torch.where(real, log_pi.exp() * (log_pi - log_q.masked_fill(~real, 0.0)), 0.0).sum(dim=1)
+    step_kl = torch.where(real, log_pi.exp() * (log_pi - log_q.masked_fill(~real, 0.0)), 0.0).sum(dim=1).clamp(min=0.0)  # ≥ 0 up to rounding
     chosen = ranks == emitted.unsqueeze(1)
     half = torch.finfo(torch.float16).max
     zero = torch.zeros_like(accept_logit)

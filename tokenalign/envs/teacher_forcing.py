@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
+from tokenalign.envs.attention import attention_mask
 from tokenalign.envs.candidate_state import context_states, unit_rms
 from tokenalign.envs.candidates import propose
 from tokenalign.envs.engine import DecodingEngine
@@ -82,7 +83,8 @@ def force_responses(engine: DecodingEngine, prompts: Sequence[str],
     causal = torch.ones(width, width, dtype=torch.bool, device=dev).tril() & real.unsqueeze(1)
     causal |= torch.eye(width, dtype=torch.bool, device=dev)  # padding rows see themselves: no NaN softmax
     position = torch.arange(width, device=dev).expand(b, width)
-    hidden = engine.base(input_ids=input_ids, attention_mask=engine.attention_mask(causal, position, position),
+    hidden = engine.base(input_ids=input_ids, attention_mask=attention_mask(causal, position, position, dtype=engine.dtype,
+                                                                   sliding_window=engine.sliding_window),
                          position_ids=position, cache=cache, use_cache=True).last_hidden_state
 
     # Every response step: the context's last position, the candidates there, the forced token's rank.
@@ -137,6 +139,7 @@ def _candidate_states(engine: DecodingEngine, cache: DynamicCache, real: torch.T
     diagonal = torch.arange(q, device=dev)
     allowed[:, diagonal, width + diagonal] = True
     key_pos = torch.cat([torch.arange(width, device=dev).expand(b, width), query_pos], dim=1)
-    hidden = engine.base(input_ids=query_ids, attention_mask=engine.attention_mask(allowed, query_pos, key_pos),
+    hidden = engine.base(input_ids=query_ids, attention_mask=attention_mask(allowed, query_pos, key_pos, dtype=engine.dtype,
+                                                                   sliding_window=engine.sliding_window),
                          position_ids=query_pos, cache=cache, use_cache=True).last_hidden_state
     return hidden[sequence, slot]

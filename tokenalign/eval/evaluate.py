@@ -34,7 +34,7 @@ from tokenalign.envs.rollout import generate_episodes
 from tokenalign.envs.task import DecodingTask
 from tokenalign.eval.errors import EvalError
 from tokenalign.eval.forward_tokens import ForwardTokenCounter
-from tokenalign.eval.metrics import DEFAULT_COST_THRESHOLD, summarize
+from tokenalign.eval.metrics import DEFAULT_COST_THRESHOLD, best_of_kl_bound, summarize
 from tokenalign.eval.perplexity import response_perplexity
 from tokenalign.eval.proxy import STRATEGIES, proxy_decode
 from tokenalign.eval.records import Generation
@@ -126,7 +126,7 @@ def evaluate(
     if mode in AGENT_MODES:  # what the agent's compute (lm_forward_tokens_per_token) was spent on
         summary["candidate_state"] = engine.config.candidate_state
     if mode == "best-of-n":  # the analytic bound on best-of-N's KL to the base LM (Stiennon et al. 2020)
-        summary["kl_per_response_bound"] = float(np.log(n) - (n - 1) / n)
+        summary["kl_per_response_bound"] = best_of_kl_bound(n)
     return EvalResult(label=label, records=records, summary=summary)
 
 

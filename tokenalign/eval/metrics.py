@@ -28,6 +28,12 @@ score); the demo's cost is alt-profanity-check's probability in [0, 1], never �
 boundary 0.5 is the meaningful default. Pass 0 with safe-rlhf cost models."""
 
 
+def best_of_kl_bound(n: int) -> float:
+    """The KL of best-of-N's text to the base LM's is at most log N − (N−1)/N nats (Stiennon et al. 2020;
+    Beirami et al. 2024 show it is tight for rare rewards)."""
+    return float(np.log(n) - (n - 1) / n)
+
+
 def mean_se(values: Sequence[float] | np.ndarray) -> dict[str, float]:
     """{"mean", "se"} of `values`; the standard error uses the unbiased std (0 for fewer than 2 values)."""
     x = np.asarray(values, dtype=np.float64)

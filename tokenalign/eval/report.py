@@ -22,6 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first
 import numpy as np  # noqa: E402
 
 from tokenalign.eval.errors import EvalError  # noqa: E402
+from tokenalign.eval.metrics import best_of_kl_bound  # noqa: E402
 
 SMOOTHING = 0.6
 """Weight of the past in the plotted exponential moving average (TensorBoard's default slider)."""
@@ -30,6 +31,10 @@ REFERENCE = "base"
 BEST_OF = re.compile(r"best[-_]of[-_]\d+")
 """Labels of best-of-N modes (evaluate's best-of-4, or best_of_4)."""
 _REQUIRED = ("time_s", "episodes", "updates")
+BAR_BEST_OF, BAR_KL_OF, BAR_DISTINCT, BAR_PERPLEXITY, BAR_FORWARD_TOKENS = 4, 16, 0.9, 1.3, 3.0
+"""What makes an agent worth training over best-of-N (the value-guided issue): best-of-4's reward beaten by
+> 2 SE within best-of-16's KL bound, distinct-2 ≥ 0.9× and perplexity ≤ 1.3× base sampling's, ≤ 3 LM
+forward tokens per generated token (best-of-4 spends ~5.5)."""
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
@@ -148,9 +153,34 @@ def interpretation(summary: dict[str, dict[str, Any]]) -> list[str]:
                 sentences += [f"**{mode}** vs {REFERENCE}: {_compare(s, summary[REFERENCE])}.",
                               *_warnings(mode, s, summary[REFERENCE])]
     best_of = [m for m in summary if BEST_OF.fullmatch(m)]
-    sentences += [f"**{agent}** vs {m}: {_compare(summary[agent], summary[m])}."
-                  for agent in summary if agent.startswith("agent") for m in best_of]
-    return sentences
+    agents = [m for m in summary if m.startswith("agent")]
+    sentences += [f"**{agent}** vs {m}: {_compare(summary[agent], summary[m])}." for agent in agents for m in best_of]
+    return sentences + [line for agent in agents if (line := the_bar(agent, summary))]
+
+
+def the_bar(agent: str, summary: dict[str, dict[str, Any]]) -> str | None:
+    """One sentence: each of the bar's comparisons (`BAR_*`) for `agent`, met or not; None without the base and
+    best-of-4 rows it compares with, or without the agent's measured KL."""
+    s, base = summary[agent], summary.get(REFERENCE)
+    best = next((summary[m] for m in (f"best-of-{BAR_BEST_OF}", f"best_of_{BAR_BEST_OF}") if m in summary), None)
+    if base is None or best is None or not isinstance(s.get("kl_per_response"), dict):
+        return None
+    d, se = _versus(s["reward"], best["reward"])
+    kl, kl_bound = s["kl_per_response"]["mean"], best_of_kl_bound(BAR_KL_OF)
+    checks = [(d > 2 * se, f"reward {d:+.3f} over best-of-{BAR_BEST_OF}'s (2 SE = {2 * se:.3f})"),
+              (kl <= kl_bound, f"KL {kl:.2f} nats per response (best-of-{BAR_KL_OF}'s bound {kl_bound:.2f})")]
+    for key, limit, better in (("distinct_2", BAR_DISTINCT, "≥"), ("perplexity", BAR_PERPLEXITY, "≤")):
+        mine, ref = (x[key]["mean"] if isinstance(x.get(key), dict) else x.get(key) for x in (s, base))
+        if isinstance(mine, float) and isinstance(ref, float) and ref > 0:
+            ratio = mine / ref
+            checks.append((ratio >= limit if better == "≥" else ratio <= limit,
+                           f"{key.replace('_', '-')} {ratio:.2f}× base sampling's (bar {better} {limit})"))
+    tokens = s.get("lm_forward_tokens_per_token")
+    if isinstance(tokens, (int, float)):
+        checks.append((tokens <= BAR_FORWARD_TOKENS, f"{tokens:.1f} LM forward tokens per token (bar ≤ {BAR_FORWARD_TOKENS:g})"))
+    verdict = "clears" if all(ok for ok, _ in checks) else "does not clear"
+    return (f"**{agent}** {verdict} the bar for training over best-of-N: "
+            + "; ".join(f"{text} {'✓' if ok else '✗'}" for ok, text in checks) + ".")
 
 
 def _rollout_curve(lines: list[dict[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray]:

@@ -142,7 +142,7 @@ class ValueGuidedLearner(Learner):
         if weights is None or decisions.step_scores is None:
             raise ValueError("value_guided learns from candidate rows under an objective linear in the scores "
                              f"(weighted, lagrangian); got objective {objective.name!r}")
-        w = torch.from_numpy(np.asarray(weights, np.float32))
+        w = torch.as_tensor(np.asarray(weights, np.float32), device=decisions.state.device)
         step, prefix = decisions.step_scores.float() @ w, decisions.prefix_scores.float() @ w
         parts = [decisions.state.float(), decisions.base_logit.float().unsqueeze(-1)]
         if self.preference_dim:
@@ -160,25 +160,25 @@ class ValueGuidedLearner(Learner):
                       prefix: torch.Tensor, final: torch.Tensor) -> torch.Tensor:
         """(rows,) G targets of whole episodes' candidate rows: on an emitted row, P' − R(y_<t + c) + V_θ(s') with s'
         the episode's next step with a choice, or R(y) − R(y_<t + c) after its last one (module docstring)."""
-        rows = len(step)
+        rows, dev = len(step), step.device
         new_step = (decisions.rank == 0).long()
         step_id = torch.cumsum(new_step, 0) - 1  # steps in row order; episodes are whole, in step order
         steps = int(step_id[-1]) + 1 if rows else 0
-        q_values = self.target.q_values(observation.to(self.device)).float().cpu()
+        q_values = self.target.q_values(observation.to(self.device)).float().to(dev)
         count = torch.bincount(step_id, minlength=steps)
         # log q of each candidate from its step's π_ref accept logits (their chain emits q), then the soft value.
         start = torch.cumsum(count, 0) - count
         width = int(count.max()) if steps else 0
-        column = torch.arange(rows) - start[step_id]
-        base = torch.full((steps, width), -30.0).index_put_((step_id, column), decisions.base_logit.float())
-        q = torch.zeros(steps, width).index_put_((step_id, column), q_values)
+        column = torch.arange(rows, device=dev) - start[step_id]
+        base = torch.full((steps, width), -30.0, device=dev).index_put_((step_id, column), decisions.base_logit.float())
+        q = torch.zeros(steps, width, device=dev).index_put_((step_id, column), q_values)
         log_q = emission_log_probs(base, count)
         soft_value = self.config.kl_coef * torch.logsumexp(log_q + q / self.config.kl_coef, dim=1)  # (steps,)
         episode = decisions.episode_id
-        starts_episode = torch.ones(rows, dtype=torch.bool)
+        starts_episode = torch.ones(rows, dtype=torch.bool, device=dev)
         starts_episode[1:] = episode[1:] != episode[:-1]
         episode_index = torch.cumsum(starts_episode.long(), 0) - 1
-        last_row_of_episode = torch.cat([torch.nonzero(starts_episode).flatten()[1:] - 1, torch.tensor([rows - 1])])
+        last_row_of_episode = torch.cat([torch.nonzero(starts_episode).flatten()[1:] - 1, torch.tensor([rows - 1], device=dev)])
         next_step = (step_id + 1).clamp(max=max(steps - 1, 0))
         next_first = start[next_step]  # the first row of the row's next step
         has_next = (step_id + 1 < steps) & (next_first <= last_row_of_episode[episode_index])
