@@ -8,6 +8,7 @@ import json
 import math
 import os
 import platform
+import shlex
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -41,7 +42,7 @@ def parse_args(cls: type[A], doc: str, quick: dict[str, Any]) -> A:
 def command(script: str, args: Any, quick: dict[str, Any]) -> str:
     """The command line that reproduces `args`."""
     defaults = type(args)()
-    flags = [f"--{k.replace('_', '-')} {v}" for k, v in dataclasses.asdict(args).items()
+    flags = [f"--{k.replace('_', '-')} {shlex.quote(str(v))}" for k, v in dataclasses.asdict(args).items()
              if k != "quick" and v != getattr(defaults, k) and not (args.quick and k in quick)]
     return " ".join([f"python benchmarks/{script}", *(["--quick"] if args.quick else []), *flags])
 

@@ -34,7 +34,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,7 @@ from bench_runs import budget_overrides, command, held_out_task, machine, mean_s
 from tokenalign.eval.agent_source import load_agent  # noqa: E402
 from tokenalign.eval.evaluate import evaluate  # noqa: E402
 from tokenalign.eval.forward_tokens import ForwardTokenCounter  # noqa: E402
-from tokenalign.eval.metrics import distinct_n  # noqa: E402
+from tokenalign.eval.metrics import best_of_kl_bound, distinct_n  # noqa: E402
 from tokenalign.eval.perplexity import response_perplexity  # noqa: E402
 from tokenalign.eval.sampler import sample_responses  # noqa: E402
 
@@ -84,6 +84,8 @@ class Args:
     """Sequences decoded together during evaluation."""
     quick: bool = False
     """1 seed, 2 β, 300 episodes, 20 prompts, N ≤ 16: writes reward_kl_quick.*."""
+    render: str = ""
+    """A results JSON of this script: write its markdown and plot again beside it, running nothing."""
     out_dir: str = "benchmarks/results"
     """Where the results go."""
     runs_dir: str = "runs/reward_kl"
@@ -118,7 +120,7 @@ def best_of_n_rows(task, *, seed: int, pool: int, batch_size: int) -> dict[str, 
         ppl = response_perplexity(engine.model, engine.encode([p.text for p in prompts]), chosen,
                                   pad_token_id=engine.pad_token_id, batch_size=batch_size)
         row = text_row(chosen, scores.final[pick], scores.cost[pick], ppl, engine.eos_token_id)
-        row["kl_bound"] = math.log(n) - (n - 1) / n
+        row["kl_bound"] = best_of_kl_bound(n)
         if n <= pool // 2:
             rest = final[:, n:]  # the pool's other samples: an empirical CDF independent of the chosen one
             cdf = ((rest <= final.reshape(-1)[pick][:, None]).sum(axis=1) + 0.5) / (rest.shape[1] + 1)
@@ -144,6 +146,14 @@ def aggregate(values: list[dict[str, Any]]) -> dict[str, list[float]]:
 
 def main() -> None:
     args = parse_args(Args, __doc__, QUICK)
+    if args.render:
+        path = Path(args.render)
+        data = json.loads(path.read_text())
+        recorded = {k: v for k, v in data["args"].items() if k in {f.name for f in fields(Args)}}
+        data["command"] = command("reward_kl.py", Args(**recorded), QUICK)  # quoted for a shell
+        path.with_suffix(".md").write_text(markdown(data))
+        plot(data, path.with_suffix(".png"))
+        return
     name = "reward_kl_quick" if args.quick else "reward_kl"
     betas = [float(b) for b in args.betas.split(",")]
     modes = [m for m in args.candidate_states.split(",") if m]
@@ -214,25 +224,31 @@ def fmt(cell: list[float], digits: int = 3) -> str:
 
 def markdown(data: dict[str, Any]) -> str:
     s, args = data["summary"], data["args"]
-    lines = [f"# Reward–KL frontier on the demo task ({args['learner']} agents vs best-of-N)", "",
+    kinds = [*([f"{args['learner']} agents"] if args["candidate_states"] else []),
+             *(["a value-guided head"] if args.get("value_betas") else [])]
+    lines = [f"# Reward–KL frontier on the demo task ({' and '.join(kinds)} vs best-of-N)", "",
              f"`{data['command']}` — {args['seeds']} seed(s), {args['eval_prompts']} held-out prompts, "
              f"{args['episodes']:,} training episodes per agent; mean ± SE over seeds. KL per response to the base "
              "LM's sampling distribution in nats (agents: measured while decoding; best-of-N: the analytic bound, "
-             "and an estimate from the pool's empirical reward CDF). Compute: LM forward tokens per generated token.",
-             "", "| method | reward | cost | KL / response | √KL | distinct-2 | base-LM ppl | compute |",
-             "|---|---|---|---|---|---|---|---|"]
-    b = s["base"]
+             "and an estimate from the pool's empirical reward CDF). Compute: LM forward tokens per generated token, padding "
+             "included; × base: against base sampling decoded in the same batches (agents), or against best-of-1 from the "
+             "same pool (best-of-N), so batching does not enter the comparison."
+             + (" The value-guided head decodes in context mode (candidate states from the step's one forward)."
+                if args.get("value_betas") else ""),
+             "", "| method | reward | cost | KL / response | √KL | distinct-2 | base-LM ppl | compute | × base |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    b, relative = s["base"], relative_compute(s)
     lines.append(f"| base sampling | {fmt(b['reward'])} | {fmt(b['cost'])} | 0 | 0 | {fmt(b['distinct_2'])} | "
-                 f"{fmt(b['perplexity'], 1)} | {b['forward_tokens_per_token'][0]:.2f} |")
+                 f"{fmt(b['perplexity'], 1)} | {b['forward_tokens_per_token'][0]:.2f} | 1 |")
     for key, a in s["agents"].items():
         lines.append(f"| agent {key} | {fmt(a['reward'])} | {fmt(a['cost'])} | {fmt(a['kl'], 2)} | "
                      f"{math.sqrt(max(a['kl'][0], 0)):.2f} | {fmt(a['distinct_2'])} | {fmt(a['perplexity'], 1)} | "
-                     f"{a['forward_tokens_per_token'][0]:.2f} |")
+                     f"{a['forward_tokens_per_token'][0]:.2f} | {relative[key]:.2f} |")
     for n, r in s["best_of"].items():
         estimate = f" (est. {r['kl_estimate'][0]:.2f})" if "kl_estimate" in r else ""
         lines.append(f"| best-of-{n} | {fmt(r['reward'])} | {fmt(r['cost'])} | ≤ {r['kl_bound'][0]:.2f}{estimate} | "
                      f"{math.sqrt(r['kl_bound'][0]):.2f} | {fmt(r['distinct_2'])} | {fmt(r['perplexity'], 1)} | "
-                     f"{r['forward_tokens_per_token'][0]:.2f} |")
+                     f"{r['forward_tokens_per_token'][0]:.2f} | {relative[n]:.2f} |")
     lines += ["", "## Agents against best-of-N", ""]
     lines += comparisons(s)
     return "\n".join(lines) + "\n"
@@ -245,13 +261,13 @@ def comparisons(s: dict[str, Any]) -> list[str]:
     the agent's KL: where the agent spends more KL than that, best-of-N could spend more too. A reward win
     whose text loses a fifth of best-of-N's distinct-2 or more is a loss.
     """
-    out = []
+    out, relative = [], relative_compute(s)
     bon = {int(n): r for n, r in s["best_of"].items()}
     largest = max(bon)
     for key, a in s["agents"].items():
-        kl, compute = a["kl"][0], a["forward_tokens_per_token"][0]
+        kl = a["kl"][0]
         at_kl = max((n for n, r in bon.items() if r["kl_bound"][0] <= kl), default=1)
-        at_compute = max((n for n, r in bon.items() if r["forward_tokens_per_token"][0] <= compute), default=1)
+        at_compute = max((n for n in bon if relative[str(n)] <= relative[key] * (1 + 1e-6)), default=1)
         for label, n in (("at its KL", at_kl), ("at its compute", at_compute)):
             r = bon[n]
             gap = a["reward"][0] - r["reward"][0]
@@ -269,42 +285,60 @@ def comparisons(s: dict[str, Any]) -> list[str]:
     return out
 
 
+def relative_compute(s: dict[str, Any]) -> dict[str, float]:
+    """Each agent's and best-of-N's compute as a multiple of one base sample's, each measured as it was decoded:
+    an agent against base sampling in the same batches, best-of-N against best-of-1 from the same pool."""
+    base, one = s["base"]["forward_tokens_per_token"][0], s["best_of"]["1"]["forward_tokens_per_token"][0]
+    return {**{k: a["forward_tokens_per_token"][0] / base for k, a in s["agents"].items()},
+            **{n: r["forward_tokens_per_token"][0] / one for n, r in s["best_of"].items()}}
+
+
 def plot(data: dict[str, Any], path: Path) -> None:
+    """Reward and cost against √KL, and reward against compute (× one base sample's)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    s = data["summary"]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for ax, key in zip(axes, ("reward", "cost")):
-        ns = sorted(s["best_of"], key=int)
-        x = [math.sqrt(s["best_of"][n]["kl_bound"][0]) for n in ns]
-        y = [s["best_of"][n][key][0] for n in ns]
-        e = [s["best_of"][n][key][1] for n in ns]
-        ax.errorbar(x, y, yerr=e, fmt="^:", color="C3", label="best-of-N (KL bound)")
-        for n, xi, yi in zip(ns, x, y):
-            ax.annotate(f"N={n}", (xi, yi), textcoords="offset points", xytext=(3, -10), fontsize=7)
-        est = [n for n in ns if "kl_estimate" in s["best_of"][n]]
-        ax.plot([math.sqrt(max(s["best_of"][n]["kl_estimate"][0], 0)) for n in est],
-                [s["best_of"][n][key][0] for n in est], "^", mfc="none", color="C3", label="best-of-N (KL estimate)")
-        families = [m for m in data["args"]["candidate_states"].split(",") if m]
-        for i, mode in enumerate([*families, *(["value"] if data["args"].get("value_betas") else [])]):
+    s, relative = data["summary"], relative_compute(data["summary"])
+    ns = sorted(s["best_of"], key=int)
+    families = [m for m in data["args"]["candidate_states"].split(",") if m]
+    families += ["value"] if data["args"].get("value_betas") else []
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.4))
+    for ax, key, x_of in ((axes[0], "reward", "kl"), (axes[1], "cost", "kl"), (axes[2], "reward", "compute")):
+        def x(name: str, row: dict[str, Any], bound: bool = False, x_of: str = x_of) -> float:
+            if x_of == "compute":
+                return relative[name]
+            return math.sqrt(max(row["kl_bound" if bound else "kl"][0], 0))
+
+        bx = [x(n, s["best_of"][n], bound=True) for n in ns]
+        ax.errorbar(bx, [s["best_of"][n][key][0] for n in ns], yerr=[s["best_of"][n][key][1] for n in ns], fmt="^:",
+                    color="C3", label="best-of-N" + (" (KL bound)" if x_of == "kl" else ""))
+        for n, xi in zip(ns, bx):
+            ax.annotate(f"N={n}", (xi, s["best_of"][n][key][0]), textcoords="offset points", xytext=(3, -10), fontsize=7)
+        if x_of == "kl":
+            est = [n for n in ns if "kl_estimate" in s["best_of"][n]]
+            ax.plot([math.sqrt(max(s["best_of"][n]["kl_estimate"][0], 0)) for n in est],
+                    [s["best_of"][n][key][0] for n in est], "^", mfc="none", color="C3", label="best-of-N (KL estimate)")
+        for i, mode in enumerate(families):
             agents = {k: a for k, a in s["agents"].items() if k.startswith(f"{mode} ")}
-            ax.errorbar([math.sqrt(max(a["kl"][0], 0)) for a in agents.values()], [a[key][0] for a in agents.values()],
-                        xerr=[a["kl"][1] / (2 * math.sqrt(max(a["kl"][0], 1e-9))) for a in agents.values()],
+            xerr = [a["kl"][1] / (2 * math.sqrt(max(a["kl"][0], 1e-9))) for a in agents.values()] if x_of == "kl" else None
+            ax.errorbar([x(k, a) for k, a in agents.items()], [a[key][0] for a in agents.values()], xerr=xerr,
                         yerr=[a[key][1] for a in agents.values()], fmt="o-", color=f"C{i}",
                         label="value-guided (β at decode time)" if mode == "value" else
                         f"{data['args']['learner']} agents, {mode} (β)")
             for k, a in agents.items():
-                ax.annotate(k.split(" ", 1)[1], (math.sqrt(max(a["kl"][0], 0)), a[key][0]),
-                            textcoords="offset points", xytext=(3, 4), fontsize=7)
+                ax.annotate(k.split(" ", 1)[1], (x(k, a), a[key][0]), textcoords="offset points", xytext=(3, 4), fontsize=7)
         ax.axhline(s["base"][key][0], color="grey", lw=0.8, ls="--", label="base sampling")
-        ax.set_xlabel("√(KL per response to the base LM, nats)")
+        if x_of == "compute":
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("LM forward tokens per token, × one base sample's")
+        else:
+            ax.set_xlabel("√(KL per response to the base LM, nats)")
         ax.set_ylabel(key)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.suptitle("Reward–KL frontier on the demo task (mean ± SE over seeds)")
+    fig.suptitle("Reward–KL and reward–compute frontiers on the demo task (mean ± SE over seeds)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 

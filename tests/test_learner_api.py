@@ -60,7 +60,7 @@ def test_registry_names_modes_and_config_overrides() -> None:
 def test_unknown_learner_and_unknown_config_key_are_clear_errors() -> None:
     with pytest.raises(ValueError, match=r"unknown learner 'dqn' \(learner.name\); known learners: dpo, ppo, ppo_lagrangian, rloo_lagrangian"):
         make_learner("dqn", state_size=HIDDEN)
-    with pytest.raises(ConfigError, match=r"unknown key 'learner.params.learning_rate'; learner.params has keys: actor_lr"):
+    with pytest.raises(ConfigError, match=r"unknown key 'learner.params.learning_rate'; learner.params has keys: batch_size"):
         load_config(None, ["learner.params.learning_rate=1e-3"])
     with pytest.raises(TypeError, match="learner 'ppo' takes a PPOConfig, got SACConfig"):
         make_learner("ppo", state_size=HIDDEN, config=config_class("sac")())

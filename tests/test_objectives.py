@@ -198,10 +198,10 @@ def test_stored_data_is_relabelled_by_another_objective_without_a_new_rollout():
 
 def test_objective_and_learner_options_are_checked_at_load():
     with pytest.raises(ConfigError, match="learner.params.actor_lr must be float, got 'fast'"):
-        load_config(None, ["learner.params.actor_lr=fast"])
+        load_config(None, ["learner.name=ppo", "learner.params.actor_lr=fast"])
     with pytest.raises(ConfigError, match="learner.params.episodes_per_update must be int"):
-        load_config(None, ["learner.params.episodes_per_update=2.5"])
-    assert load_config(None, ["learner.params.actor_lr=1e-3"])  # YAML's 1e-3 string is the float it spells
+        load_config(None, ["learner.name=ppo", "learner.params.episodes_per_update=2.5"])
+    assert load_config(None, ["learner.name=ppo", "learner.params.actor_lr=1e-3"])  # YAML's 1e-3 string is the float it spells
     with pytest.raises(ConfigError, match="objective.params.holistic is 'bleu', not a scorer of this run"):
         load_config(None, ["objective.name=hierarchical", "objective.params.holistic=bleu"])
     with pytest.raises(ConfigError, match="unknown key 'objective.params.gate'"):

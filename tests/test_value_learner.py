@@ -96,9 +96,9 @@ def test_the_head_learns_a_planted_reward(tiny_lm, counting_scorer):
 def test_the_value_learner_needs_context_states_and_a_linear_objective():
     with pytest.raises(ConfigError, match="learner.name=value_guided learns from every candidate of a step: set "
                                           "engine.candidate_state=context"):
-        load_config(None, ["learner.name=value_guided"])
+        load_config(None, ["engine.candidate_state=lookahead"])  # the demo's learner, out of its mode
     with pytest.raises(ConfigError, match="needs an objective linear in the scores .* 'hierarchical'"):
-        load_config(None, ["learner.name=value_guided", "engine.candidate_state=context", "objective.name=hierarchical"])
+        load_config(None, ["objective.name=hierarchical"])
 
 
 def train_future_head(engine, data_batch, objective, *, target: str, beta: float, steps: int = 800):
@@ -129,3 +129,24 @@ def test_the_soft_bellman_head_is_the_monte_carlo_one_at_large_beta_and_optimist
                   for name, head in (("mc", mc), ("soft_large", soft_large), ("soft_small", soft_small))}
     assert abs(future["soft_large"] - future["mc"]) < 0.1, future
     assert future["soft_small"] > future["mc"] + 0.1, future
+
+
+def test_kl_target_moves_beta_towards_it_and_publishes_it():
+    """Rows of one-row episodes whose step KL is 2 nats: the behaviour spent 2 nats per response. With kl_target 1
+    β grows by Ziegler's clipped step, β·(1 + 0.2·n/horizon) with n = 1 episode per update; with kl_target 4 it
+    shrinks by the same step (error −0.5 clipped to −0.2); the published head and a restored learner carry it."""
+    def learner(target: float):
+        return make_learner("value_guided", state_size=6, config=config_class("value_guided")(
+            widths=(4,), kl_coef=0.5, kl_target=target, kl_horizon=10.0))
+
+    batch = ValueTargets(observation=torch.zeros(4, 7), one_step=torch.zeros(4), future=torch.zeros(4),
+                         emitted=torch.ones(4, dtype=torch.bool), step_kl=torch.full((4,), 2.0), episode_rows=torch.ones(4))
+    above, below = learner(1.0), learner(4.0)
+    for agent, factor in ((above, 1.02), (below, 0.98)):
+        metrics = agent.update(batch)
+        assert metrics["kl_per_response"] == pytest.approx(2.0) and metrics["kl_coef"] == 0.5
+        assert agent.kl.value == pytest.approx(0.5 * factor) and agent.policy.beta == agent.kl.value
+        assert agent.policy_state()["beta"] == pytest.approx(0.5 * factor)
+    restored = learner(1.0)
+    restored.load_state_dict(above.state_dict())
+    assert restored.policy.beta == pytest.approx(0.5 * 1.02)

@@ -35,7 +35,7 @@ from tokenalign.core.parsing import (
 from tokenalign.data.prompts import DataConfig
 from tokenalign.envs.engine import EngineConfig
 from tokenalign.learners import LearnerContract, config_class, learner_class
-from tokenalign.learners.ppo import PPOConfig
+from tokenalign.learners.value_guided import ValueGuidedConfig
 from tokenalign.lm.loader import LMDtype
 from tokenalign.objectives import ObjectiveSection, make_objective
 from tokenalign.rewards.combine import RewardConfig
@@ -175,13 +175,21 @@ class TrainConfig:
     Each section's own defaults are its reference paper's (MARA's 7B settings for SAC and the buffer);
     the few values set here scale them to the embedded demo on a 2-core CPU, which is what
     `tokenalign train` with no arguments runs (configs/demo.yaml spells the same values out). The demo's
-    learner, β and postback come from the reward–KL frontier (benchmarks/results/reward_kl.md): PPO with the
-    exact KL learned within the demo's budget where SAC did not, and postback pays the agent per decision.
+    learner and β come from the reward–KL frontier (benchmarks/results/reward_kl_value.md against
+    reward_kl_modes.md): at the KL PPO's demo spent (0.5–1 nats), a myopic value-guided head scores 5× PPO's
+    reward at a sixth of its compute (context states: base sampling's cost); β = 0.4 gave the most reward
+    within best-of-16's KL bound (1.56 of 1.84 nats), and β starts there and follows a KL target of 1.5 nats per
+    response (horizon 300 episodes: the KL the learner reads is its buffer's, ~350 episodes old on average,
+    and a horizon of 100 made β oscillate, 0.31–0.49, ending one demo at 1.98 nats), so that a reward of another
+    scale gets the same budget
+    (benchmarks/results/unseen_reward/: at a fixed β = 0.4 a user's reward did not move); its Monte-Carlo
+    future term only added noise.
     """
 
     lm: LMConfig = field(default_factory=LMConfig)
     """The frozen LLM."""
-    engine: EngineConfig = field(default_factory=lambda: EngineConfig(max_new_tokens=24, candidate_block=4))
+    engine: EngineConfig = field(default_factory=lambda: EngineConfig(max_new_tokens=24, candidate_block=4,
+                                                                      candidate_state="context"))
     """Decoding: candidates, episode length, candidate blocks."""
     data: DataConfig = field(default_factory=DataConfig)
     """Training and evaluation prompts."""
@@ -193,7 +201,8 @@ class TrainConfig:
     objective: ObjectiveSection = field(default_factory=ObjectiveSection)
     """How the learner turns the recorded raw scores into rewards and costs (weighted: MARA's sum)."""
     learner: LearnerSection = field(default_factory=lambda: LearnerSection(
-        name="ppo", params=PPOConfig(episodes_per_update=32, actor_lr=1e-3, critic_lr=1e-3, kl_coef=0.3)))
+        name="value_guided", params=ValueGuidedConfig(kl_coef=0.4, kl_target=1.5, kl_horizon=300.0, batch_size=2048,
+                                                      future_weight=0.0)))
     """The learner."""
     buffer: BufferConfig = field(default_factory=lambda: BufferConfig(
         backend="redis", num_shards=2, capacity=200_000, min_size_to_sample=1025))
@@ -222,7 +231,7 @@ class TrainConfig:
                                   "engine.candidate_state=context")
             if objective.linear_weights() is None:
                 raise ConfigError(f"learner.name={self.learner.name} needs an objective linear in the scores for its "
-                                  f"one-step targets: objective.name is {objective.name!r}; use weighted or lagrangian")
+                                  f"one-step targets: objective.name is {objective.name!r}; use weighted or lagrangian, or a learner of episode rewards (learner.name=ppo)")
 
     @classmethod
     def from_plain(cls, data: Any, *, where: str = "") -> TrainConfig:
@@ -274,7 +283,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 
 
 def _drop_demo_params(data: dict[str, Any], demo: dict[str, Any]) -> None:
-    """The demo's learner.params are PPO's: another learner, its params untouched, starts from its paper defaults."""
+    """The demo's learner.params are value_guided's: another learner, its params untouched, starts from its paper defaults."""
     learner = data.get("learner")
     if isinstance(learner, dict) and learner.get("name") != demo["name"] and learner.get("params") == demo["params"]:
         learner["params"] = {}

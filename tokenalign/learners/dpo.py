@@ -59,7 +59,7 @@ class DPOConfig(KLConfig):
     """EMA copy ← τ·EMA + (1 − τ)·policy after each update."""
     widths: tuple[int, ...] = (1024, 256)  # MARA agent
     """Hidden widths of the policy."""
-    lr: float = 1e-3  # the demo's PPO actor_lr
+    lr: float = 1e-3  # the actor_lr of PPO's demo (2026-11)
     """Adam learning rate of the policy."""
     batch_size: int = 32
     """Preference pairs per update."""

@@ -20,7 +20,9 @@ y_<t the response so far, Q_θ = Δ_θ + G_θ (two outputs of one network) regre
 
     L = mean over rows (Δ_θ − Δ)² + future_weight · mean over emitted rows (G_θ − G)².
 
-β is kl_coef, the tilt's temperature: a decode-time dial (no retraining) published with the weights. The actors
+β is kl_coef, the tilt's temperature: a decode-time dial (no retraining) published with the weights. With
+kl_target, β follows the actors' measured KL per response towards it (Ziegler et al.'s controller, learners/kl.py),
+so a reward of any scale gets the KL budget asked for; the published head carries the β reached. The actors
 decode with the current Q (base sampling while Q is 0), so later targets come from the tilted policy's prefixes.
 """
 from __future__ import annotations
@@ -47,7 +49,7 @@ class ValueGuidedConfig(KLConfig):
     """The value head, its regression and the tilt's β."""
 
     kl_coef: float = 0.5
-    """β: the tilt π ∝ q·exp(Q/β) at decode time (its KL to the base LM falls as β grows)."""
+    """β: the tilt π ∝ q·exp(Q/β) at decode time (its KL to the base LM falls as β grows); with kl_target, its start."""
     widths: tuple[int, ...] = (256, 256)
     """Hidden widths of the value head's MLP."""
     lr: float = 1e-3
@@ -73,9 +75,6 @@ class ValueGuidedConfig(KLConfig):
     def __post_init__(self) -> None:
         self.check_kl()
         check_widths(self.widths, owner="value_guided")
-        if self.kl_target is not None:
-            raise ValueError("value_guided's β is the tilt's temperature, set at decode time: give kl_coef and leave "
-                             "kl_target null")
         if self.kl_coef <= 0:
             raise ValueError(f"value_guided's kl_coef is the tilt's temperature β and must be > 0, got {self.kl_coef}")
         if min(self.batch_size, self.updates_per_episode, self.episodes_per_batch) < 1 or self.lr <= 0 \
@@ -173,7 +172,8 @@ class ValueGuidedLearner(Learner):
         base = torch.full((steps, width), -30.0, device=dev).index_put_((step_id, column), decisions.base_logit.float())
         q = torch.zeros(steps, width, device=dev).index_put_((step_id, column), q_values)
         log_q = emission_log_probs(base, count)
-        soft_value = self.config.kl_coef * torch.logsumexp(log_q + q / self.config.kl_coef, dim=1)  # (steps,)
+        beta = self.kl.value
+        soft_value = beta * torch.logsumexp(log_q + q / beta, dim=1)  # (steps,)
         episode = decisions.episode_id
         starts_episode = torch.ones(rows, dtype=torch.bool, device=dev)
         starts_episode[1:] = episode[1:] != episode[:-1]
@@ -203,9 +203,15 @@ class ValueGuidedLearner(Learner):
         explained = 1.0 - step_loss.detach() / one_step.var().clamp(min=1e-8)
         metrics = {"loss": loss.detach(), "loss_one_step": step_loss.detach(), "loss_future": future_loss.detach(),
                    "one_step_r2": explained, "q_mean": predicted.detach().sum(-1).mean(), "grad_norm": grad_norm,
-                   "kl_coef": self.config.kl_coef}
+                   "kl_coef": self.kl.value}
         if batch.step_kl is not None:
             # Rows are drawn uniformly and a response's KL is the sum of its steps' (on its emitted rows), so
             # Σ step KL / Σ 1/rows-of-its-episode estimates the KL per response of the behaviour.
             metrics["kl_per_response"] = batch.step_kl.sum() / (1.0 / batch.episode_rows.clamp(min=1.0)).sum()
+            self.kl.update(metrics["kl_per_response"], episodes=1.0 / self.config.updates_per_episode)
+            self.policy.beta = self.target.beta = self.kl.value
         return read_scalars(metrics)
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.policy.beta = self.target.beta = self.kl.value  # β is the controller's, not a network weight
