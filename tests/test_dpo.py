@@ -105,7 +105,7 @@ def test_a_dpo_run_has_the_run_layout_resumes_and_evaluates_like_rl(ray_cluster,
     assert all("learner/loss" in m and "learner/accuracy" in m for m in metrics)
     for name in ("config.yaml", "summary.json", "report.md", "generations.jsonl"):
         assert (run_dir / name).is_file(), name
-    policy = load_agent(run_dir, state_size=256)
+    policy = load_agent(run_dir, state_size=2 * 256 + 2)  # the demo's context states of the 256-wide LM
     assert any(p.abs().sum() > 0 for p in policy.body[-1].parameters())  # the residual moved from zero
     resumed = Trainer.from_run_dir(run_dir, ["run.total_episodes=480"])
     resumed.run()

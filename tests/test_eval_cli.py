@@ -9,14 +9,15 @@ import pytest
 import torch
 
 from tokenalign.agents.policy import AcceptRejectPolicy
-from tokenalign.config import load_config
+from tokenalign.config import load_config, save_config
 from tokenalign.eval.agent_source import find_checkpoint, load_agent
 from tokenalign.eval.commands import add_arena_arguments, add_eval_arguments, run_arena_command, run_eval_command
 from tokenalign.eval.errors import EvalError
 from tokenalign.eval.records import read_generations
 
 HIDDEN = 256  # the bundled tiny LM's hidden size
-FAST = ["engine.max_new_tokens=6"]
+LOOKAHEAD_SAC = ["learner.name=sac", "engine.candidate_state=lookahead"]  # the agents here read lookahead states
+FAST = ["engine.max_new_tokens=6", *LOOKAHEAD_SAC]  # `run` below takes the config as given, not the run's
 
 
 def parser() -> argparse.ArgumentParser:
@@ -56,6 +57,7 @@ def run_dir(tmp_path: Path) -> Path:
     (checkpoints / "step-00000200").mkdir()
     torch.save({"learner": learner_state, "buffer": {}}, checkpoints / "step-00000200" / "learner.pt")
     (checkpoints / "latest").write_text("step-00000200")
+    save_config(tmp_path / "demo-run" / "config.yaml", load_config(None, LOOKAHEAD_SAC))
     return tmp_path / "demo-run"
 
 
@@ -131,7 +133,7 @@ def test_eval_of_a_run_uses_the_runs_own_config_by_default(run_dir, capsys):
     from tokenalign.cli import main
     from tokenalign.core.parsing import to_dict
 
-    config = load_config(None, ["reward.scorers=[distinct]", "engine.max_new_tokens=4"])
+    config = load_config(None, ["reward.scorers=[distinct]", "engine.max_new_tokens=4", *LOOKAHEAD_SAC])
     (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
     assert main(["eval", "--agent", str(run_dir / "checkpoints" / "step-00000200"), "--modes", "base",
                  "--num-prompts", "2", "--out", str(run_dir / "own")]) == 0
@@ -139,6 +141,6 @@ def test_eval_of_a_run_uses_the_runs_own_config_by_default(run_dir, capsys):
     records = read_generations(run_dir / "own" / "generations-base.jsonl")
     assert all(set(r.scores) == {"distinct"} and len(r.token_ids) <= 4 for r in records)
     assert main(["eval", "--agent", str(run_dir), "--config", "configs/demo.yaml", "--modes", "base",
-                 "--num-prompts", "2", "--out", str(run_dir / "demo"), "engine.max_new_tokens=4"]) == 0
+                 "--num-prompts", "2", "--out", str(run_dir / "demo"), "engine.max_new_tokens=4", *LOOKAHEAD_SAC]) == 0
     assert {frozenset(r.scores) for r in read_generations(run_dir / "demo" / "generations-base.jsonl")} == {
         frozenset({"vader", "profanity"})}

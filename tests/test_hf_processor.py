@@ -137,7 +137,9 @@ def make_run(tmp_path: Path, model, *, candidate_state: str) -> Path:
     """A run directory as `tokenalign train` leaves it: config.yaml and a checkpoint holding the agent."""
     run_dir = tmp_path / f"demo-{candidate_state}"
     run_dir.mkdir()
-    config = load_config(None, [f"engine.candidate_state={candidate_state}", "engine.sampling.top_k=12"])
+    learner = "value_guided" if candidate_state == "context" else "ppo"  # value_guided reads context states only
+    config = load_config(None, [f"engine.candidate_state={candidate_state}", "engine.sampling.top_k=12",
+                                f"learner.name={learner}"])
     save_config(run_dir / "config.yaml", config)
     hidden = model.config.hidden_size
     state_size = 2 * hidden + 2 if candidate_state == "context" else hidden

@@ -101,7 +101,7 @@ def test_the_value_learner_needs_context_states_and_a_linear_objective():
         load_config(None, ["objective.name=hierarchical"])
 
 
-def train_future_head(engine, data_batch, objective, *, target: str, beta: float, steps: int = 800):
+def train_future_head(engine, data_batch, objective, *, target: str, beta: float, steps: int = 400):
     """A value_guided head trained on whole episodes of `data_batch`, future targets of kind `target`."""
     learner = make_learner("value_guided", state_size=engine.state_size, seed=0,
                            config=config_class("value_guided")(widths=(64,), lr=3e-3, kl_coef=beta, future_target=target))

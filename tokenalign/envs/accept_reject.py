@@ -124,7 +124,7 @@ class AcceptRejectEnv(gym.Env):
     Σ_k multiplier_k · score_k − baseline over the configured scorers (the demo: 2 × VADER sentiment
     − 1 × profanity probability). The env adds no KL term: an outside agent with accept logit l pays
     KL(σ(l) ‖ σ(l_ref)) per decision against the observation's l_ref if it wants tokenalign's KL to the
-    base LM (`tokenalign.envs.rollout.bernoulli_kl`); MARA's shaping needs every candidate's P(accept), so
+    base LM (`tokenalign.envs.episode.bernoulli_kl`); MARA's shaping needs every candidate's P(accept), so
     only the rollout actors, which own the agent, apply it.
 
     With `preference` the final reward is instead that of the `preference` objective (RiC's linear

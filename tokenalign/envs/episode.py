@@ -116,8 +116,9 @@ class DecisionLog:
 def bernoulli_kl(logit: torch.Tensor, base_logit: torch.Tensor) -> torch.Tensor:
     """KL(Bern(σ(logit)) ‖ Bern(σ(base_logit))), elementwise, from logits (no log of a rounded probability)."""
     p = torch.sigmoid(logit)
-    return (p * (F.logsigmoid(logit) - F.logsigmoid(base_logit))
-            + (1 - p) * (F.logsigmoid(-logit) - F.logsigmoid(-base_logit)))
+    kl = (p * (F.logsigmoid(logit) - F.logsigmoid(base_logit))
+          + (1 - p) * (F.logsigmoid(-logit) - F.logsigmoid(-base_logit)))
+    return kl.clamp(min=0.0)  # ≥ 0 up to rounding: an agent equal to π_ref reports 0, never -1e-9
 
 
 def record_decisions(record: DecisionLog, batch: DecodeBatch, cols: torch.Tensor, state: torch.Tensor, logit: torch.Tensor,
