@@ -118,12 +118,16 @@ def test_bad_batches_are_refused_before_anything_is_written(make_buffer, bad, ma
     assert set(buffer.sample_episodes(2).episode_id.tolist()) == {7, 8}
 
 
-def test_a_write_larger_than_a_shard_is_refused_before_anything_is_written(make_buffer) -> None:
+def test_a_write_larger_than_a_shard_goes_in_whole_episode_chunks_and_a_larger_episode_is_refused(make_buffer) -> None:
+    """Capacity 10, episodes of 5: a write of 3 episodes is the chunks [2, 3] and [4]; each evicts the oldest whole
+    chunk before it, so episode 4 alone is left. An episode of 11 rows fits no shard: refused, nothing written."""
     buffer = make_buffer(capacity=10, num_shards=1)
     buffer.add(episodes([1]))
-    with pytest.raises(ValueError, match="more than its capacity 10"):
-        buffer.add(episodes([2, 3, 4]))
-    assert len(buffer) == 5
+    buffer.add(episodes([2, 3, 4]))
+    assert len(buffer) == 5 and set(buffer.sample_episodes(1).episode_id.tolist()) == {4}
+    with pytest.raises(ValueError, match="an episode of 11 transitions, more than a shard's capacity 10"):
+        buffer.add(episodes([5, 6], length=[2, 11]))
+    assert len(buffer) == 5 and buffer.state_dict()["counters"][0]["inserted"] == 20
 
 
 def test_min_size_blocks_sampling_with_a_clear_timeout(make_buffer) -> None:

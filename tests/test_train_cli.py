@@ -207,6 +207,28 @@ BEFORE_A_RUN = {
     "negative episodes": (lambda t: ["run.total_episodes=-5"], "run.total_episodes must be ≥ 1"),
     "empty episode batches": (lambda t: ["rollout.episodes_per_batch=0"], "rollout.episodes_per_batch must be ≥ 1"),
     "negative learner GPUs": (lambda t: ["learner.num_gpus=-1"], "learner.num_gpus must be ≥ 0"),
+    # settings that are each valid but together cannot make progress (tokenalign/run/feasibility.py)
+    "buffer smaller than an episode": (lambda t: ["buffer.capacity=10"],
+                                       "buffer.capacity=10 over buffer.num_shards=2 holds 5 transitions a shard, but "
+                                       "one episode can write 960 (engine.max_new_tokens=24 × engine.sampling.top_k=40)"
+                                       ": raise buffer.capacity to at least 1920"),
+    "threshold above capacity": (lambda t: ["buffer.min_size_to_sample=300000"],
+                                 "buffer.min_size_to_sample waits for 300000 transitions before the first update, but "
+                                 "buffer.capacity=200000 never holds that many: raise buffer.capacity to at least 300000"),
+    "learning starts above capacity": (lambda t: ["learner.name=sac", "buffer.capacity=5000"],
+                                       "learner.params.learning_starts_factor waits for 65537 transitions"),
+    "batch above capacity": (lambda t: ["buffer.capacity=2000", "learner.params.learning_starts=0",
+                                        "buffer.min_size_to_sample=1"],
+                             "learner.params.batch_size waits for 2048 transitions before the first update"),
+    "rate limiter band": (lambda t: ["buffer.samples_per_insert=1"],
+                          "buffer.error_buffer=None allows samples to drift 205 transitions from "
+                          "buffer.samples_per_insert=1 × inserts, less than one rollout batch's share (1 × 7680) plus "
+                          "one learner batch (2048): set buffer.error_buffer to at least 4864"),
+    "eval prompts beyond the test set": (lambda t: ["run.eval_prompts=500"],
+                                         "run.eval_prompts=500 but data.test holds 200 prompts: set run.eval_prompts "
+                                         "to at most 200"),
+    "missing test set": (lambda t: [f"data.test=[{t / 'nowhere.jsonl'}]"], "data.test: "),
+    "more GPUs than the cluster": (lambda t: ["rollout.gpus_per_actor=4"], "the run asks for 8 GPUs"),
 }
 
 

@@ -118,10 +118,9 @@ def test_rollout_actors_pinned_to_distinct_fake_gpus(ray_cluster, tmp_path):
 def test_asking_for_more_gpus_than_exist_fails_before_starting_anything(ray_cluster, tmp_path):
     from tokenalign.cluster.ray_cluster import ClusterResourceError
 
-    trainer = Trainer.new_run(short_config(tmp_path, "sac", "rollout.gpus_per_actor=4"))
     with pytest.raises(ClusterResourceError, match="asks for 8 GPUs"):
-        trainer.run()
-    assert not (trainer.run_dir / "checkpoints").exists()
+        Trainer.new_run(short_config(tmp_path, "sac", "rollout.gpus_per_actor=4"))
+    assert not any(tmp_path.iterdir())  # refused before a run directory exists
 
 
 @pytest.mark.parametrize("learner", ["sac", "ppo", "ppo_lagrangian", "rloo_lagrangian"])

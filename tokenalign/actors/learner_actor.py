@@ -94,6 +94,8 @@ class LearnerActor:
             # more than batch_size × learning_starts_factor transitions.
             if not self.buffer.can_sample(batch_size) or len(self.buffer) <= starts:
                 break
+            if self.contract.sample == "episodes" and self.buffer.episodes_held() < batch_size:
+                break  # rows enough, whole episodes not yet: drawing them would fail
             sampled = (self.buffer.sample_episodes(batch_size) if self.contract.sample == "episodes"
                        else self.buffer.sample(batch_size))
             metrics = self.learner.update(self.learner.label(self.objective, sampled))

@@ -30,6 +30,20 @@ def route(episode_id: np.ndarray, num_shards: int) -> np.ndarray:
     return ((mixed >> np.uint64(32)) % np.uint64(num_shards)).astype(np.int64)
 
 
+def whole_episode_chunks(rows: np.ndarray, episode_of_row: np.ndarray, *, limit: int) -> list[np.ndarray]:
+    """`rows` (sorted, whole episodes) cut between episodes into consecutive chunks of at most `limit` rows each."""
+    if len(rows) <= limit:
+        return [rows]
+    chunks, start = [], 0
+    boundaries = np.flatnonzero(np.diff(episode_of_row[rows])) + 1  # where an episode starts
+    ends = np.r_[boundaries, len(rows)]
+    while start < len(rows):
+        stop = int(ends[np.searchsorted(ends, start + limit, side="right") - 1])
+        chunks.append(rows[start:stop])
+        start = stop
+    return chunks
+
+
 class ShardedReplayBuffer:
     """Replay storage over one or more shards: add whole episodes, sample transitions, episodes or prompt groups.
 
@@ -64,19 +78,21 @@ class ShardedReplayBuffer:
 
     # -- writers ---------------------------------------------------------------------------------------------
     def add(self, record_batch: pa.RecordBatch) -> None:
-        """Store one or more whole episodes (validated before anything is written), each on its episode_id's shard."""
+        """Store one or more whole episodes (validated before anything is written), each on its episode_id's shard;
+        a shard's part larger than the shard goes in chunks of whole episodes, each evicted as one."""
         validate_record_batch(record_batch, layout=self.layout)
         columns = Columns.from_batch(record_batch, layout=self.layout)
         starts = columns.episode_starts()
         lengths = np.diff(np.r_[starts, len(columns)])
         episode_ids = columns.scalars["episode_id"][starts]
-        row_shard = np.repeat(self._write_route(episode_ids, skip=self._writes_skipping()), lengths)
-        for index, rows in enumerate(np.bincount(row_shard, minlength=len(self.shards)).tolist()):
-            if rows > self.shards[index].capacity:
-                raise ValueError(
-                    f"this write puts {rows} transitions on {self.shards[index].name}, more than its capacity "
-                    f"{self.shards[index].capacity}; raise buffer.capacity or write fewer episodes at a time"
-                )
+        episode_of_row = np.repeat(np.arange(len(starts)), lengths)
+        row_shard = self._write_route(episode_ids, skip=self._writes_skipping())[episode_of_row]
+        smallest = min(shard.capacity for shard in self.shards)
+        if lengths.max() > smallest:
+            raise ValueError(
+                f"this write holds an episode of {lengths.max()} transitions, more than a shard's capacity {smallest} "
+                "(an episode is never split): raise buffer.capacity"
+            )
         if self.limiter.samples_per_insert is not None:
             wait_until(
                 lambda: self.limiter.can_insert(len(columns), counters=self._totals(), size=self._server_size()),
@@ -92,9 +108,11 @@ class ShardedReplayBuffer:
             index = pending.pop(0)
             rows = np.flatnonzero((row_shard == index) & ~written)
             try:
-                self.shards[index].add(columns.take(rows))
-                written[rows] = True
+                for chunk in whole_episode_chunks(rows, episode_of_row, limit=self.shards[index].capacity):
+                    self.shards[index].add(columns.take(chunk))
+                    written[chunk] = True
             except ShardUnavailableError as err:
+                rows = rows[~written[rows]]
                 # A shard down past the retry window is routed around: its episodes go to the live shards,
                 # and later writes skip it for one more window before trying it again.
                 failed.add(index)
@@ -103,8 +121,7 @@ class ShardedReplayBuffer:
                 skip = self._writes_skipping() | failed
                 if len(skip) == len(self.shards):
                     raise ShardUnavailableError("every shard is unreachable: " + "; ".join(failures)) from None
-                episodes = np.repeat(np.arange(len(starts)), lengths)[rows]
-                row_shard[rows] = self._write_route(episode_ids, skip=skip)[episodes]
+                row_shard[rows] = self._write_route(episode_ids, skip=skip)[episode_of_row[rows]]
                 pending = sorted(set(pending) | set(np.unique(row_shard[rows]).tolist()))
         if failures:
             warnings.warn("; ".join(failures) + " — its episodes were written to the live shards", stacklevel=2)
@@ -187,6 +204,10 @@ class ShardedReplayBuffer:
             except ViewOutdated:
                 continue  # writers evicted a chosen episode meanwhile: choose again from a fresh view
         raise RuntimeError(f"writers evicted sampled chunks {REDRAWS} times in a row; raise buffer.capacity")
+
+    def episodes_held(self) -> int:
+        """Whole episodes stored in the reachable shards, as of the last refresh (`can_sample` refreshes)."""
+        return sum(len(prompts) for _, prompts in self._episode_prompts())
 
     def can_sample(self, n: int) -> bool:
         """Whether the rate limiter lets a learner take n transitions now."""

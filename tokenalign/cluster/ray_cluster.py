@@ -78,10 +78,15 @@ def local_cpus_for(request: ResourceRequest) -> int:
     return max(os.cpu_count() or 1, int(-(-request.cpus // 1)))
 
 
-def check_resources(request: ResourceRequest) -> None:
-    """Raise ClusterResourceError when the cluster lacks the GPUs or CPUs the run asks for."""
-    total = ray.cluster_resources()
-    have_gpus, have_cpus = float(total.get("GPU", 0.0)), float(total.get("CPU", 0.0))
+def check_resources(request: ResourceRequest, *, local_gpus: int | None = None) -> None:
+    """Raise ClusterResourceError when the cluster lacks the GPUs or CPUs the run asks for. `local_gpus`: check
+    against a local cluster not started yet, which gets this machine's GPUs and as many CPUs as asked for
+    (`local_cpus_for`), instead of the connected one."""
+    if local_gpus is not None:
+        have_gpus, have_cpus = float(local_gpus), request.cpus
+    else:
+        total = ray.cluster_resources()
+        have_gpus, have_cpus = float(total.get("GPU", 0.0)), float(total.get("CPU", 0.0))
     if request.gpus > have_gpus:
         raise ClusterResourceError(
             f"the run asks for {request.gpus:g} GPUs (rollout.num_actors={request.num_actors} × "
@@ -96,7 +101,8 @@ def check_resources(request: ResourceRequest) -> None:
             f"{have_cpus:g}: lower rollout.num_actors or rollout.cpus_per_actor, or add nodes"
         )
     if request.gpus_per_actor > 1:
-        per_node = max((float(n["Resources"].get("GPU", 0.0)) for n in ray.nodes() if n.get("Alive")), default=0.0)
+        per_node = have_gpus if local_gpus is not None else max(
+            (float(n["Resources"].get("GPU", 0.0)) for n in ray.nodes() if n.get("Alive")), default=0.0)
         if request.gpus_per_actor > per_node:
             raise ClusterResourceError(
                 f"rollout.gpus_per_actor={request.gpus_per_actor:g} but no node has more than {per_node:g} GPUs; "

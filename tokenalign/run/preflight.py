@@ -1,10 +1,11 @@
 """Checks of a run's config against the world, before a run directory is written or an actor starts.
 
-`load_config` checks a config on its own (types, bounds, scorer specs). What it cannot see is whether the
-LM directory is readable and long enough for `engine.max_new_tokens`, whether `python:` scorers import and
-return numbers, whether external Redis servers answer, and whether the buffer backend can serve actors in
-other processes. Each of those would otherwise fail minutes into a run, inside an actor, as a remote
-traceback; here each is one ConfigError or ScorerError naming the key and the fix.
+`load_config` checks a config on its own (types, bounds, scorer specs) and `feasibility` whether its settings
+together can make progress (buffer sizes, rate limiter, test prompts, the cluster). What neither sees is
+whether the LM directory is readable and long enough for `engine.max_new_tokens`, whether `python:` scorers
+import and return numbers, whether external Redis servers answer, and whether the buffer backend can serve
+actors in other processes. Each of those would otherwise fail minutes into a run, inside an actor, as a
+remote traceback; here each is one ConfigError or ScorerError naming the key and the fix.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from tokenalign.config import TrainConfig
 from tokenalign.core.parsing import ConfigError
 from tokenalign.lm.loader import resolve_lm_path
 from tokenalign.rewards.factory import make_scorer
+from tokenalign.run.feasibility import check_feasible
 
 SAMPLE_PROMPTS = ["How are you today?"]
 SAMPLE_RESPONSES = ["I am fine, thank you."]
@@ -24,6 +26,7 @@ SAMPLE_RESPONSES = ["I am fine, thank you."]
 
 def preflight(config: TrainConfig, *, data_mode: str) -> None:
     """Raise one clear error for the first problem a run with `config` would meet; return if there is none."""
+    check_feasible(config)
     check_lm(config)
     check_python_scorers(config)
     if data_mode != "pairs":

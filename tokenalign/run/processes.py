@@ -28,6 +28,7 @@ from tokenalign.config import TrainConfig
 from tokenalign.envs.candidate_state import CANDIDATE_STATES
 from tokenalign.lm.loader import resolve_lm_path
 from tokenalign.objectives import make_objective
+from tokenalign.run.feasibility import resource_request
 
 
 class RunProcesses:
@@ -54,13 +55,7 @@ class RunProcesses:
 
     def resources(self) -> ray_cluster.ResourceRequest:
         """What the run asks of the cluster."""
-        r, learner_gpus = self.config.rollout, self.config.learner.num_gpus
-        if self.contract.data_mode == "pairs":  # no rollouts: the learner actor alone, with its own copy of the LM
-            return ray_cluster.ResourceRequest(num_actors=0, gpus_per_actor=0.0, cpus_per_actor=0.0,
-                                               learner_gpus=learner_gpus)
-        return ray_cluster.ResourceRequest(num_actors=r.num_actors, gpus_per_actor=r.gpus_per_actor,
-                                           cpus_per_actor=r.cpus_per_actor, learner_gpus=learner_gpus,
-                                           reward_service_gpus=r.reward_service_gpus)
+        return resource_request(self.config)
 
     def start_ray(self) -> None:
         """Connect to (or start) Ray and check that the cluster can host the run."""

@@ -1,0 +1,132 @@
+"""Whether a run's settings, taken together, can make progress: checked before a run directory exists.
+
+Each section checks its own fields when the config loads. What no section can see alone is whether a
+shard holds the longest episode, whether the buffer can ever hold what the learner waits for, whether the
+rate limiter lets writers and the learner both move, whether the test set has the prompts the final
+evaluation asks for, and whether the cluster has the GPUs the actors ask for. Each of those would otherwise
+start a run that fails minutes later inside an actor (a write larger than a shard), never learns (a
+threshold the buffer never reaches) or evaluates less than asked; here each is one error naming the keys
+and the smallest value that works.
+
+Sizes are worst cases: an episode writes at most `engine.max_new_tokens` steps of `engine.sampling.top_k`
+candidates (all but the last are decisions of the accept/reject chain; candidate-row learners record all).
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import ray
+
+from tokenalign.buffers.rate_limiter import ACME_TOLERANCE_RATE
+from tokenalign.cluster.ray_cluster import ResourceRequest, check_resources, connect
+from tokenalign.config import TrainConfig
+from tokenalign.core.parsing import ConfigError
+from tokenalign.data.prompts import load_prompts
+
+
+def check_feasible(config: TrainConfig) -> None:
+    """One ConfigError (ClusterResourceError for the cluster) for the first combination that cannot make progress."""
+    if config.learner.contract.data_mode == "replay":
+        check_replay_sizes(config)
+        check_rate_limiter(config)
+    check_eval_prompts(config)
+    check_cluster(config)
+
+
+def rows_per_episode(config: TrainConfig) -> int:
+    """The most rows one episode writes: a decision per rejected candidate, or every candidate of every step."""
+    k = config.engine.sampling.top_k
+    per_step = k if config.learner.contract.records == "candidates" else max(k - 1, 1)
+    return config.engine.max_new_tokens * per_step
+
+
+def episodes_per_write(config: TrainConfig) -> int:
+    """Episodes one rollout actor writes at once (a batch: whole prompt groups of the learner's group size)."""
+    k = config.learner.contract.group_size
+    return max(1, config.rollout.episodes_per_batch // k) * k
+
+
+def check_replay_sizes(config: TrainConfig) -> None:
+    """Every shard holds the longest episode (a batch larger than a shard goes in chunks of whole episodes, an
+    episode is never split), and the buffer can reach the size the learner waits for before its first update."""
+    buffer, contract = config.buffer, config.learner.contract
+    longest = rows_per_episode(config)
+    if buffer.shard_capacity < longest:
+        e = config.engine
+        raise ConfigError(
+            f"buffer.capacity={buffer.capacity} over buffer.num_shards={buffer.num_shards} holds "
+            f"{buffer.shard_capacity} transitions a shard, but one episode can write {longest} (engine.max_new_tokens="
+            f"{e.max_new_tokens} × engine.sampling.top_k={e.sampling.top_k}): raise buffer.capacity to at least "
+            f"{longest * buffer.num_shards}")
+    starts = _params_key(config, "learning_starts_factor", "learning_starts")
+    batch = _params_key(config, "episodes_per_batch" if contract.sample == "episodes" else "batch_size")
+    needs = {"buffer.min_size_to_sample": buffer.min_size_to_sample, starts: contract.learning_starts + 1,
+             batch: contract.batch_size}
+    key, need = max(needs.items(), key=lambda item: item[1])
+    if need > buffer.capacity:
+        raise ConfigError(
+            f"{key} waits for {need} transitions before the first update, but buffer.capacity={buffer.capacity} never "
+            f"holds that many: raise buffer.capacity to at least {need} or lower {key}")
+
+
+def _params_key(config: TrainConfig, *names: str) -> str:
+    """The dotted key of the first of `names` that the learner's params have (learners name their settings apart)."""
+    fields = vars(config.learner.params)
+    return next((f"learner.params.{name}" for name in names if name in fields), f"learner.params ({names[0]})")
+
+
+def check_rate_limiter(config: TrainConfig) -> None:
+    """With buffer.samples_per_insert set, writers wait for the learner and the learner for writers: its error band
+    must hold one rollout batch's worth of ratio plus one learner batch, or both sides wait until one times out."""
+    buffer, contract = config.buffer, config.learner.contract
+    ratio = buffer.samples_per_insert
+    if ratio is None:
+        return
+    write = episodes_per_write(config) * rows_per_episode(config)
+    band = 2 * (buffer.error_buffer if buffer.error_buffer is not None
+                else buffer.min_size_to_sample * ratio * ACME_TOLERANCE_RATE)  # the limiter's default band
+    need = max(ratio * write + contract.batch_size, 2 * max(1.0, ratio))
+    if band < need:
+        raise ConfigError(
+            f"buffer.error_buffer={buffer.error_buffer} allows samples to drift {band:g} transitions from "
+            f"buffer.samples_per_insert={ratio:g} × inserts, less than one rollout batch's share ({ratio:g} × {write}) "
+            f"plus one learner batch ({contract.batch_size}): set buffer.error_buffer to at least {math.ceil(need / 2)}")
+
+
+def check_eval_prompts(config: TrainConfig) -> None:
+    """The final evaluation's prompts exist in the test set (fewer would be evaluated without a word)."""
+    wanted = config.run.eval_prompts
+    if wanted == 0:
+        return
+    try:
+        have = len(load_prompts(config.data.test, prompt_field=config.data.prompt_field, seed=config.data.seed))
+    except (FileNotFoundError, ValueError) as err:
+        raise ConfigError(f"data.test: {err}") from None
+    if wanted > have:
+        raise ConfigError(f"run.eval_prompts={wanted} but data.test holds {have} prompts: set run.eval_prompts to at "
+                          f"most {have} or add test prompts")
+
+
+def resource_request(config: TrainConfig) -> ResourceRequest:
+    """What the run asks of the cluster: its rollout actors, the learner actor and a reward service."""
+    r, learner_gpus = config.rollout, config.learner.num_gpus
+    if config.learner.contract.data_mode == "pairs":  # no rollouts: the learner actor alone, with its own copy of the LM
+        return ResourceRequest(num_actors=0, gpus_per_actor=0.0, cpus_per_actor=0.0, learner_gpus=learner_gpus)
+    return ResourceRequest(num_actors=r.num_actors, gpus_per_actor=r.gpus_per_actor, cpus_per_actor=r.cpus_per_actor,
+                           learner_gpus=learner_gpus, reward_service_gpus=r.reward_service_gpus)
+
+
+def check_cluster(config: TrainConfig) -> None:
+    """The Ray cluster the run will use holds its actors: the one at run.ray_address / RAY_ADDRESS (joined here;
+    the run goes on in it), the one already started in this process, or else a local one, which gets this
+    machine's GPUs (ClusterResourceError naming the settings)."""
+    request = resource_request(config)
+    address = config.run.ray_address or os.environ.get("RAY_ADDRESS")
+    if address or ray.is_initialized():
+        connect(address=address)
+        check_resources(request)
+    elif request.gpus > 0:
+        import torch
+
+        check_resources(request, local_gpus=torch.cuda.device_count())
