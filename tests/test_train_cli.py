@@ -228,7 +228,9 @@ BEFORE_A_RUN = {
                                          "run.eval_prompts=500 but data.test holds 200 prompts: set run.eval_prompts "
                                          "to at most 200"),
     "missing test set": (lambda t: [f"data.test=[{t / 'nowhere.jsonl'}]"], "data.test: "),
-    "more GPUs than the cluster": (lambda t: ["rollout.gpus_per_actor=4"], "the run asks for 8 GPUs"),
+    "more GPUs than the cluster": (lambda t: ["rollout.gpus_per_actor=4", "rollout.reward_service_gpus=1"],
+                                   "the run asks for 9 GPUs (rollout.num_actors=2 × rollout.gpus_per_actor=4 + "
+                                   "learner.num_gpus=0 + rollout.reward_service_gpus=1)"),
 }
 
 

@@ -12,6 +12,7 @@ Unknown keys, wrong types and malformed overrides are errors that name the dotte
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -133,6 +134,10 @@ class RolloutConfig:
                                   f"them), got {value}")
 
 
+RAY_ADDRESS = re.compile(r"auto|(ray://)?[A-Za-z0-9][A-Za-z0-9.\-]*:[0-9]{1,5}")
+"""What `ray.init(address=...)` takes: a head's GCS host:port, a Ray Client ray://host:port, or auto."""
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """The run as a whole: its name, length, seed, outputs and logging."""
@@ -163,9 +168,12 @@ class RunConfig:
     """Longest wait to reserve the rollout actors' resource bundles before a clear error."""
 
     def __post_init__(self) -> None:
-        check_bounds("run", self, total_episodes=(1, "≥"), total_decisions=(1, "≥"), max_minutes=(0, ">"),
+        check_bounds("run", self, seed=(0, "≥"), total_episodes=(1, "≥"), total_decisions=(1, "≥"), max_minutes=(0, ">"),
                      checkpoint_every=(1, "≥"), eval_prompts=(0, "≥"), remote_timeout_s=(0, ">"),
                      placement_timeout_s=(0, ">"))
+        if self.ray_address is not None and not RAY_ADDRESS.fullmatch(self.ray_address):
+            raise ConfigError(f"run.ray_address is {self.ray_address!r}; give host:port, ray://host:port or auto "
+                              "(or null for a local cluster)")
 
 
 @dataclass(frozen=True)

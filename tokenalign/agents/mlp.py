@@ -10,7 +10,7 @@ def check_widths(widths: tuple[int, ...] | list[int], *, owner: str) -> tuple[in
     widths = tuple(widths)
     if not widths or any(not isinstance(w, int) or isinstance(w, bool) or w <= 0 for w in widths):
         raise ValueError(
-            f"{owner} widths must be a non-empty sequence of positive ints (MARA uses (1024, 256)), got {widths!r}"
+            f"widths must be a non-empty sequence of positive ints ({owner}; MARA uses (1024, 256)), got {widths!r}"
         )
     return widths
 

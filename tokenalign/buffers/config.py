@@ -73,6 +73,8 @@ class BufferConfig:
             raise BufferSpecError(f"buffer.state_dtype is {self.state_dtype!r}; choose one of {STATE_DTYPES}")
         if self.mirror_gib < 0:
             raise BufferSpecError(f"buffer.mirror_gib is {self.mirror_gib}; give 0 (read every sample from Redis) or more")
+        if self.seed is not None and self.seed < 0:
+            raise BufferSpecError(f"buffer.seed is {self.seed}; give a seed ≥ 0 or null")
         if self.max_policy_lag < 0:
             raise BufferSpecError(f"buffer.max_policy_lag is {self.max_policy_lag}; it must be 0 or more")
 

@@ -14,13 +14,15 @@ import ray
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from tokenalign.core.parsing import ConfigError
+
 log = logging.getLogger(__name__)
 
 NAMESPACE = "tokenalign"
 
 
-class ClusterResourceError(RuntimeError):
-    """The Ray cluster cannot hold what the run asks for."""
+class ClusterResourceError(ConfigError):
+    """The Ray cluster cannot hold what the run asks for (or cannot be reached): the settings named must change."""
 
 
 def connect(*, address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None) -> bool:
@@ -91,7 +93,7 @@ def check_resources(request: ResourceRequest, *, local_gpus: int | None = None) 
         raise ClusterResourceError(
             f"the run asks for {request.gpus:g} GPUs (rollout.num_actors={request.num_actors} × "
             f"rollout.gpus_per_actor={request.gpus_per_actor:g} + learner.num_gpus={request.learner_gpus:g} + "
-            f"reward service {request.reward_service_gpus:g}) but the Ray cluster has {have_gpus:g}: lower those "
+            f"rollout.reward_service_gpus={request.reward_service_gpus:g}) but the Ray cluster has {have_gpus:g}: lower those "
             "settings or add GPU nodes"
         )
     if request.cpus > have_cpus:

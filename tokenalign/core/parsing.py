@@ -11,6 +11,7 @@ fields. `to_dict` is the way back (a type may define `to_plain()` for its own fo
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from typing import Any, Literal
@@ -59,7 +60,11 @@ def build(cls: type, data: Any, *, where: str = "", **parsed: Any) -> Any:
     except (TypeError, ValueError) as err:
         if isinstance(err, ConfigError):
             raise
-        raise ConfigError(f"{where or 'config'}: {err}") from err
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        first = message.split(" ", 1)[0]
+        if first in names:  # a dataclass's own check names its field first: name the dotted key instead
+            raise ConfigError(join(where, message)) from err
+        raise ConfigError(f"{where or 'config'}: {message}") from err
 
 
 def mapping(data: Any, where: str) -> dict[str, Any]:
@@ -108,14 +113,17 @@ def coerce(hint: Any, value: Any, where: str, *, from_text: bool = False) -> Any
         if value not in args:
             raise ConfigError(f"{where} is {value!r}; choose one of {', '.join(map(repr, args))}")
         return value
+    if hint is float and isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{where} must be a finite number, got {value!r} (null where the key allows no limit)")
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if hint in (int, float) and isinstance(value, str) and (from_text or hint is float):
         # YAML 1.1 reads 1e-3 (no dot) as a string; a spec string holds only text.
         try:
-            return hint(value)
+            number = hint(value)
         except ValueError:
             raise ConfigError(f"{where} must be {hint.__name__}, got {value!r}") from None
+        return coerce(hint, number, where)
     if hint in (int, float, str, bool) and not (isinstance(value, hint) and not (hint is int and isinstance(value, bool))):
         raise ConfigError(f"{where} must be {hint.__name__}, got {value!r}")
     return value

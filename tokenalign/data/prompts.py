@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tokenalign.core.parsing import check_bounds
+
 ASSETS_DIR = Path(__file__).resolve().parents[1] / "assets" / "prompts"
 # builtin:NAME → its file, or a function returning the file, so that a builtin can be made on first use.
 BuiltinTable = Mapping[str, Path | Callable[[], Path]]
@@ -76,6 +78,9 @@ class DataConfig:
     """Record field holding the prompt; unset = `prompt`, else `instruction`."""
     seed: int = 42
     """Seed of the subsampling (safe-rlhf's default seed)."""
+
+    def __post_init__(self) -> None:
+        check_bounds("data", self, seed=(0, "≥"))
 
 
 def prompt_id(text: str) -> int:

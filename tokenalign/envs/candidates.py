@@ -31,13 +31,13 @@ class SamplingConfig:
 
     def __post_init__(self) -> None:
         if self.top_k < 1:
-            raise ValueError(f"sampling.top_k must be >= 1, got {self.top_k}")
+            raise ValueError(f"top_k must be >= 1, got {self.top_k}")
         if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"sampling.top_p must be in (0, 1], got {self.top_p}")
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.temperature <= 0.0:
-            raise ValueError(f"sampling.temperature must be > 0, got {self.temperature}")
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if self.order not in ("prob_desc", "top1_last", "prob_asc"):
-            raise ValueError(f"sampling.order must be prob_desc, top1_last or prob_asc, got {self.order!r}")
+            raise ValueError(f"order must be prob_desc, top1_last or prob_asc, got {self.order!r}")
 
 
 @dataclass

@@ -24,6 +24,7 @@ from torch import nn
 
 from tokenalign.agents.mlp import check_widths
 from tokenalign.agents.policy import AcceptRejectPolicy, decision_log_probs
+from tokenalign.core.parsing import check_bounds
 from tokenalign.learners.base import Learner, LearnerContract, adam, gradient_step, read_scalars, seeded
 from tokenalign.learners.kl import KLConfig
 from tokenalign.learners.pairs import PairBatch, PairSide
@@ -70,12 +71,12 @@ class DPOConfig(KLConfig):
         self.check_kl()
         check_widths(self.widths, owner="dpo")
         if self.kl_target is not None:
-            raise ValueError("dpo has no KL measurement to adapt β to: leave kl_target null (β is kl_coef)")
-        if self.batch_size < 1 or self.lr <= 0 or not 0.0 <= self.ema_tau < 1.0:
-            raise ValueError(f"dpo needs batch_size ≥ 1, lr > 0 and 0 ≤ ema_tau < 1, got {self.batch_size}, "
-                             f"{self.lr}, {self.ema_tau}")
+            raise ValueError("kl_target must be null for dpo, which has no KL measurement to adapt β to (β is kl_coef)")
+        check_bounds("learner.params", self, batch_size=(1, "≥"), lr=(0, ">"), ema_tau=(0, "≥"))
+        if self.ema_tau >= 1.0:
+            raise ValueError(f"ema_tau must be < 1, got {self.ema_tau}")
         if self.margin_min > self.margin_max:
-            raise ValueError(f"dpo margin_min {self.margin_min} exceeds margin_max {self.margin_max}")
+            raise ValueError(f"margin_min ({self.margin_min}) exceeds learner.params.margin_max ({self.margin_max})")
 
 
 @register("dpo", config=DPOConfig)

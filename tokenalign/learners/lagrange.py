@@ -35,7 +35,7 @@ class LagrangeConfig:
         if self.lambda_init <= 0:
             raise ValueError(f"lambda_init must be > 0 (λ is trained as exp(log λ)), got {self.lambda_init}")
         if self.lambda_max is not None and self.lambda_max < self.lambda_init:
-            raise ValueError(f"lambda_max ({self.lambda_max}) must be ≥ lambda_init ({self.lambda_init}) or None")
+            raise ValueError(f"lambda_max must be ≥ learner.params.lambda_init ({self.lambda_init}) or null, got {self.lambda_max}")
         if self.episode_cost_window_size < 1:
             raise ValueError(f"episode_cost_window_size must be ≥ 1, got {self.episode_cost_window_size}")
 

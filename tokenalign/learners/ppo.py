@@ -25,6 +25,7 @@ from tokenalign.agents.mlp import check_widths
 from tokenalign.agents.policy import AcceptRejectPolicy
 from tokenalign.agents.value import ValueHead
 from tokenalign.buffers.batches import Transitions
+from tokenalign.core.parsing import check_bounds
 from tokenalign.learners.advantages import gae
 from tokenalign.learners.base import Learner, LearnerContract, adam, approx_kl, gradient_step, read_scalars, seeded
 from tokenalign.learners.episodes import Episodes
@@ -68,10 +69,11 @@ class PPOConfig(KLConfig):
     def __post_init__(self) -> None:
         object.__setattr__(self, "widths", check_widths(self.widths, owner=f"{type(self).__name__}"))
         self.check_kl()
-        if not (0.0 <= self.gamma <= 1.0 and 0.0 <= self.gae_lambda <= 1.0):
-            raise ValueError(f"gamma and gae_lambda must be in [0, 1], got {self.gamma}, {self.gae_lambda}")
-        if min(self.update_epochs, self.num_minibatches, self.episodes_per_update) < 1:
-            raise ValueError("update_epochs, num_minibatches and episodes_per_update must be ≥ 1")
+        for name in ("gamma", "gae_lambda"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        check_bounds("learner.params", self, update_epochs=(1, "≥"), num_minibatches=(1, "≥"),
+                     episodes_per_update=(1, "≥"))
 
 
 def clipped_surrogate_loss(

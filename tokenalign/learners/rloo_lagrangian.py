@@ -25,6 +25,7 @@ from torch import nn
 from tokenalign.agents.mlp import check_widths
 from tokenalign.agents.policy import AcceptRejectPolicy
 from tokenalign.buffers.batches import Transitions
+from tokenalign.core.parsing import check_bounds
 from tokenalign.learners.base import Learner, LearnerContract, adam, approx_kl, gradient_step, read_scalars, seeded
 from tokenalign.learners.confidence import cost_surrogate, kappa, upper_bound
 from tokenalign.learners.episodes import Episodes
@@ -70,8 +71,7 @@ class RLOOLagrangianConfig(LagrangeConfig, KLConfig):
         self.check_lagrange()
         if not 0.0 < self.fail_prob < 1.0:
             raise ValueError(f"fail_prob δ must be in (0, 1), got {self.fail_prob}")
-        if min(self.samples_per_prompt, self.prompts_per_update) < 1:
-            raise ValueError("samples_per_prompt and prompts_per_update must be ≥ 1")
+        check_bounds("learner.params", self, samples_per_prompt=(1, "≥"), prompts_per_update=(1, "≥"))
 
 
 def rloo_loss(

@@ -27,6 +27,7 @@ from tokenalign.agents.critics import TwinQCritic
 from tokenalign.agents.mlp import check_widths
 from tokenalign.agents.policy import AcceptRejectPolicy
 from tokenalign.buffers.batches import Transitions
+from tokenalign.core.parsing import check_bounds
 from tokenalign.learners.base import Learner, LearnerContract, adam, gradient_step, read_scalars, seeded
 from tokenalign.learners.kl import KLConfig, reference_log_probs
 from tokenalign.learners.registry import register
@@ -59,9 +60,8 @@ class SACConfig(KLConfig):
         object.__setattr__(self, "widths", check_widths(self.widths, owner="sac config"))
         self.check_kl()
         if not 0.0 <= self.gamma <= 1.0:
-            raise ValueError(f"sac gamma must be in [0, 1], got {self.gamma}")
-        if self.batch_size < 1 or self.update_time < 1:
-            raise ValueError(f"sac batch_size and update_time must be ≥ 1, got {self.batch_size}, {self.update_time}")
+            raise ValueError(f"gamma must be in [0, 1], got {self.gamma}")
+        check_bounds("learner.params", self, batch_size=(1, "≥"), update_time=(1, "≥"))
 
 
 def soft_q_target(

@@ -39,6 +39,7 @@ from tokenalign.agents.chain import emission_log_probs
 from tokenalign.agents.mlp import check_widths
 from tokenalign.agents.value_guided import ValueGuidedPolicy
 from tokenalign.buffers.batches import Decisions
+from tokenalign.core.parsing import check_bounds
 from tokenalign.learners.base import Learner, LearnerContract, adam, gradient_step, read_scalars, seeded
 from tokenalign.learners.kl import KLConfig
 from tokenalign.learners.registry import register
@@ -76,13 +77,9 @@ class ValueGuidedConfig(KLConfig):
         self.check_kl()
         check_widths(self.widths, owner="value_guided")
         if self.kl_coef <= 0:
-            raise ValueError(f"value_guided's kl_coef is the tilt's temperature β and must be > 0, got {self.kl_coef}")
-        if min(self.batch_size, self.updates_per_episode, self.episodes_per_batch) < 1 or self.lr <= 0 \
-                or self.learning_starts < 0:
-            raise ValueError("value_guided needs batch_size, updates_per_episode, episodes_per_batch ≥ 1, lr > 0 and "
-                             "learning_starts ≥ 0")
-        if self.future_weight < 0:
-            raise ValueError(f"future_weight must be ≥ 0, got {self.future_weight}")
+            raise ValueError(f"kl_coef is value_guided's tilt temperature β and must be > 0, got {self.kl_coef}")
+        check_bounds("learner.params", self, batch_size=(1, "≥"), updates_per_episode=(1, "≥"),
+                     episodes_per_batch=(1, "≥"), lr=(0, ">"), learning_starts=(0, "≥"), future_weight=(0, "≥"))
         if not 0.0 < self.target_tau <= 1.0:
             raise ValueError(f"target_tau must be in (0, 1], got {self.target_tau}")
 

@@ -50,9 +50,9 @@ class HierarchicalConfig:
 
     def __post_init__(self) -> None:
         if (self.holistic_mean is None) != (self.holistic_std is None):
-            raise ValueError("objective.params.holistic_mean and holistic_std go together: set both or neither")
+            raise ValueError("holistic_std and objective.params.holistic_mean go together: set both or neither")
         if self.holistic_std is not None and self.holistic_std <= 0:
-            raise ValueError(f"objective.params.holistic_std must be > 0, got {self.holistic_std}")
+            raise ValueError(f"holistic_std must be > 0, got {self.holistic_std}")
 
 
 @register("hierarchical", config=HierarchicalConfig)

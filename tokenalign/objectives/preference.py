@@ -43,9 +43,9 @@ class PreferenceConfig:
 
     def __post_init__(self) -> None:
         if self.dirichlet_alpha <= 0:
-            raise ValueError(f"objective.params.dirichlet_alpha must be > 0, got {self.dirichlet_alpha}")
+            raise ValueError(f"dirichlet_alpha must be > 0, got {self.dirichlet_alpha}")
         if self.weights and (min(self.weights) < 0 or not sum(self.weights) > 0):
-            raise ValueError(f"objective.params.weights must be non-negative with a positive sum, got {self.weights}")
+            raise ValueError(f"weights must be non-negative with a positive sum, got {self.weights}")
 
 
 @register("preference", config=PreferenceConfig)

@@ -26,12 +26,13 @@ from tokenalign.data.prompts import load_prompts
 
 
 def check_feasible(config: TrainConfig) -> None:
-    """One ConfigError (ClusterResourceError for the cluster) for the first combination that cannot make progress."""
+    """One ConfigError (a ClusterResourceError for GPUs) for the first combination that cannot make progress; what
+    needs no network (the cluster the run joins is `check_cluster`'s)."""
     if config.learner.contract.data_mode == "replay":
         check_replay_sizes(config)
         check_rate_limiter(config)
     check_eval_prompts(config)
-    check_cluster(config)
+    check_local_gpus(config)
 
 
 def rows_per_episode(config: TrainConfig) -> int:
@@ -60,6 +61,8 @@ def check_replay_sizes(config: TrainConfig) -> None:
             f"{e.max_new_tokens} × engine.sampling.top_k={e.sampling.top_k}): raise buffer.capacity to at least "
             f"{longest * buffer.num_shards}")
     starts = _params_key(config, "learning_starts_factor", "learning_starts")
+    if starts.endswith("_factor"):  # SAC: MARA's learning starts are a multiple of its batch
+        starts += " × learner.params.batch_size"
     batch = _params_key(config, "episodes_per_batch" if contract.sample == "episodes" else "batch_size")
     needs = {"buffer.min_size_to_sample": buffer.min_size_to_sample, starts: contract.learning_starts + 1,
              batch: contract.batch_size}
@@ -102,7 +105,8 @@ def check_eval_prompts(config: TrainConfig) -> None:
     try:
         have = len(load_prompts(config.data.test, prompt_field=config.data.prompt_field, seed=config.data.seed))
     except (FileNotFoundError, ValueError) as err:
-        raise ConfigError(f"data.test: {err}") from None
+        field = "" if config.data.prompt_field is None else f" (data.prompt_field={config.data.prompt_field})"
+        raise ConfigError(f"data.test{field}: {err}") from None
     if wanted > have:
         raise ConfigError(f"run.eval_prompts={wanted} but data.test holds {have} prompts: set run.eval_prompts to at "
                           f"most {have} or add test prompts")
@@ -118,15 +122,18 @@ def resource_request(config: TrainConfig) -> ResourceRequest:
 
 
 def check_cluster(config: TrainConfig) -> None:
-    """The Ray cluster the run will use holds its actors: the one at run.ray_address / RAY_ADDRESS (joined here;
-    the run goes on in it), the one already started in this process, or else a local one, which gets this
-    machine's GPUs (ClusterResourceError naming the settings)."""
-    request = resource_request(config)
+    """The Ray cluster the run joins (run.ray_address / RAY_ADDRESS, or one already started in this process) holds
+    its actors; joined here, before the run directory, and the run goes on in it."""
     address = config.run.ray_address or os.environ.get("RAY_ADDRESS")
     if address or ray.is_initialized():
         connect(address=address)
-        check_resources(request)
-    elif request.gpus > 0:
+        check_resources(resource_request(config))
+
+
+def check_local_gpus(config: TrainConfig) -> None:
+    """A local cluster, not started yet, gets this machine's GPUs (CPUs: as many as asked, `local_cpus_for`)."""
+    request = resource_request(config)
+    if request.gpus > 0 and not (config.run.ray_address or os.environ.get("RAY_ADDRESS") or ray.is_initialized()):
         import torch
 
         check_resources(request, local_gpus=torch.cuda.device_count())

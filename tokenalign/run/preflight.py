@@ -18,7 +18,7 @@ from tokenalign.config import TrainConfig
 from tokenalign.core.parsing import ConfigError
 from tokenalign.lm.loader import resolve_lm_path
 from tokenalign.rewards.factory import make_scorer
-from tokenalign.run.feasibility import check_feasible
+from tokenalign.run.feasibility import check_cluster, check_feasible
 
 SAMPLE_PROMPTS = ["How are you today?"]
 SAMPLE_RESPONSES = ["I am fine, thank you."]
@@ -28,6 +28,7 @@ def preflight(config: TrainConfig, *, data_mode: str) -> None:
     """Raise one clear error for the first problem a run with `config` would meet; return if there is none."""
     check_feasible(config)
     check_lm(config)
+    check_cluster(config)
     check_python_scorers(config)
     if data_mode != "pairs":
         check_buffer(config)
