@@ -6,7 +6,7 @@ import logging
 import pytest
 import torch
 
-from tokenalign.run.checkpoints import CheckpointError, read_newest, write_checkpoint
+from tokenalign.run.checkpoints import CheckpointError, prune_checkpoints, read_newest, write_checkpoint
 
 
 def write(root, step):
@@ -47,3 +47,16 @@ def test_no_readable_checkpoint_is_one_error_naming_each_failure(tmp_path):
     (only / "learner.pt").write_bytes(b"\x00" * 10)
     with pytest.raises(CheckpointError, match=r"no checkpoint in .* loads \(step-00000002/learner.pt: .*\); .*start a new run"):
         read_newest(tmp_path)
+
+
+def test_pruning_keeps_the_newest_the_latest_and_the_protected_and_a_resume_reads_them(tmp_path):
+    for step in range(1, 7):
+        write(tmp_path, step)
+    (tmp_path / "latest").write_text("step-00000005")  # a crash between a step's write and its pointer
+    deleted = prune_checkpoints(tmp_path, keep=2, protect=frozenset({"step-00000001"}))
+    assert deleted == ["step-00000002", "step-00000003", "step-00000004"]
+    assert sorted(p.name for p in tmp_path.glob("step-*")) == ["step-00000001", "step-00000005", "step-00000006"]
+    assert read_newest(tmp_path).path.name == "step-00000005"
+    write(tmp_path, 7)
+    assert prune_checkpoints(tmp_path, keep=2) == ["step-00000001", "step-00000005"]
+    assert read_newest(tmp_path).progress == {"updates": 7, "episodes": 70}

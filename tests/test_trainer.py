@@ -171,11 +171,14 @@ def test_the_driver_writes_checkpoints_wherever_the_learner_runs_and_resumes_pas
             ray.get(self.processes.learner.__ray_call__.remote(lambda actor, path: os.chdir(path), str(elsewhere)))
 
     monkeypatch.chdir(tmp_path)
-    config = short_config(Path("runs"), "sac", "run.eval_prompts=0")  # a relative run directory
+    config = short_config(Path("runs"), "sac", "run.eval_prompts=0", "run.keep_checkpoints=2")  # a relative run dir
     first = LearnerElsewhere(config=config, run_dir=Trainer.new_run(config).run_dir)
     first.run()
     steps = sorted((tmp_path / first.run_dir / "checkpoints").glob("step-*"))
-    assert len(steps) >= 2 and all((s / "learner.pt").is_file() for s in steps)
+    training = json.loads((tmp_path / first.run_dir / "training.json").read_text())
+    assert training["updates"] > 2 * 2  # checkpoint_every=2: more were written than kept
+    assert [s.name for s in steps][-1] == training["checkpoint"] and len(steps) == 2
+    assert all((s / "learner.pt").is_file() for s in steps)
     assert not any(elsewhere.rglob("*.pt"))
 
     newest, before = steps[-1], steps[-2]
@@ -184,6 +187,7 @@ def test_the_driver_writes_checkpoints_wherever_the_learner_runs_and_resumes_pas
     assert resumed.resume_from.path.name == before.name
     resumed.run()
     assert resumed.progress.episodes >= 48
+    assert len(list((tmp_path / first.run_dir / "checkpoints").glob("step-*"))) <= 3  # 2, and the first summary's
     metrics = read_metrics(tmp_path / first.run_dir)
     episodes = [m["episodes"] for m in metrics]
     assert episodes == sorted(episodes)  # the lines written after the restored checkpoint were dropped

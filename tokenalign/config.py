@@ -156,6 +156,8 @@ class RunConfig:
     """Also stop after this many minutes of training (None = no limit)."""
     checkpoint_every: int = 500
     """Write a checkpoint every this many learner updates (and at the end)."""
+    keep_checkpoints: int = 3
+    """Checkpoints kept on disk, newest first (the one the summary was made from is kept besides)."""
     eval_prompts: int = 100
     """Held-out prompts evaluated at the end (summary.json); 0 skips the evaluation."""
     wandb_mode: Literal["offline", "online", "disabled"] = "offline"
@@ -169,7 +171,7 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         check_bounds("run", self, seed=(0, "≥"), total_episodes=(1, "≥"), total_decisions=(1, "≥"), max_minutes=(0, ">"),
-                     checkpoint_every=(1, "≥"), eval_prompts=(0, "≥"), remote_timeout_s=(0, ">"),
+                     checkpoint_every=(1, "≥"), keep_checkpoints=(1, "≥"), eval_prompts=(0, "≥"), remote_timeout_s=(0, ">"),
                      placement_timeout_s=(0, ">"))
         if self.ray_address is not None and not RAY_ADDRESS.fullmatch(self.ray_address):
             raise ConfigError(f"run.ray_address is {self.ray_address!r}; give host:port, ray://host:port or auto "

@@ -6,6 +6,7 @@ files, so a learner on another node (no shared filesystem, another working direc
 the run directory all the same. Every file is written atomically (temporary name, then rename) and a
 step directory appears whole; on resume a newest checkpoint that does not load (a truncated file, a
 `latest` naming a step that is gone) gives way to the newest one that does, with a warning saying why.
+Only the newest `run.keep_checkpoints` are kept, and the one the run's summary was made from.
 """
 from __future__ import annotations
 
@@ -64,6 +65,19 @@ def write_checkpoint(root: Path, *, step: int, learner: dict[str, Any], policy: 
     pointer.write_text(final.name)
     pointer.replace(root / "latest")
     return final
+
+
+def prune_checkpoints(root: Path, *, keep: int, protect: frozenset[str] = frozenset()) -> list[str]:
+    """Delete all but the newest `keep` step directories, the one `latest` names and those in `protect`; returns
+    the names deleted. Called after a write completed, so what is kept is whole; an interrupted deletion leaves
+    a damaged old step that `read_newest` skips and the next prune removes."""
+    steps = sorted(p for p in root.glob("step-*") if p.is_dir())
+    latest = (root / "latest").read_text().strip() if (root / "latest").is_file() else None
+    kept = {p.name for p in steps[-keep:]} | set(protect) | ({latest} if latest else set())
+    doomed = [p for p in steps if p.name not in kept]
+    for path in doomed:
+        shutil.rmtree(path, ignore_errors=True)
+    return [p.name for p in doomed]
 
 
 def read_newest(root: Path) -> Checkpoint:

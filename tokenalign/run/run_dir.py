@@ -16,7 +16,8 @@ from tokenalign.core.parsing import ConfigError, apply_override, yaml_problem
 from tokenalign.run.checkpoints import Checkpoint, read_newest
 from tokenalign.run.preflight import preflight
 
-RESUMABLE = ("objective.", "run.total_episodes", "run.total_decisions", "run.max_minutes", "run.eval_prompts")
+RESUMABLE = ("objective.", "run.total_episodes", "run.total_decisions", "run.max_minutes", "run.eval_prompts",
+             "run.keep_checkpoints")
 """Config keys a resumed run may change: what it optimises and how long it goes on."""
 
 

@@ -23,7 +23,7 @@ from tokenalign.buffers.errors import ShardUnavailableError
 from tokenalign.cluster.watchdog import DriverWatchdog
 from tokenalign.config import TrainConfig, without_secrets
 from tokenalign.data.prompts import load_prompts
-from tokenalign.run.checkpoints import Checkpoint, write_checkpoint
+from tokenalign.run.checkpoints import Checkpoint, prune_checkpoints, write_checkpoint
 from tokenalign.run.loops import Progress, TrainingLoop
 from tokenalign.run.processes import RunProcesses
 from tokenalign.run.run_dir import new_run_dir, resume_point, truncate_metrics
@@ -99,8 +99,7 @@ class Trainer:
                 TrainingLoop(config=self.config, processes=self.processes, progress=self.progress,
                              num_prompts=len(self.train_prompts), observer=self, should_stop=self._should_stop).run()
                 self.bar.close()
-                self.checkpoint()
-                return self._finish()
+                return self._finish(self.checkpoint())
             except ShardUnavailableError as err:
                 # A shard that stays down (an external one; an embedded one restarts itself): stop in order.
                 ckpt = self.checkpoint()
@@ -171,8 +170,17 @@ class Trainer:
         p.last_checkpoint_updates = p.updates
         learner = self.processes.learner
         state, policy = self.processes.call([learner.state.remote(), learner.policy_state.remote()])
-        return write_checkpoint(self.run_dir / "checkpoints", step=p.updates, learner=state, policy=policy,
-                                progress=vars(p))
+        root = self.run_dir / "checkpoints"
+        path = write_checkpoint(root, step=p.updates, learner=state, policy=policy, progress=vars(p))
+        prune_checkpoints(root, keep=self.config.run.keep_checkpoints, protect=self._summary_checkpoint())
+        return path
+
+    def _summary_checkpoint(self) -> frozenset[str]:
+        """The checkpoint an earlier summary.json was made from (training.json names it), if any."""
+        try:
+            return frozenset([json.loads((self.run_dir / "training.json").read_text())["checkpoint"]])
+        except (OSError, ValueError, KeyError, TypeError):
+            return frozenset()
 
     def _restore(self) -> None:
         ckpt = self.resume_from
@@ -183,7 +191,9 @@ class Trainer:
                  self.progress.updates)
 
     # ------------------------------------------------------------------------------------------- finish
-    def _finish(self) -> dict[str, Any]:
+    def _finish(self, checkpoint: Path) -> dict[str, Any]:
+        """Samples, the evaluation (summary.json), training.json naming `checkpoint` (the evaluated agent's: kept
+        by pruning from then on), the report."""
         from tokenalign.eval.report import write_report
 
         cfg, call = self.config, self.processes.call
@@ -198,7 +208,7 @@ class Trainer:
         training = {"episodes": self.progress.episodes, "decisions": self.progress.decisions,
                     "updates": self.progress.updates, "minutes": round(self.progress.elapsed_s / 60, 2),
                     "actor_restarts": self.progress.actor_restarts, "shard_restarts": self.progress.shard_restarts,
-                    "stopped_by": self._stop_reason or "budget",
+                    "stopped_by": self._stop_reason or "budget", "checkpoint": checkpoint.name,
                     "buffer": call(self.processes.learner.buffer_stats.remote())}
         (self.run_dir / "training.json").write_text(json.dumps(training, indent=2))
         self.metrics_file.close()
