@@ -216,7 +216,8 @@ BEFORE_A_RUN = {
                                  "buffer.min_size_to_sample waits for 300000 transitions before the first update, but "
                                  "buffer.capacity=200000 never holds that many: raise buffer.capacity to at least 300000"),
     "learning starts above capacity": (lambda t: ["learner.name=sac", "buffer.capacity=5000"],
-                                       "learner.params.learning_starts_factor waits for 65537 transitions"),
+                                       "learner.params.learning_starts_factor × learner.params.batch_size waits for "
+                                       "65537 transitions"),
     "batch above capacity": (lambda t: ["buffer.capacity=2000", "learner.params.learning_starts=0",
                                         "buffer.min_size_to_sample=1"],
                              "learner.params.batch_size waits for 2048 transitions before the first update"),
