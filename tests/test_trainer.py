@@ -96,6 +96,29 @@ def test_killed_rollout_actor_is_restarted_and_no_episode_is_lost(ray_cluster, t
     assert training["buffer"]["size"] >= training["decisions"]
 
 
+def test_a_killed_learner_stops_the_run_in_one_line_naming_the_checkpoint_a_resume_continues_from(ray_cluster, tmp_path):
+    """The learner's state lives only in checkpoints (a restarted one would publish versions below what actors
+    hold), so its death stops the run, in order, with the resume command."""
+    from tokenalign.run.trainer import LearnerDiedError
+
+    trainer = Trainer.new_run(short_config(tmp_path, "sac", "run.total_episodes=100000", "run.eval_prompts=0"))
+
+    def kill_the_learner_after_a_checkpoint() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (trainer.run_dir / "checkpoints" / "latest").is_file():
+            time.sleep(0.05)
+        ray.kill(trainer.processes.learner, no_restart=True)
+
+    threading.Thread(target=kill_the_learner_after_a_checkpoint, daemon=True).start()
+    with pytest.raises(LearnerDiedError) as caught:
+        trainer.run()
+    message = str(caught.value)
+    assert "\n" not in message and message.startswith("the learner actor died (")
+    assert f"`tokenalign train --resume {trainer.run_dir}` continues from the newest (step-" in message
+    newest = message.rsplit("(", 1)[1].rstrip(")")
+    assert (trainer.run_dir / "checkpoints" / newest / "learner.pt").is_file()
+
+
 def test_a_decision_budget_stops_the_run_and_zero_eval_prompts_skip_the_evaluation(ray_cluster, tmp_path):
     config = short_config(tmp_path, "ppo", "run.total_episodes=100000", "run.total_decisions=150", "run.eval_prompts=0")
     trainer = Trainer.new_run(config)
@@ -123,7 +146,8 @@ def test_asking_for_more_gpus_than_exist_fails_before_starting_anything(ray_clus
     assert not any(tmp_path.iterdir())  # refused before a run directory exists
 
 
-@pytest.mark.parametrize("learner", ["sac", "ppo", "ppo_lagrangian", "rloo_lagrangian"])
+# ppo_lagrangian is PPO with a cost advantage (its preference path is ppo's): rloo_lagrangian covers the Lagrangian side
+@pytest.mark.parametrize("learner", ["sac", "ppo", "rloo_lagrangian"])
 def test_a_preference_conditioned_agent_trains_end_to_end(ray_cluster, tmp_path, learner):
     """RiC: the actors draw w per episode and store it, the agent sees [state ; w], evaluation picks w."""
     import torch

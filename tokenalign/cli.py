@@ -59,7 +59,7 @@ def cmd_train(args: argparse.Namespace, config: TrainConfig) -> int:
     import logging
     from pathlib import Path
 
-    from tokenalign.run.trainer import Trainer
+    from tokenalign.run.trainer import LearnerDiedError, Trainer
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.resume:
@@ -70,7 +70,11 @@ def cmd_train(args: argparse.Namespace, config: TrainConfig) -> int:
     else:
         trainer = Trainer.new_run(config)
     print(f"run directory: {trainer.run_dir}", flush=True)
-    summary = trainer.run()
+    try:
+        summary = trainer.run()
+    except LearnerDiedError as err:
+        print(f"tokenalign train: {err}", file=sys.stderr)
+        return 1
     if summary:  # reward beside KL to the base LM, diversity and perplexity: a reward alone proves nothing
         from tokenalign.eval.report import summary_markdown
 

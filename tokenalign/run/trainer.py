@@ -19,6 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ray.exceptions import ActorUnavailableError, RayActorError
+
 from tokenalign.buffers.errors import ShardUnavailableError
 from tokenalign.cluster.watchdog import DriverWatchdog
 from tokenalign.config import TrainConfig, without_secrets
@@ -30,6 +32,10 @@ from tokenalign.run.run_dir import new_run_dir, resume_point, truncate_metrics
 from tokenalign.run.run_lock import RunLock
 
 log = logging.getLogger(__name__)
+
+
+class LearnerDiedError(RuntimeError):
+    """The learner actor (or the weight store) died: the run stopped; a resume continues from the newest checkpoint."""
 
 
 @contextlib.contextmanager
@@ -100,6 +106,15 @@ class Trainer:
                              num_prompts=len(self.train_prompts), observer=self, should_stop=self._should_stop).run()
                 self.bar.close()
                 return self._finish(self.checkpoint())
+            except (RayActorError, ActorUnavailableError) as err:
+                # Rollout actors are restarted by Ray (loops.py); this is the learner or the weight store, whose
+                # state lives only in the checkpoints: stop, and say where a resume continues from.
+                newest = (self.run_dir / "checkpoints" / "latest")
+                since = newest.read_text().strip() if newest.is_file() else "none written yet"
+                raise LearnerDiedError(
+                    f"the learner actor died ({(str(err).splitlines() or [type(err).__name__])[0][:200]}); the run "
+                    f"stopped without a final checkpoint: `tokenalign train --resume {self.run_dir}` continues from "
+                    f"the newest ({since})") from None
             except ShardUnavailableError as err:
                 # A shard that stays down (an external one; an embedded one restarts itself): stop in order.
                 ckpt = self.checkpoint()
