@@ -16,6 +16,11 @@ from tokenalign.buffers.shard import ShardCounters
 ACME_TOLERANCE_RATE = 0.1  # Acme agents: error_buffer = min_replay_size · samples_per_insert · 0.1
 
 
+def error_band(*, min_size_to_sample: int, samples_per_insert: float, error_buffer: float | None) -> float:
+    """How far samples may drift either way from samples_per_insert · inserts: error_buffer, or Acme's default."""
+    return error_buffer if error_buffer is not None else samples_per_insert * min_size_to_sample * ACME_TOLERANCE_RATE
+
+
 class SampleToInsertRatio:
     """Keep samples ≈ samples_per_insert · inserts within ±error_buffer, once min_size_to_sample is reached.
 
@@ -36,7 +41,8 @@ class SampleToInsertRatio:
             self.min_diff, self.max_diff = -math.inf, math.inf
             return
         offset = samples_per_insert * min_size_to_sample
-        band = error_buffer if error_buffer is not None else offset * ACME_TOLERANCE_RATE
+        band = error_band(min_size_to_sample=min_size_to_sample, samples_per_insert=samples_per_insert,
+                          error_buffer=error_buffer)
         self.min_diff, self.max_diff = offset - band, offset + band
         if self.max_diff - self.min_diff < 2 * max(1.0, samples_per_insert):  # Reverb's guard against deadlock
             raise ValueError(

@@ -18,7 +18,7 @@ import os
 
 import ray
 
-from tokenalign.buffers.rate_limiter import ACME_TOLERANCE_RATE
+from tokenalign.buffers.rate_limiter import error_band
 from tokenalign.cluster.ray_cluster import ResourceRequest, check_resources, connect
 from tokenalign.config import TrainConfig
 from tokenalign.core.parsing import ConfigError
@@ -87,8 +87,8 @@ def check_rate_limiter(config: TrainConfig) -> None:
     if ratio is None:
         return
     write = episodes_per_write(config) * rows_per_episode(config)
-    band = 2 * (buffer.error_buffer if buffer.error_buffer is not None
-                else buffer.min_size_to_sample * ratio * ACME_TOLERANCE_RATE)  # the limiter's default band
+    band = 2 * error_band(min_size_to_sample=buffer.min_size_to_sample, samples_per_insert=ratio,
+                          error_buffer=buffer.error_buffer)
     need = max(ratio * write + contract.batch_size, 2 * max(1.0, ratio))
     if band < need:
         raise ConfigError(
@@ -124,7 +124,7 @@ def resource_request(config: TrainConfig) -> ResourceRequest:
 def check_cluster(config: TrainConfig) -> None:
     """The Ray cluster the run joins (run.ray_address / RAY_ADDRESS, or one already started in this process) holds
     its actors; joined here, before the run directory, and the run goes on in it."""
-    address = config.run.ray_address or os.environ.get("RAY_ADDRESS")
+    address = _cluster_address(config)
     if address or ray.is_initialized():
         connect(address=address)
         check_resources(resource_request(config))
@@ -133,7 +133,12 @@ def check_cluster(config: TrainConfig) -> None:
 def check_local_gpus(config: TrainConfig) -> None:
     """A local cluster, not started yet, gets this machine's GPUs (CPUs: as many as asked, `local_cpus_for`)."""
     request = resource_request(config)
-    if request.gpus > 0 and not (config.run.ray_address or os.environ.get("RAY_ADDRESS") or ray.is_initialized()):
+    if request.gpus > 0 and not (_cluster_address(config) or ray.is_initialized()):
         import torch
 
         check_resources(request, local_gpus=torch.cuda.device_count())
+
+
+def _cluster_address(config: TrainConfig) -> str | None:
+    """The Ray cluster the run joins: run.ray_address, else RAY_ADDRESS (set by `ray job submit`); None: a local one."""
+    return config.run.ray_address or os.environ.get("RAY_ADDRESS")
