@@ -33,7 +33,8 @@ def test_candidate_rows_carry_one_step_scores_and_their_targets_are_the_objectiv
     under the weighted objective (multiplier 1 here), checked against the texts by hand."""
     engine, decoded, decisions, objective = candidate_batch(tiny_lm, counting_scorer, episodes=4, seed=0)
     tokenizer = engine.tokenizer
-    targets = make_learner("value_guided", state_size=engine.state_size).label(objective, decisions)
+    targets = make_learner("value_guided", state_size=engine.state_size,
+                           config=config_class("value_guided")(future_target="monte_carlo")).label(objective, decisions)
     count = lambda ids: float(len(__import__("re").findall(r"\bthe\b", tokenizer.decode(ids).lower())))  # noqa: E731
     row = 0
     for episode in decoded:
@@ -71,7 +72,8 @@ def test_the_head_learns_a_planted_reward(tiny_lm, counting_scorer):
     engine, _, train, objective = candidate_batch(tiny_lm, counting_scorer, episodes=96, seed=1)
     _, _, held_out, _ = candidate_batch(tiny_lm, counting_scorer, episodes=32, seed=2)
     learner = make_learner("value_guided", state_size=engine.state_size, seed=0,
-                           config=config_class("value_guided")(widths=(64,), lr=3e-3, batch_size=256))
+                           config=config_class("value_guided")(widths=(64,), lr=3e-3, batch_size=256,
+                                                               future_target="monte_carlo"))
     data = learner.label(objective, train)
     gen = torch.Generator().manual_seed(3)
     for _ in range(600):

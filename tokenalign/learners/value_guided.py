@@ -9,14 +9,16 @@ y_<t the response so far, Q_θ = Δ_θ + G_θ (two outputs of one network) regre
                                           ended there); one-step, but known for every candidate, not only for
                                           the sampled one (a wrong value on unsampled candidates spends KL in
                                           wrong directions)
-    G(s_t, c) = R(y) − R(y_<t + c)        on the emitted candidate: what the rest of the response brought after c
-                                          (CD-FUDGE's Monte-Carlo target, as the rest of Q), or with
-                                          future_target=soft_bellman (CD-Q) the soft value of what follows,
+    G(s_t, c)                             on the emitted candidate: what the rest of the response brings after c.
+                                          By default (future_target=soft_bellman, CD-Q) the soft value of what
+                                          follows,
                 G(s_t, c) = P' − R(y_<t + c) + V_θ(s'),   V_θ(s') = β·log Σ_c' q(c' | s')·exp(Q_θ(s', c')/β),
                                           s' the next step with a choice, P' = R(y_<t') its response so far
                                           (forced tokens between them included), Q_θ relative to P'; after the
                                           last such step the Monte-Carlo tail. That is the KL-regularised
                                           optimum's Q*, not the sampling policy's: updates draw whole episodes.
+                                          With future_target=monte_carlo, CD-FUDGE's G = R(y) − R(y_<t + c):
+                                          one rollout's remaining reward, a noisier target.
 
     L = mean over rows (Δ_θ − Δ)² + future_weight · mean over emitted rows (G_θ − G)².
 
@@ -56,15 +58,17 @@ class ValueGuidedConfig(KLConfig):
     lr: float = 1e-3
     """Adam learning rate."""
     batch_size: int = 512
-    """Candidate rows per gradient step."""
+    """monte_carlo: candidate rows per gradient step (soft_bellman draws episodes_per_batch whole episodes)."""
     updates_per_episode: int = 1
     """Gradient steps per collected episode (an episode holds ~ tokens × candidates rows)."""
     learning_starts: int = 4096
     """Candidate rows the buffer holds before the first step."""
     future_weight: float = 1.0
     """Weight of the future-gain loss (0: a myopic head, Q = Δ_θ)."""
-    future_target: Literal["monte_carlo", "soft_bellman"] = "monte_carlo"
-    """The future gain's target: the response's own (CD-FUDGE), or the next step's soft value under Q_θ (CD-Q)."""
+    future_target: Literal["monte_carlo", "soft_bellman"] = "soft_bellman"
+    """The future gain's target: the next step's soft value under Q_θ (CD-Q), or the response's own (CD-FUDGE).
+    CD-Q's, because on the demo it moved the whole frontier up and the Monte-Carlo one moved it down
+    (benchmarks/results/reward_kl_value_soft_bellman.md, reward_kl_value_future.md)."""
     episodes_per_batch: int = 4
     """soft_bellman: whole episodes per gradient step (its targets follow a response)."""
     target_tau: float = 0.05
