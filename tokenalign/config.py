@@ -185,15 +185,15 @@ class TrainConfig:
     Each section's own defaults are its reference paper's (MARA's 7B settings for SAC and the buffer);
     the few values set here scale them to the embedded demo on a 2-core CPU, which is what
     `tokenalign train` with no arguments runs (configs/demo.yaml spells the same values out). The demo's
-    learner and β come from the reward–KL frontier (benchmarks/results/reward_kl_value.md against
-    reward_kl_modes.md): at the KL PPO's demo spent (0.5–1 nats), a myopic value-guided head scores 5× PPO's
-    reward at a sixth of its compute (context states: base sampling's cost); β = 0.4 gave the most reward
-    within best-of-16's KL bound (1.56 of 1.84 nats), and β starts there and follows a KL target of 1.5 nats per
-    response (horizon 300 episodes: the KL the learner reads is its buffer's, ~350 episodes old on average,
-    and a horizon of 100 made β oscillate, 0.31–0.49, ending one demo at 1.98 nats), so that a reward of another
-    scale gets the same budget
-    (benchmarks/results/unseen_reward/: at a fixed β = 0.4 a user's reward did not move); its Monte-Carlo
-    future term only added noise.
+    learner comes from the reward–KL frontier (benchmarks/results/reward_kl_value_soft_bellman.md against
+    reward_kl_value.md and reward_kl_modes.md): a value-guided head whose future is learnt by soft Bellman
+    backups scores 0.13–0.20 more than a myopic one at four of five β (as much at the fifth), and 7× PPO's reward at
+    the KL PPO's demo spent, at base
+    sampling's compute (context states). β starts at 0.4 (~1.5 nats on that frontier, within best-of-16's bound
+    of 1.84) and follows a KL target of 1.5 nats per response (horizon 300 episodes: the KL the learner reads is its
+    buffer's, ~350 episodes old on average, and a horizon of 100 made β oscillate, 0.31–0.49), so that a reward of
+    another scale gets the same budget (benchmarks/results/unseen_reward/: at a fixed β = 0.4 a user's reward did
+    not move).
     """
 
     lm: LMConfig = field(default_factory=LMConfig)
