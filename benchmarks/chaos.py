@@ -2,6 +2,8 @@
 
     python benchmarks/chaos.py                      # 30 minutes of training time, a fault every 1–3 minutes
     python benchmarks/chaos.py --minutes 6 --gap 30 60 --out /tmp/chaos   # a short one
+    python benchmarks/chaos.py --kinds none --out /tmp/leak                # 30 minutes, no fault: a leak test
+    python benchmarks/chaos.py --minutes 3 --gap 20 35 --max-faults 5 ...  # CI's: one fault of each kind (.ci/run)
 
 Every gap the schedule does one of five faults (kinds in a shuffled rotation, so each comes up alike):
 SIGKILL a rollout actor (Ray restarts it), SIGKILL the learner actor (the run stops in one line; resumed),
@@ -14,8 +16,10 @@ agree with training.json; every decision the driver counted is among the transit
 excess is what actors wrote after the last checkpoint before a driver or learner death: durable in Redis, which
 fsyncs every write, but not in the driver's counters, which are durable at checkpoints); the policy version
 (learner updates) never went backwards within a driver's life and resumed from a checkpoint's; no process or
-redis-server of the run is left; RSS per process kind flat after warm-up (the slope is reported); at most
-run.keep_checkpoints + 1 checkpoints on disk. Results: <out>/chaos.json and chaos.md.
+redis-server of the run is left; RSS per process kind flat after warm-up (the slope is reported; it is checked,
+growth under FLAT_GROWTH of the RSS, over any driver life of WARM_UP + 10 minutes or more, which a run with faults
+every few minutes never has); at most run.keep_checkpoints + 1 checkpoints on disk. Results: <out>/chaos.json and
+chaos.md; the exit status is 1 when a check fails.
 """
 from __future__ import annotations
 
@@ -36,6 +40,12 @@ import numpy as np
 import yaml
 
 KINDS = ("rollout_actor", "learner_actor", "redis_shard", "driver_sigkill", "group_sigint")
+WARM_UP_S = 300.0
+"""A driver life's first five minutes are warm-up: Ray's workers start, the buffer and the learner's mirror fill."""
+FLAT_GROWTH = 0.10
+"""RSS counts as flat when the fitted growth over a life after warm-up is under this share of its mean RSS there."""
+FLAT_MIN_S = 600.0
+"""The flatness check needs this long after warm-up: over a shorter stretch a slope says little."""
 BIN = Path(sys.executable).parent / "tokenalign"
 
 
@@ -94,6 +104,7 @@ class Chaos:
         self.t0 = time.monotonic()
         self.exit_codes: list[int] = []
         self._stop = threading.Event()
+        self.kinds = tuple(args.kinds)
 
     def now(self) -> float:
         return round(time.monotonic() - self.t0, 1)
@@ -174,7 +185,9 @@ class Chaos:
         rotation: list[str] = []
         lo, hi = self.args.gap
         while True:
-            deadline = time.monotonic() + self.rng.uniform(lo, hi)
+            faults = sum(e["what"] == "fault" for e in self.events)
+            more = self.kinds and (self.args.max_faults is None or faults < self.args.max_faults)
+            deadline = time.monotonic() + self.rng.uniform(lo, hi) if more else float("inf")
             while time.monotonic() < deadline and self.driver.poll() is None:
                 time.sleep(0.5)
             if self.driver.poll() is not None:
@@ -184,7 +197,7 @@ class Chaos:
                 self.start(resume=True)  # stopped on its own for another reason: resume, and record it
                 continue
             if not rotation:
-                rotation = list(KINDS)
+                rotation = list(self.kinds)
                 self.rng.shuffle(rotation)
             self.fault(rotation.pop())
         self._stop.set()
@@ -208,7 +221,7 @@ class Chaos:
         leftovers = {pid: cmd[:80] for pid, (cmd, cwd) in processes().items()
                      if kind_of(cmd, cwd, run_dir) is not None or str(run_dir) in cmd}
         faults = [e for e in self.events if e["what"] == "fault"]
-        slopes = self.rss_slopes()
+        slopes, flat = self.rss_slopes()
         keep = yaml.safe_load((run_dir / "config.yaml").read_text())["run"]["keep_checkpoints"]
         checks = {
             "finished with a summary": (run_dir / "summary.json").is_file() and self.exit_codes[-1] == 0,
@@ -219,34 +232,56 @@ class Chaos:
             "no process or redis-server of the run left": not leftovers,
             f"checkpoints on disk within retention ({keep} + the summary's)":
                 max(s["checkpoints"] for s in self.samples) <= keep + 1,
-            "faults of every kind": {f["kind"] for f in faults} == set(KINDS),
+            ("faults of every kind" if set(self.kinds) == set(KINDS) else f"faults of kinds {', '.join(self.kinds) or 'none'}"):
+                {f["kind"] for f in faults} == set(self.kinds),
         }
+        if flat:
+            checks[f"RSS flat after warm-up (growth < {FLAT_GROWTH:.0%} over a life's last {flat['minutes']:.0f} min)"] = \
+                all(v["growth"] < FLAT_GROWTH for v in flat["kinds"].values())
         return {
             "command": "python benchmarks/chaos.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
             "seed": self.args.seed, "minutes": self.args.minutes, "wall_minutes": round(self.now() / 60, 1),
             "faults": faults, "events": self.events, "exit_codes": self.exit_codes,
             "training": {k: v for k, v in training.items() if k != "buffer"}, "buffer_inserted": inserted,
             "uncounted_transitions": inserted - training["decisions"], "leftover_processes": leftovers,
-            "rss_slope_mb_per_min": slopes, "peak_rss_mb": {k: round(max(x["rss_mb"].get(k, 0.0) for x in self.samples), 1)
+            "rss_slope_mb_per_min": slopes, "flatness": flat, "peak_rss_mb": {k: round(max(x["rss_mb"].get(k, 0.0) for x in self.samples), 1)
                                                             for k in {k for x in self.samples for k in x["rss_mb"]}}, "peak_run_dir_mb": round(max(s["run_dir_mb"] for s in self.samples), 1),
             "checks": checks, "run_dir": str(run_dir),
         }
 
-    def rss_slopes(self) -> dict[str, float]:
-        """Per process kind, the median over driver lives of the RSS slope (MB/min) after each life's first minute."""
+    def rss_slopes(self) -> tuple[dict[str, float], dict[str, Any]]:
+        """Per process kind, the median over driver lives of the RSS slope (MB/min) after each life's first minute;
+        and over the longest life, if it ran FLAT_MIN_S past WARM_UP_S, each kind's slope after warm-up and its
+        fitted growth there as a share of its mean RSS (empty otherwise)."""
         slopes: dict[str, list[float]] = {}
         lives: dict[int, list[dict[str, Any]]] = {}
         for s in self.samples:
             lives.setdefault(s["driver_pid"], []).append(s)
         for life in lives.values():
-            start = life[0]["t"] + 60
-            late = [s for s in life if s["t"] >= start]
-            for kind in {k for s in late for k in s["rss_mb"]}:
-                points = [(s["t"], s["rss_mb"].get(kind, 0.0)) for s in late if kind in s["rss_mb"]]
-                if len(points) >= 8:
-                    t, mb = np.array(points).T
-                    slopes.setdefault(kind, []).append(float(np.polyfit(t / 60, mb, 1)[0]))
-        return {k: round(float(np.median(v)), 2) for k, v in slopes.items()}
+            for kind, (slope, _) in fit_rss(life, life[0]["t"] + 60).items():
+                slopes.setdefault(kind, []).append(slope)
+        longest = max(lives.values(), key=lambda life: life[-1]["t"] - life[0]["t"], default=[])
+        flat: dict[str, Any] = {}
+        if longest and longest[-1]["t"] - longest[0]["t"] >= WARM_UP_S + FLAT_MIN_S:
+            minutes = (longest[-1]["t"] - longest[0]["t"] - WARM_UP_S) / 60
+            fits = fit_rss(longest, longest[0]["t"] + WARM_UP_S)
+            flat = {"minutes": round(minutes, 1), "kinds": {
+                kind: {"slope_mb_per_min": round(slope, 2), "mean_mb": round(mean, 1),
+                       "growth": round(slope * minutes / mean, 4) if mean else 0.0}
+                for kind, (slope, mean) in fits.items()}}
+        return {k: round(float(np.median(v)), 2) for k, v in slopes.items()}, flat
+
+
+def fit_rss(life: list[dict[str, Any]], start: float) -> dict[str, tuple[float, float]]:
+    """Per process kind, the least-squares RSS slope (MB/min) and the mean RSS (MB) of a life's samples from `start`."""
+    late = [s for s in life if s["t"] >= start]
+    fits = {}
+    for kind in {k for s in late for k in s["rss_mb"]}:
+        points = [(s["t"], s["rss_mb"][kind]) for s in late if kind in s["rss_mb"]]
+        if len(points) >= 8:
+            t, mb = np.array(points).T
+            fits[kind] = (float(np.polyfit(t / 60, mb, 1)[0]), float(mb.mean()))
+    return fits
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -262,7 +297,14 @@ def markdown(result: dict[str, Any]) -> str:
               "", "RSS slope after warm-up (MB/min, median over driver lives): "
               + ", ".join(f"{k} {v:+.2f}" for k, v in sorted(result["rss_slope_mb_per_min"].items()))
               + "; peak RSS (MB): " + ", ".join(f"{k} {v:.0f}" for k, v in sorted(result["peak_rss_mb"].items()))
-              + f"; peak run directory {result['peak_run_dir_mb']} MB.", "", "| t (s) | fault |", "|---:|---|"]
+              + f"; peak run directory {result['peak_run_dir_mb']} MB."]
+    if result["flatness"]:
+        flat = result["flatness"]
+        lines += ["", f"RSS over the longest driver life after its {WARM_UP_S / 60:.0f}-minute warm-up ({flat['minutes']} min):",
+                  "", "| process kind | mean RSS (MB) | slope (MB/min) | fitted growth / mean |", "|---|---:|---:|---:|"]
+        lines += [f"| {k} | {v['mean_mb']} | {v['slope_mb_per_min']:+.2f} | {v['growth']:+.1%} |"
+                  for k, v in sorted(flat["kinds"].items())]
+    lines += ["", "| t (s) | fault |", "|---:|---|"]
     lines += [f"| {f['t']} | {f['kind']} |" for f in result["faults"]]
     return "\n".join(lines) + "\n"
 
@@ -272,6 +314,9 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=30.0, help="training minutes (run.max_minutes)")
     parser.add_argument("--gap", type=float, nargs=2, default=(60.0, 180.0), help="seconds between faults, min max")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-faults", type=int, default=None, help="stop faulting after this many (default: no limit)")
+    parser.add_argument("--kinds", type=kinds_arg, default=KINDS,
+                        help=f"comma-separated faults to rotate through, of {', '.join(KINDS)}; none: a leak test")
     parser.add_argument("--eval-prompts", type=int, default=40)
     parser.add_argument("--checkpoint-every", type=int, default=200)
     parser.add_argument("--sample-s", type=float, default=5.0)
@@ -284,6 +329,16 @@ def main() -> None:
     (out / "chaos.json").write_text(json.dumps(result, indent=2))
     (out / "chaos.md").write_text(markdown(result))
     print(markdown(result))
+    sys.exit(0 if all(result["checks"].values()) else 1)
+
+
+def kinds_arg(text: str) -> tuple[str, ...]:
+    """--kinds: a comma-separated subset of KINDS, or none."""
+    kinds = () if text.strip() == "none" else tuple(k.strip() for k in text.split(","))
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown fault kind(s) {unknown}: choose from {', '.join(KINDS)}, or none")
+    return kinds
 
 
 if __name__ == "__main__":

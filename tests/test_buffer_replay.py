@@ -9,7 +9,7 @@ import pytest
 import torch
 from test_buffer_support import HIDDEN, assert_chain, assert_observed_columns, episodes, fleet, memory_spec, redis_spec  # noqa: F401
 
-from tokenalign.buffers.errors import RateLimitTimeout
+from tokenalign.buffers.errors import RateLimitTimeout, TooFewEpisodes
 from tokenalign.buffers.layout import RecordSchemaError
 
 _namespaces = itertools.count()
@@ -125,6 +125,8 @@ def test_a_write_larger_than_a_shard_goes_in_whole_episode_chunks_and_a_larger_e
     buffer.add(episodes([1]))
     buffer.add(episodes([2, 3, 4]))
     assert len(buffer) == 5 and set(buffer.sample_episodes(1).episode_id.tolist()) == {4}
+    with pytest.raises(TooFewEpisodes, match="cannot sample 2 distinct episodes: the buffer holds 1"):
+        buffer.sample_episodes(2)  # the learner waits on this one (learner_actor), it does not crash
     with pytest.raises(ValueError, match="an episode of 11 transitions, more than a shard's capacity 10"):
         buffer.add(episodes([5, 6], length=[2, 11]))
     assert len(buffer) == 5 and buffer.state_dict()["counters"][0]["inserted"] == 20

@@ -219,12 +219,18 @@ BEFORE_A_RUN = {
                                        "learner.params.learning_starts_factor × learner.params.batch_size waits for "
                                        "65537 transitions"),
     "batch above capacity": (lambda t: ["buffer.capacity=2000", "learner.params.learning_starts=0",
-                                        "buffer.min_size_to_sample=1"],
+                                        "buffer.min_size_to_sample=1", "learner.params.future_target=monte_carlo",
+                                        "learner.params.batch_size=2048"],
                              "learner.params.batch_size waits for 2048 transitions before the first update"),
+    "whole episodes above capacity": (lambda t: ["buffer.capacity=2000", "learner.params.learning_starts=0",
+                                                 "buffer.min_size_to_sample=1"],
+                                      "learner.params.episodes_per_batch=4 whole episodes per update, but "
+                                      "buffer.capacity=2000 over buffer.num_shards=2 is sure to hold only 2 of up to "
+                                      "960 transitions: raise buffer.capacity to at least 3840"),
     "rate limiter band": (lambda t: ["buffer.samples_per_insert=1"],
                           "buffer.error_buffer=None allows samples to drift 205 transitions from "
                           "buffer.samples_per_insert=1 × inserts, less than one rollout batch's share (1 × 7680) plus "
-                          "one learner batch (2048): set buffer.error_buffer to at least 4864"),
+                          "one learner batch (3840): set buffer.error_buffer to at least 5760"),
     "eval prompts beyond the test set": (lambda t: ["run.eval_prompts=500"],
                                          "run.eval_prompts=500 but data.test holds 200 prompts: set run.eval_prompts "
                                          "to at most 200"),

@@ -17,6 +17,7 @@ import ray
 import torch
 
 from tokenalign.actors.rollout_actor import actor_device, build_task, sample_generations
+from tokenalign.buffers.errors import TooFewEpisodes
 from tokenalign.buffers.layout import RecordLayout
 from tokenalign.buffers.spec import BufferSpec
 from tokenalign.config import TrainConfig
@@ -94,10 +95,11 @@ class LearnerActor:
             # more than batch_size × learning_starts_factor transitions.
             if not self.buffer.can_sample(batch_size) or len(self.buffer) <= starts:
                 break
-            if self.contract.sample == "episodes" and self.buffer.episodes_held() < batch_size:
-                break  # rows enough, whole episodes not yet: drawing them would fail
-            sampled = (self.buffer.sample_episodes(batch_size) if self.contract.sample == "episodes"
-                       else self.buffer.sample(batch_size))
+            try:
+                sampled = (self.buffer.sample_episodes(batch_size) if self.contract.sample == "episodes"
+                           else self.buffer.sample(batch_size))
+            except TooFewEpisodes:
+                break  # rows enough, whole episodes not yet (or evicted since): the next call draws again
             metrics = self.learner.update(self.learner.label(self.objective, sampled))
             for key, value in metrics.items():
                 sums[key] = sums.get(key, 0.0) + float(value)

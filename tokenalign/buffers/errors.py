@@ -10,6 +10,10 @@ class ForeignValueError(ValueError):
     """A value under the buffer's keys is not an Arrow payload this buffer wrote; it was refused, never decoded."""
 
 
+class TooFewEpisodes(ValueError):
+    """A draw of n whole episodes (or prompts) from a buffer that holds fewer now: wait for the writers and draw again."""
+
+
 class RateLimitTimeout(TimeoutError):
     """The rate limiter kept a sample or an insert blocked for longer than its timeout."""
 

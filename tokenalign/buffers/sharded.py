@@ -14,7 +14,7 @@ import torch
 
 from tokenalign.buffers.batch_memory import BatchMemory
 from tokenalign.buffers.batches import Decisions, concat_rows, select_rows
-from tokenalign.buffers.errors import ShardUnavailableError
+from tokenalign.buffers.errors import ShardUnavailableError, TooFewEpisodes
 from tokenalign.buffers.layout import RecordLayout, validate_record_batch
 from tokenalign.buffers.rate_limiter import SampleToInsertRatio, wait_until
 from tokenalign.buffers.redis_client import TRANSIENT
@@ -180,7 +180,7 @@ class ShardedReplayBuffer:
         prompts = self._episode_prompts()
         total = sum(len(p) for _, p in prompts)
         if not 1 <= n <= total:
-            raise ValueError(f"cannot sample {n} distinct episodes: the buffer holds {total}")
+            raise TooFewEpisodes(f"cannot sample {n} distinct episodes: the buffer holds {total}")
         chosen = np.sort(self._rng.choice(total, n, replace=False))
         bounds = np.cumsum([0] + [len(p) for _, p in prompts])
         return self._gather_episodes(
@@ -191,7 +191,7 @@ class ShardedReplayBuffer:
         prompts = self._episode_prompts()
         distinct = np.unique(np.concatenate([p for _, p in prompts]))
         if not 1 <= n <= len(distinct):
-            raise ValueError(f"cannot sample {n} distinct prompts: the buffer holds episodes of {len(distinct)}")
+            raise TooFewEpisodes(f"cannot sample {n} distinct prompts: the buffer holds episodes of {len(distinct)}")
         chosen = self._rng.choice(distinct, n, replace=False)
         batch = self._gather_episodes([(i, np.flatnonzero(np.isin(p, chosen))) for i, p in prompts])
         return select_rows(batch, torch.from_numpy(np.argsort(batch.prompt_id.numpy(), kind="stable")))
@@ -204,10 +204,6 @@ class ShardedReplayBuffer:
             except ViewOutdated:
                 continue  # writers evicted a chosen episode meanwhile: choose again from a fresh view
         raise RuntimeError(f"writers evicted sampled chunks {REDRAWS} times in a row; raise buffer.capacity")
-
-    def episodes_held(self) -> int:
-        """Whole episodes stored in the reachable shards, as of the last refresh (`can_sample` refreshes)."""
-        return sum(len(prompts) for _, prompts in self._episode_prompts())
 
     def can_sample(self, n: int) -> bool:
         """Whether the rate limiter lets a learner take n transitions now."""

@@ -63,14 +63,29 @@ def check_replay_sizes(config: TrainConfig) -> None:
     starts = _params_key(config, "learning_starts_factor", "learning_starts")
     if starts.endswith("_factor"):  # SAC: MARA's learning starts are a multiple of its batch
         starts += " × learner.params.batch_size"
-    batch = _params_key(config, "episodes_per_batch" if contract.sample == "episodes" else "batch_size")
-    needs = {"buffer.min_size_to_sample": buffer.min_size_to_sample, starts: contract.learning_starts + 1,
-             batch: contract.batch_size}
+    needs = {"buffer.min_size_to_sample": buffer.min_size_to_sample, starts: contract.learning_starts + 1}
+    if contract.sample == "episodes":
+        check_whole_episodes(config, longest)
+    else:
+        needs[_params_key(config, "batch_size")] = contract.batch_size
     key, need = max(needs.items(), key=lambda item: item[1])
     if need > buffer.capacity:
         raise ConfigError(
             f"{key} waits for {need} transitions before the first update, but buffer.capacity={buffer.capacity} never "
             f"holds that many: raise buffer.capacity to at least {need} or lower {key}")
+
+
+def check_whole_episodes(config: TrainConfig, longest: int) -> None:
+    """A learner that draws whole episodes needs a buffer sure to hold a batch of them, each in one shard."""
+    buffer, batch = config.buffer, config.learner.contract.batch_size
+    held = buffer.num_shards * (buffer.shard_capacity // longest)
+    if held < batch:
+        key = _params_key(config, "episodes_per_batch")
+        need = buffer.num_shards * -(-batch // buffer.num_shards) * longest
+        raise ConfigError(
+            f"{key}={batch} whole episodes per update, but buffer.capacity={buffer.capacity} over "
+            f"buffer.num_shards={buffer.num_shards} is sure to hold only {held} of up to {longest} transitions: "
+            f"raise buffer.capacity to at least {need} or lower {key}")
 
 
 def _params_key(config: TrainConfig, *names: str) -> str:
@@ -89,12 +104,13 @@ def check_rate_limiter(config: TrainConfig) -> None:
     write = episodes_per_write(config) * rows_per_episode(config)
     band = 2 * error_band(min_size_to_sample=buffer.min_size_to_sample, samples_per_insert=ratio,
                           error_buffer=buffer.error_buffer)
-    need = max(ratio * write + contract.batch_size, 2 * max(1.0, ratio))
+    draw = contract.batch_size * (rows_per_episode(config) if contract.sample == "episodes" else 1)
+    need = max(ratio * write + draw, 2 * max(1.0, ratio))
     if band < need:
         raise ConfigError(
             f"buffer.error_buffer={buffer.error_buffer} allows samples to drift {band:g} transitions from "
             f"buffer.samples_per_insert={ratio:g} × inserts, less than one rollout batch's share ({ratio:g} × {write}) "
-            f"plus one learner batch ({contract.batch_size}): set buffer.error_buffer to at least {math.ceil(need / 2)}")
+            f"plus one learner batch ({draw}): set buffer.error_buffer to at least {math.ceil(need / 2)}")
 
 
 def check_eval_prompts(config: TrainConfig) -> None:
