@@ -4,10 +4,12 @@ from __future__ import annotations
 import gymnasium
 import numpy as np
 import pytest
+import scipy.stats
 import torch
 from gymnasium.utils.env_checker import check_env
 
 import tokenalign  # noqa: F401  (registers the env)
+from tokenalign.agents.value_guided import ValueGuidedPolicy
 from tokenalign.envs.accept_reject import AcceptRejectEnv
 from tokenalign.envs.rollout import generate_episodes
 from tokenalign.envs.vector import AcceptRejectVectorEnv
@@ -122,3 +124,40 @@ def test_stable_baselines3_ppo_trains_on_the_env_unchanged(tiny_lm):
     action, _ = model.predict(env.reset(seed=0)[0], deterministic=True)
     assert env.action_space.contains(int(action))
     assert model.num_timesteps >= 256
+
+
+def test_step_candidates_let_a_value_guided_head_act_through_the_env(tiny_lm):
+    """With step_candidates the info shows every candidate of the step (the returned observation at `cursor`); a
+    value-guided head accepting with its chain's logit for that candidate emits π ∝ q·exp(Q/β) over the step's
+    candidates: the first token of 400 one-token episodes against the exact π (chi-square)."""
+    env = AcceptRejectEnv(model=tiny_lm, prompts=PROMPTS, max_new_tokens=1, candidate_state="context",
+                          sampling={"top_k": 6}, step_candidates=True)
+    torch.manual_seed(0)
+    head = ValueGuidedPolicy(state_size=env.engine.state_size, widths=(8,), beta=0.5)
+    torch.nn.init.normal_(head.body[-1].weight, std=2.0)
+    obs, info = env.reset(seed=0, options={"prompt": PROMPTS[1]})
+    step = torch.from_numpy(info["step_observations"])
+    assert step.shape == (info["num_candidates"], env.engine.state_size + 1) and info["cursor"] == 0
+    exact = head.step_log_probs(step[None], torch.tensor([len(step)]))[0].exp()
+    gen = torch.Generator().manual_seed(1)
+    counts = torch.zeros(len(step))
+    for _ in range(400):
+        obs, info = env.reset(options={"prompt": PROMPTS[1]})
+        while True:
+            seen = torch.from_numpy(info["step_observations"])
+            torch.testing.assert_close(seen, step)  # the same step each episode: one prompt, one forward
+            np.testing.assert_array_equal(info["step_observations"][info["cursor"]], obs)
+            logit = head.step_accept_logits(seen[None], torch.tensor([len(seen)]))[0, info["cursor"]]
+            accept = int(torch.rand(1, generator=gen) < torch.sigmoid(logit))
+            obs, _, terminated, truncated, info = env.step(accept)
+            if info["emitted"]:  # an accept emits its candidate; a reject emits only the last, forced one
+                counts[info["rank"] if accept else len(step) - 1] += 1
+                break
+        assert (terminated or truncated) and "step_observations" not in info
+    expected = exact * counts.sum()
+    assert scipy.stats.chisquare(counts.numpy(), expected.numpy()).pvalue > 1e-3
+
+
+def test_step_candidates_need_context_states(tiny_lm):
+    with pytest.raises(ValueError, match="step_candidates needs candidate_state='context'"):
+        AcceptRejectEnv(model=tiny_lm, step_candidates=True)

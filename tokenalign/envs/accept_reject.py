@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # imported when a preference is given, so the unconditioned e
 
 _MAX_PROMPT_DRAWS = 100
 ENV_ARGUMENTS = ("model", "prompts", "scorers", "sampling", "max_new_tokens", "candidate_block", "candidate_state", "device",
-                 "render_mode", "preference", "max_decisions")
+                 "render_mode", "preference", "max_decisions", "step_candidates")
 
 
 def check_preference(value: Any, names: Sequence[str]) -> np.ndarray:
@@ -149,6 +149,12 @@ class AcceptRejectEnv(gym.Env):
     step's reward carries the text's scores), and at the end `reward_terms` (each scorer's raw score) and
     `reward` / `cost` apart for Lagrangian learners.
     With `preference`, every info also holds `preference`, the episode's w (float32 array of P).
+    With `step_candidates`, every info of an unfinished episode also holds `step_observations`, (n, S + 1 [+ P])
+    float32: the observations of all n candidates of the step the returned observation belongs to, rank order
+    (the returned observation is row `cursor`, the candidate under decision). An agent whose accept logit of a
+    candidate depends on the whole step reads them: a value-guided head accepts the candidate under decision
+    with `policy.step_accept_logits(step_observations[None], torch.tensor([n]))[0, cursor]`, and so emits
+    π ∝ q·exp(Q/β) over the step (`agents/value_guided.py`); `cursor` is in the info too.
 
     ## Arguments
     Keywords, or (RLlib's convention) one dict of them as the only positional argument.
@@ -164,6 +170,8 @@ class AcceptRejectEnv(gym.Env):
     - `device`: torch device of the LLM.
     - `render_mode`: `"ansi"` returns the prompt and text so far (any other mode is a TypeError).
     - `max_decisions`: truncate (and score) after this many decisions (default None: no limit).
+    - `step_candidates`: every step's candidates in the info (see Info; context states only: in lookahead mode
+      each candidate's state costs a forward of its own).
     - `preference`: None (default, unconditioned) or the default preference weights w, one non-negative
       weight per scorer in the order of `scorers` (e.g. `[0.5, 0.5]` for the demo's VADER / profanity);
       normalised to sum 1. Makes the env preference-conditioned (see Observation Space and Reward);
@@ -191,6 +199,7 @@ class AcceptRejectEnv(gym.Env):
         render_mode: str | None = None,
         preference: Sequence[float] | None = None,
         max_decisions: int | None = None,
+        step_candidates: bool = False,
     ) -> None:
         if config:  # RLlib's convention: the env class called with one dict (an EnvContext) of the arguments
             unknown = sorted(set(config) - set(ENV_ARGUMENTS))
@@ -200,13 +209,18 @@ class AcceptRejectEnv(gym.Env):
             self.__init__(**{**dict(model=model, prompts=prompts, scorers=scorers, sampling=sampling,
                                     max_new_tokens=max_new_tokens, candidate_block=candidate_block,
                                     candidate_state=candidate_state, device=device,
-                                    render_mode=render_mode, preference=preference, max_decisions=max_decisions),
+                                    render_mode=render_mode, preference=preference, max_decisions=max_decisions,
+                                    step_candidates=step_candidates),
                              **config})
             return
         check_render_mode(render_mode, self.metadata["render_modes"])
         if max_decisions is not None and (not isinstance(max_decisions, int) or max_decisions < 1):
             raise ValueError(f"max_decisions must be a positive int or None, got {max_decisions!r}")
         self.max_decisions = max_decisions
+        if step_candidates and candidate_state != "context":
+            raise ValueError("step_candidates needs candidate_state='context': a lookahead state of every candidate of "
+                             "a step costs one LLM forward each")
+        self.step_candidates = bool(step_candidates)
         self.task = DecodingTask.build(model=model, prompts=prompts, scorers=scorers, sampling=sampling,
                                        max_new_tokens=max_new_tokens, candidate_block=candidate_block,
                                        candidate_state=candidate_state, device=device)
@@ -256,6 +270,8 @@ class AcceptRejectEnv(gym.Env):
         if not finished and self.max_decisions is not None and self._decisions >= self.max_decisions:
             batch.done[0] = finished = True
             info["truncated_by"] = "max_decisions"
+            info.pop("step_observations", None)  # the step it showed will not be decided
+            info.pop("cursor", None)
         info["scored"] = finished
         if finished:
             scores = self.task.score([self._prompt], [info["text"]])
@@ -301,4 +317,16 @@ class AcceptRejectEnv(gym.Env):
                     num_candidates=count, emitted=emitted, num_tokens=int(self._batch.n_new[0]), cost=0.0)
         if self._w is not None:
             info["preference"] = self._w.copy()
+        if self.step_candidates and not bool(self._batch.done[0]):
+            info["cursor"] = int(self._batch.cursor[0])
+            info["step_observations"] = self._step_observations()
         return info
+
+    def _step_observations(self) -> np.ndarray:
+        """(n, S + 1 [+ P]) observations of the current step's n candidates, rank order."""
+        count = int(self._batch.cand.count[0])
+        ranks = torch.arange(count, device=self.engine.device)
+        obs = self.engine.observation(self._batch, torch.zeros_like(ranks), ranks).cpu().numpy().astype(np.float32)
+        if self._w is None:
+            return obs
+        return np.concatenate([obs, np.broadcast_to(self._w, (count, len(self._w)))], axis=1).astype(np.float32)
