@@ -93,6 +93,27 @@ def test_dead_shard_writers_route_around_it_naming_it_and_sampling_goes_on(tmp_p
         assert set(buffer.sample_episodes(8).episode_id.tolist()) == set(on0 + on1 + new)
 
 
+def test_an_episode_draw_that_meets_its_shard_dying_draws_again_from_the_live_ones(tmp_path: Path) -> None:
+    """The shard dies after the view that chose the episodes was read (a chaos run met it: the learner died)."""
+    with RedisFleet.start(num_servers=2, run_dir=tmp_path) as two:
+        buffer = redis_spec(two, "faults").connect()
+        on0, on1 = _ids_on(0, 3), _ids_on(1, 3)
+        buffer.add(episodes(on0 + on1))
+        gather, calls = buffer._gather_episodes, []
+
+        def shard_dies_first(picks):
+            calls.append([shard for shard, rows in picks if len(rows)])
+            if len(calls) == 1:
+                two.kill(1)
+            return gather(picks)
+
+        buffer._gather_episodes = shard_dies_first
+        with pytest.warns(UserWarning, match="redis shard 1 at redis://127.0.0.1:.* is unreachable"):
+            batch = buffer.sample_episodes(3)
+        assert 1 in calls[0] and calls[-1] == [0]  # the first draw reached the dying shard, the last only the live one
+        assert set(batch.episode_id.tolist()) == set(on0)
+
+
 def test_a_writer_retrying_through_a_restart_writes_once(tmp_path: Path) -> None:
     with RedisFleet.start(num_servers=1, run_dir=tmp_path) as one:
         buffer = redis_spec(one, "retry", num_shards=1, write_timeout_s=30.0).connect()

@@ -201,8 +201,8 @@ class ShardedReplayBuffer:
             self._refresh()
             try:
                 return draw()
-            except ViewOutdated:
-                continue  # writers evicted a chosen episode meanwhile: choose again from a fresh view
+            except (ViewOutdated, *TRANSIENT):
+                continue  # writers evicted a chosen episode, or its shard died, meanwhile: choose again from a fresh view
         raise RuntimeError(f"writers evicted sampled chunks {REDRAWS} times in a row; raise buffer.capacity")
 
     def can_sample(self, n: int) -> bool:
