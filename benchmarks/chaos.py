@@ -11,13 +11,14 @@ SIGKILL one embedded Redis shard (the fleet restarts it from its append-only fil
 `tokenalign train --resume`), SIGINT to the driver's whole process group (a final checkpoint; then resumed).
 A monitor samples every process of the run (RSS), the run directory's size and its checkpoints.
 
-Afterwards it checks: the run finished with a summary; the driver's counters are monotone in metrics.jsonl and
+Afterwards it checks: the run finished with a summary; it stopped only where a fault stops it (a rollout actor or
+Redis shard killed must not stop the driver); the driver's counters are monotone in metrics.jsonl and
 agree with training.json; every decision the driver counted is among the transitions the buffer inserted (the
 excess is what actors wrote after the last checkpoint before a driver or learner death: durable in Redis, which
 fsyncs every write, but not in the driver's counters, which are durable at checkpoints); the policy version
 (learner updates) never went backwards within a driver's life and resumed from a checkpoint's; no process or
 redis-server of the run is left; RSS per process kind flat after warm-up (the slope is reported; it is checked,
-growth under FLAT_GROWTH of the RSS, over any driver life of WARM_UP + 10 minutes or more, which a run with faults
+growth under FLAT_GROWTH of the RSS, over the longest driver life if it ran WARM_UP_S + FLAT_MIN_S, which a run with faults
 every few minutes never has); at most run.keep_checkpoints + 1 checkpoints on disk. Results: <out>/chaos.json and
 chaos.md; the exit status is 1 when a check fails.
 """
@@ -194,7 +195,8 @@ class Chaos:
                 code = self.wait_driver()
                 if code == 0 and (self.run_dir / "summary.json").is_file() and self._finished():
                     break
-                self.start(resume=True)  # stopped on its own for another reason: resume, and record it
+                self.log("unexpected stop", code=code)  # no fault of the schedule stops a run here
+                self.start(resume=True)
                 continue
             if not rotation:
                 rotation = list(self.kinds)
@@ -232,6 +234,7 @@ class Chaos:
             "no process or redis-server of the run left": not leftovers,
             f"checkpoints on disk within retention ({keep} + the summary's)":
                 max(s["checkpoints"] for s in self.samples) <= keep + 1,
+            "no stop but the faults that stop a run": not any(e["what"] == "unexpected stop" for e in self.events),
             ("faults of every kind" if set(self.kinds) == set(KINDS) else f"faults of kinds {', '.join(self.kinds) or 'none'}"):
                 {f["kind"] for f in faults} == set(self.kinds),
         }
