@@ -186,14 +186,13 @@ class TrainConfig:
     the few values set here scale them to the embedded demo on a 2-core CPU, which is what
     `tokenalign train` with no arguments runs (configs/demo.yaml spells the same values out). The demo's
     learner comes from the reward–KL frontier (benchmarks/results/reward_kl_value_soft_bellman.md against
-    reward_kl_value.md and reward_kl_modes.md): a value-guided head whose future is learnt by soft Bellman
-    backups scores 0.13–0.20 more than a myopic one at four of five β (as much at the fifth), and 7× PPO's reward at
-    the KL PPO's demo spent, at base
-    sampling's compute (context states). β starts at 0.4 (~1.5 nats on that frontier, within best-of-16's bound
-    of 1.84) and follows a KL target of 1.5 nats per response (horizon 300 episodes: the KL the learner reads is its
-    buffer's, ~350 episodes old on average, and a horizon of 100 made β oscillate, 0.31–0.49), so that a reward of
-    another scale gets the same budget (benchmarks/results/unseen_reward/: at a fixed β = 0.4 a user's reward did
-    not move).
+    reward_kl_value.md and reward_kl_modes.md): a value-guided head whose future is learnt by soft Bellman backups
+    scores 0.13–0.20 more than a myopic one at four of five β (as much at the fifth), and 7× PPO's reward at the
+    KL PPO's demo spent, at base sampling's compute (context states). β starts at 0.4 (~1.5 nats on that
+    frontier, within best-of-16's bound of 1.84) and follows a KL target of 1.5 nats per response (horizon 300
+    episodes: the KL the learner reads is its buffer's, ~350 episodes old on average, and a horizon of 100 made β
+    oscillate, 0.31–0.49), so that a reward of another scale gets the same budget
+    (benchmarks/results/unseen_reward/: at a fixed β = 0.4 a user's reward did not move).
     """
 
     lm: LMConfig = field(default_factory=LMConfig)
