@@ -203,7 +203,8 @@ class ShardedReplayBuffer:
                 return draw()
             except (ViewOutdated, *TRANSIENT):
                 continue  # writers evicted a chosen episode, or its shard died, meanwhile: choose again from a fresh view
-        raise RuntimeError(f"writers evicted sampled chunks {REDRAWS} times in a row; raise buffer.capacity")
+        raise RuntimeError(f"writers evicted sampled chunks (or shards died under the draw) {REDRAWS} times in a row; "
+                           "raise buffer.capacity, or check the shards")
 
     def can_sample(self, n: int) -> bool:
         """Whether the rate limiter lets a learner take n transitions now."""

@@ -101,10 +101,11 @@ def check_rate_limiter(config: TrainConfig) -> None:
     ratio = buffer.samples_per_insert
     if ratio is None:
         return
-    write = episodes_per_write(config) * rows_per_episode(config)
+    longest = rows_per_episode(config)
+    write = episodes_per_write(config) * longest
     band = 2 * error_band(min_size_to_sample=buffer.min_size_to_sample, samples_per_insert=ratio,
                           error_buffer=buffer.error_buffer)
-    draw = contract.batch_size * (rows_per_episode(config) if contract.sample == "episodes" else 1)
+    draw = contract.batch_size * (longest if contract.sample == "episodes" else 1)
     need = max(ratio * write + draw, 2 * max(1.0, ratio))
     if band < need:
         raise ConfigError(
