@@ -22,7 +22,9 @@ LEARNER_PARAMS = {
     "ppo": ["learner.params.episodes_per_update=8"],
     "ppo_lagrangian": ["learner.params.episodes_per_update=8"],
     "rloo_lagrangian": ["learner.params.prompts_per_update=4"],
-    "value_guided": ["learner.params.learning_starts=64", "learner.params.batch_size=64"],
+    # Whole-episode draws make its updates quick and its actors quicker: at 32 episodes the actors could finish
+    # before the first published head reached them (a flake: no rollout with policy_version > 0).
+    "value_guided": ["learner.params.learning_starts=64", "learner.params.episodes_per_batch=2", "run.total_episodes=96"],
 }
 
 
