@@ -1,193 +1,197 @@
-"""Learner comparison on the demo task: every learner over several seeds at an equal budget of agent decisions,
-evaluated on the held-out prompts beside base sampling and best-of-N reranking.
+"""The comparison users run to choose a method: every learner, and resampling from trained agents, against
+best-of-N on the reward–KL plane and at equal decode compute, on the demo task (the bundled LM).
 
-    python benchmarks/compare_algorithms.py            # full: 4 learners × 3 seeds, 200k decisions each
-    python benchmarks/compare_algorithms.py --quick    # 2 seeds, 20k decisions, 50 prompts: under 10 minutes
-    python benchmarks/compare_algorithms.py --tag mara shaping.token_reward=mara_kl_div   # a variant, own result files
+    python benchmarks/compare_algorithms.py            # 3 seeds, 60 held-out prompts, every family: ~90 min on 2 cores
+    python benchmarks/compare_algorithms.py --quick    # 1 seed, 10 prompts, short runs: a check that it runs
+    python benchmarks/compare_algorithms.py --families value,distill --seeds 1
 
-Each run is the real system (Trainer: Ray rollout actors, embedded Redis buffer, learner actor) on one
-shared local Ray session, stopped by run.total_decisions. A seed seeds the run (actors, learner, buffer
-sampler) and the evaluation's sampling, so base and best-of-N are drawn afresh for every seed, and every
-figure is a mean ± standard error over seeds. The Lagrangian learners get the comparison's cost limit as
-their threshold, and cost_success is P(cost ≤ that limit). Results (benchmarks/compare_report.py writes
-them): benchmarks/results/compare_algorithms[_quick].{json,md} and ..._curves.png, ..._pareto.png. The
-JSON is rewritten after every run, so an interrupted comparison keeps what it measured.
+Every training run is the real system (Trainer: Ray rollout actors, Redis buffer, learner actor; offline
+learners prepare their data in the learner actor) on one local Ray session, in the demo's context mode (one LM
+forward per token), with the same wall-clock budget (`--minutes`, data preparation included: distillation's
+base samples and DPO's pair forcing count). Each family reaches ≥ 3 KL levels by its own dial:
+
+  value      a value-guided head (learner value_guided), decoded at several β (a decode-time dial), and
+             resampled: K agent samples, one kept by weights ∝ π_ref·exp(R/β)/π_agent or the best by reward
+  distill    best-of-n distillation (bon_distill, BoNBoN's loss) at several n, from the same number of base
+             samples each (n × prompts fixed); its n = 8 agent also resampled (best of K)
+  ppo, ppo_lagrangian, rloo_lagrangian, sac    the KL coefficient β
+  dpo        DPO's β, on builtin:demo-prefs (2,000 pairs of base samples labelled by the demo's scorers)
+  ppo_init   PPO (β 0.3) started from the seed's distilled n = 8 agent (learner.init_from): RL from a good start
+
+Best-of-N (N = 1 … 64) comes from one pool of 64 base samples per prompt and seed. Every row carries reward,
+cost, KL per response to the base LM (agents: measured while decoding; best-of-N and resampling: their bounds),
+distinct-2, the base LM's perplexity, LM forward tokens per generated token (× one base sample's), and the
+training wall-clock. Results: benchmarks/results/compare_algorithms[_quick].{json,md,png} (compare_report.py);
+the JSON is rewritten after every run, so an interrupted comparison keeps what it measured.
 """
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import platform
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare_report import write_report  # noqa: E402
+from bench_runs import budget_overrides, command, held_out_task, machine, parse_args, train  # noqa: E402
+from compare_report import aggregate, write_report  # noqa: E402
+from reward_kl import best_of_n_rows  # noqa: E402
 
-from tokenalign.cluster import ray_cluster  # noqa: E402
-from tokenalign.config import TrainConfig, load_config  # noqa: E402
-from tokenalign.data.prompts import load_prompts  # noqa: E402
-from tokenalign.envs.task import DecodingTask  # noqa: E402
 from tokenalign.eval.agent_source import load_agent  # noqa: E402
 from tokenalign.eval.evaluate import evaluate  # noqa: E402
-from tokenalign.learners import config_class  # noqa: E402
-from tokenalign.run.trainer import Trainer  # noqa: E402
+from tokenalign.workflows.demo_preferences import ensure_demo_preferences  # noqa: E402
 
-LEARNERS = ("sac", "ppo", "ppo_lagrangian", "rloo_lagrangian")
-DEMO_PARAMS: dict[str, dict[str, Any]] = {
-    # The demo's SAC (configs/demo.yaml): MARA's settings scaled to a 2-core CPU.
-    "sac": {"batch_size": 256, "update_time": 2, "learning_starts_factor": 4},
-    # safe-rlhf updates on 128 episodes (16 prompts × 8 GPUs); the demo's 2 actors collect 16 episodes a round.
-    "ppo": {"episodes_per_update": 32},
-    "ppo_lagrangian": {"episodes_per_update": 32},
-    # HC-RLHF's 2 samples per prompt; 16 prompts make the same 32 episodes per update.
-    "rloo_lagrangian": {"prompts_per_update": 16},
-}
-"""Each learner's parameters: its paper's defaults but for the rollout size, scaled alike to the demo."""
-QUICK = {"seeds": 2, "decisions": 20_000, "eval_prompts": 50}
+
+@dataclass(frozen=True)
+class Family:
+    """One method: its learner and parameters, and the dial that moves it along the KL axis."""
+
+    name: str
+    learner: str
+    params: str
+    """learner.params of every run (YAML), before the dial."""
+    dial: str
+    """The learner parameter set per level, or "decode_beta" for a head decoded at several β after one run."""
+    levels: tuple[float, ...]
+    extra: tuple[str, ...] = ()
+    """More overrides of its runs."""
+    resample: tuple[int, ...] = ()
+    """K of the resampling rows, from the agent at `resample_level`."""
+    resample_level: float | None = None
+    init_from: tuple[str, float] | None = None
+    """(family, level) whose agent of the same seed starts every run of this family."""
+
+
+COST_LIMIT = 0.03  # about the base LM's median response cost
+FAMILIES = (
+    Family("value", "value_guided", "{}", "decode_beta", (0.6, 0.45, 0.35), resample=(2, 4), resample_level=0.45),
+    # n × prompts = 4,000 base samples per run, so every n pays the same data cost
+    Family("distill", "bon_distill", "{}", "n", (4, 8, 16), resample=(2, 4), resample_level=8),
+    Family("ppo", "ppo", "{episodes_per_update: 32}", "kl_coef", (0.1, 0.3, 1.0)),
+    Family("ppo_lagrangian", "ppo_lagrangian", f"{{episodes_per_update: 32, threshold: {COST_LIMIT}}}", "kl_coef",
+           (0.1, 0.3, 1.0)),
+    Family("rloo_lagrangian", "rloo_lagrangian", f"{{prompts_per_update: 16, threshold: {COST_LIMIT}}}", "kl_coef",
+           (0.1, 0.3, 1.0)),
+    Family("sac", "sac", "{batch_size: 256, update_time: 2, learning_starts_factor: 4}", "kl_coef", (0.03, 0.1, 0.3)),
+    Family("dpo", "dpo", "{}", "kl_coef", (0.05, 0.1, 0.3), extra=("data.pairs=[builtin:demo-prefs]",)),
+    Family("ppo_init", "ppo", "{episodes_per_update: 32}", "kl_coef", (0.3,), init_from=("distill", 8)),
+)
+QUICK = {"seeds": 1, "eval_prompts": 10, "minutes": 0.3, "pool": 16}
 
 
 @dataclass
 class Args:
     """Comparison settings."""
 
-    learners: str = ",".join(LEARNERS)
-    """Comma-separated learner names."""
+    families: str = ",".join(f.name for f in FAMILIES)
+    """Comma-separated families (module docstring)."""
     seeds: int = 3
-    """Seeds per learner (0, 1, ...)."""
-    decisions: int = 200_000  # about the demo's 3000 episodes
-    """Agent decisions each training run collects (the equal budget)."""
-    eval_prompts: int = 200
-    """Held-out prompts (builtin:demo-test holds 200) every method is evaluated on."""
-    best_of: str = "2,4,8,16"
-    """N of the best-of-N baselines."""
-    target_best_of: int = 4
-    """The reward target of 'decisions to reach the target' is this best-of-N's held-out reward."""
-    cost_limit: float = 0.03  # about the base LM's median response cost (its mean is 0.05)
-    """Cost threshold of the Lagrangian learners and of cost_success."""
+    """Seeds (0, 1, ...): each trains every run and draws its own best-of-N pool."""
+    minutes: float = 0.75
+    """Wall-clock budget of every training run (run.max_minutes), data preparation included."""
+    eval_prompts: int = 60
+    """Held-out prompts every method decodes."""
+    pool: int = 64
+    """Base samples per prompt; best-of-N for every N in 1, 2, 4, … up to it."""
     eval_batch_size: int = 32
     """Sequences decoded together during evaluation."""
     quick: bool = False
-    """2 seeds, 20k decisions, 50 prompts; writes the *_quick results."""
+    """1 seed, 10 prompts, 0.3-minute runs, N ≤ 16: writes compare_algorithms_quick.*."""
     out_dir: str = "benchmarks/results"
     """Where the results go."""
     runs_dir: str = "runs/compare"
-    """Parent of the training runs' directories (checkpoints, metrics.jsonl)."""
-    tag: str = ""
-    """Appended to the result files' names (compare_algorithms_<tag>.*), to keep a variant apart."""
+    """Parent of the training runs' directories."""
 
 
-def parse_args() -> Args:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("overrides", nargs="*", help="dotted config overrides for every training run (key=value)")
-    for f in fields(Args):
-        flag = f"--{f.name.replace('_', '-')}"
-        if f.type == "bool":
-            parser.add_argument(flag, action="store_true")
-        else:
-            parser.add_argument(flag, type=type(f.default), default=f.default)
-    parsed = vars(parser.parse_args())
-    overrides = parsed.pop("overrides")
-    args = Args(**parsed)
-    if args.quick:
-        args = Args(**{**asdict(args), **QUICK})
-    unknown = sorted(set(args.learners.split(",")) - set(LEARNERS))
-    if unknown:
-        parser.error(f"unknown learners {unknown}; choose from {', '.join(LEARNERS)}")
-    return args, overrides
+def summary_row(summary: dict[str, Any]) -> dict[str, float]:
+    """What the report reads of one evaluation: the KL measured while decoding, or the mode's bound."""
+    measured = "kl_per_response" in summary
+    return {"reward": summary["reward"]["mean"], "cost": summary["cost"]["mean"], "distinct_2": summary["distinct_2"],
+            "perplexity": summary["perplexity"]["mean"],
+            "kl": summary["kl_per_response"]["mean"] if measured else summary["kl_per_response_bound"],
+            "kl_is_bound": 0.0 if measured else 1.0,
+            "forward_tokens_per_token": summary["lm_forward_tokens_per_token"]}
 
 
-def run_config(args: Args, learner: str, seed: int, runs_dir: Path, overrides: list[str]) -> TrainConfig:
-    """The demo config (the defaults, then `overrides`) with this learner, seed and decision budget."""
-    params = [f"learner.params.{k}={v}" for k, v in DEMO_PARAMS[learner].items()]
-    if "threshold" in {f.name for f in fields(config_class(learner))}:  # the constrained learners
-        params.append(f"learner.params.threshold={args.cost_limit}")
-    return load_config(None, [
-        "learner.params={}", f"learner.name={learner}", *params, f"run.seed={seed}", f"buffer.seed={seed}",
-        f"run.total_decisions={args.decisions}", "run.total_episodes=1000000000", "run.max_minutes=null",
-        "run.eval_prompts=0", "run.wandb_mode=disabled", f"run.runs_dir={runs_dir}", f"run.name={learner}-seed{seed}",
-        *overrides,
-    ])
+def level_overrides(family: Family, level: float) -> list[str]:
+    if family.dial == "decode_beta":
+        return []
+    if family.dial == "n":
+        return [f"learner.params.n={int(level)}", f"learner.params.prompts={4000 // int(level)}"]
+    return [f"learner.params.{family.dial}={level}"]
 
 
-def learning_curve(run_dir: Path) -> dict[str, list[float]]:
-    """One point per collected rollout batch: cumulative decisions and episodes, the batch's mean reward and cost."""
-    curve: dict[str, list[float]] = {"decisions": [], "episodes": [], "reward": [], "cost": [], "batch_episodes": []}
-    episodes = 0
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        m = json.loads(line)
-        if m["episodes"] == episodes or "rollout/episodes" not in m:
-            continue  # learner lines repeat the last rollout's figures
-        episodes = m["episodes"]
-        for key, value in (("decisions", m["decisions"]), ("episodes", episodes), ("reward", m["rollout/reward_only"]),
-                           ("cost", m["rollout/cost"]), ("batch_episodes", m["rollout/episodes"])):
-            curve[key].append(float(value))
-    return curve
-
-
-def train_and_evaluate(args: Args, learner: str, seed: int, runs_dir: Path, task: DecodingTask,
-                       overrides: list[str]) -> dict[str, Any]:
-    """One training run on the shared Ray session, then its agent (sampled) on the held-out prompts."""
-    trainer = Trainer.new_run(run_config(args, learner, seed, runs_dir, overrides))
-    trainer.run()
-    training = json.loads((trainer.run_dir / "training.json").read_text())
-    policy = load_agent(trainer.run_dir, state_size=task.state_size)
-    result = evaluate(task, "sample", task.prompts, policy=policy, seed=seed, batch_size=args.eval_batch_size,
-                      cost_threshold=args.cost_limit)
-    return {"learner": learner, "seed": seed, "run_dir": str(trainer.run_dir), "decisions": training["decisions"],
-            "episodes": training["episodes"], "updates": training["updates"], "train_minutes": training["minutes"],
-            "curve": learning_curve(trainer.run_dir), "eval": result.summary}
-
-
-def evaluate_baselines(args: Args, seed: int, task: DecodingTask) -> list[dict[str, Any]]:
-    """Base sampling and best-of-N on the held-out prompts, drawn with this seed."""
-    rows = [("base", 1), *[("best-of-n", int(n)) for n in args.best_of.split(",")]]
-    return [{"method": result.label, "n": n, "seed": seed, "eval": result.summary}
-            for mode, n in rows
-            for result in [evaluate(task, mode, task.prompts, n=n, seed=seed, batch_size=args.eval_batch_size,
-                                    cost_threshold=args.cost_limit)]]
+def run_family(family: Family, *, seed: int, args: Args, task, runs_dir: Path, trained: dict) -> dict[str, Any]:
+    """Train and evaluate one family for one seed; `trained` maps (family, level) to run directories so far."""
+    rows: dict[str, Any] = {}
+    train_levels = (None,) if family.dial == "decode_beta" else family.levels
+    for level in train_levels:
+        name = family.name if level is None else f"{family.name}-{family.dial}{level}"
+        overrides = [*budget_overrides(learner=family.learner, decisions=None, seed=seed, runs_dir=runs_dir, name=name),
+                     f"learner.params={family.params}", *level_overrides(family, level),
+                     f"run.max_minutes={args.minutes}", "engine.candidate_state=context", *family.extra]
+        if family.init_from is not None:
+            overrides.append(f"learner.init_from={trained[family.init_from]}")
+        run_dir, training = train(overrides)
+        trained[family.name, level] = run_dir
+        policy = load_agent(run_dir, state_size=task.state_size)
+        meta = {"train_minutes": float(training["minutes"]), "episodes": float(training["episodes"]),
+                "updates": float(training["updates"])}
+        for beta in family.levels if level is None else (None,):
+            if beta is not None:
+                policy.beta = beta
+            shown = beta if level is None else level
+            result = evaluate(task, "sample", task.prompts, policy=policy, seed=seed, batch_size=args.eval_batch_size)
+            rows[f"{family.name} {family.dial}={shown:g}"] = {**summary_row(result.summary), **meta}
+            if shown == family.resample_level:
+                for k in family.resample:
+                    for mode in (["resample"] if hasattr(policy, "beta") else []) + ["resample-best"]:
+                        result = evaluate(task, mode, task.prompts, policy=policy, n=k, seed=seed,
+                                          batch_size=args.eval_batch_size)
+                        rule = "resample" if mode == "resample" else "best-of"
+                        rows[f"{family.name} {family.dial}={shown:g} {rule} K={k}"] = {**summary_row(result.summary),
+                                                                                       **meta}
+    return rows
 
 
 def main() -> None:
-    args, overrides = parse_args()
-    name = "_".join(["compare_algorithms", *(["quick"] if args.quick else []), *([args.tag] if args.tag else [])])
+    args = parse_args(Args, __doc__, QUICK)
+    wanted = args.families.split(",")
+    unknown = sorted(set(wanted) - {f.name for f in FAMILIES})
+    if unknown:
+        raise SystemExit(f"unknown families {unknown}; choose from {', '.join(f.name for f in FAMILIES)}")
+    families = [f for f in FAMILIES if f.name in wanted]
+    missing = sorted({f.init_from[0] for f in families if f.init_from} - set(wanted))
+    if missing:
+        raise SystemExit(f"families {[f.name for f in families if f.init_from]} start from {missing}: add them to --families")
+    name = "compare_algorithms_quick" if args.quick else "compare_algorithms"
     runs_dir = Path(args.runs_dir) / time.strftime("%Y%m%d-%H%M%S")
-    config = load_config(None, [])
-    prompts = load_prompts(config.data.test, prompt_field=config.data.prompt_field, seed=config.data.seed)
-    task = DecodingTask.build(model=config.lm.path, prompts=prompts[: args.eval_prompts], scorers=config.reward,
-                              sampling=config.engine.sampling, max_new_tokens=config.engine.max_new_tokens,
-                              candidate_block=config.engine.candidate_block, dtype=config.lm.dtype)
-    flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in asdict(args).items()
-                     if k != "quick" and v != getattr(Args, k) and not (args.quick and k in QUICK))
-    data: dict[str, Any] = {
-        "command": " ".join(["python benchmarks/compare_algorithms.py", *(["--quick"] if args.quick else []),
-                             *([flags] if flags else []), *overrides]),
-        "args": asdict(args), "overrides": overrides, "learner_params": DEMO_PARAMS,
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "gpus": 0},
-        "runs": [], "baselines": [],
-    }
-    request = ray_cluster.ResourceRequest(num_actors=config.rollout.num_actors, gpus_per_actor=0,
-                                          cpus_per_actor=config.rollout.cpus_per_actor)
-    ray_cluster.connect(num_cpus=ray_cluster.local_cpus_for(request))
+    _, task = held_out_task(["engine.candidate_state=context"], args.eval_prompts)
+    if any(f.learner == "dpo" for f in families):
+        ensure_demo_preferences()  # made (or found) once, outside every DPO run's budget
+    data: dict[str, Any] = {"command": command("compare_algorithms.py", args, QUICK), "args": asdict(args),
+                            "families": [asdict(f) for f in families], "machine": machine(), "seeds": []}
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
     for seed in range(args.seeds):
-        data["baselines"] += evaluate_baselines(args, seed, task)
-        for learner in args.learners.split(","):
-            print(f"[{(time.monotonic() - start) / 60:5.1f} min] {learner} seed {seed}", flush=True)
-            data["runs"].append(train_and_evaluate(args, learner, seed, runs_dir, task, overrides))
+        row: dict[str, Any] = {"seed": seed, "agents": {}}
+        row["base"] = summary_row(evaluate(task, "base", task.prompts, seed=seed, batch_size=args.eval_batch_size).summary)
+        print(f"[{(time.monotonic() - start) / 60:5.1f} min] seed {seed}: best-of-N pool", flush=True)
+        row["best_of"] = best_of_n_rows(task, seed=seed, pool=args.pool, batch_size=args.eval_batch_size)
+        trained: dict[tuple[str, float | None], Path] = {}
+        for family in families:
+            print(f"[{(time.monotonic() - start) / 60:5.1f} min] seed {seed}: {family.name}", flush=True)
+            row["agents"].update(run_family(family, seed=seed, args=args, task=task, runs_dir=runs_dir, trained=trained))
             data["wall_minutes"] = (time.monotonic() - start) / 60
-            (out / f"{name}.json").write_text(json.dumps(data, indent=1) + "\n")
+            (out / f"{name}.json").write_text(json.dumps(data | {"seeds": [*data["seeds"], row]}, indent=1))
+        data["seeds"].append(row)
+    data["summary"] = aggregate(data["seeds"])
+    data["wall_minutes"] = (time.monotonic() - start) / 60
+    (out / f"{name}.json").write_text(json.dumps(data, indent=1))
     print(write_report(data, out, name))
 
 
 if __name__ == "__main__":
-    torch.set_num_threads(os.cpu_count() or 1)
     main()

@@ -1,277 +1,135 @@
-"""The learner comparison's report: seeds aggregated, decisions to a reward target, a markdown table, plots.
-
-Reads what benchmarks/compare_algorithms.py measured ({"runs": [...], "baselines": [...], ...}) and writes
-<name>.json (with an "aggregate" section), <name>.md, <name>_curves.png and <name>_pareto.png. Run it alone
-to rebuild the report from a saved JSON:
-
-    python benchmarks/compare_report.py benchmarks/results/compare_algorithms.json
-"""
+"""The algorithm comparison's report (compare_algorithms.py): means over seeds, one table, the verdicts against
+best-of-N at equal KL and at equal compute, and one figure (the reward–KL frontier with best-of-N's curve, and
+reward against forward tokens per token)."""
 from __future__ import annotations
 
-import json
-import sys
+import math
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-import matplotlib.ticker
+from reward_kl import aggregate as over_seeds
+from reward_kl import comparisons, fmt, relative_compute
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-EVAL_METRICS = ("reward", "cost", "cost_success", "perplexity", "length", "distinct_2", "lm_forward_tokens_per_token",
-                "seconds_per_token")
-"""Evaluation figures reported per method (each a per-seed mean, then mean ± SE over seeds)."""
-SMOOTHING_EPISODES = 128
-"""Episodes the training reward is averaged over before it is compared with the target."""
-CURVE_POINTS = 20
+GOAL_BUDGET = 16
+"""The goal beyond the bar: a row above best-of-N's curve at every compute budget up to best-of-16's."""
 
 
-def mean_se(values: list[float]) -> dict[str, float]:
-    """{"mean", "se", "n"} over seeds (se 0 for one seed)."""
-    x = np.asarray(values, dtype=np.float64)
-    se = float(x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else 0.0
-    return {"mean": float(x.mean()), "se": se, "n": int(len(x))}
+def aggregate(seeds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean ± SE over seeds of every row (a row missing from a seed, e.g. an interrupted one, over the rest)."""
+    keys = list(dict.fromkeys(k for s in seeds for k in s["agents"]))
+    return {"base": over_seeds([s["base"] for s in seeds]),
+            "agents": {k: over_seeds([s["agents"][k] for s in seeds if k in s["agents"]]) for k in keys},
+            "best_of": {n: over_seeds([s["best_of"][n] for s in seeds]) for n in seeds[0]["best_of"]}}
 
 
-def _value(summary: dict[str, Any], metric: str) -> float:
-    value = summary[metric]
-    return float(value["mean"] if isinstance(value, dict) else value)
-
-
-def decisions_to_target(curve: dict[str, list[float]], target: float) -> float | None:
-    """Decisions collected when the training reward, averaged over the last SMOOTHING_EPISODES, first reaches target."""
-    episodes = np.asarray(curve["batch_episodes"])
-    weighted = np.cumsum(np.asarray(curve["reward"]) * episodes)
-    counts = np.cumsum(episodes)
-    for i in range(len(episodes)):
-        j = int(np.searchsorted(counts, counts[i] - SMOOTHING_EPISODES, side="right"))  # first batch in the window
-        if counts[i] < SMOOTHING_EPISODES:
+def equal_compute(s: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per best-of-N with N ≤ GOAL_BUDGET: the highest-reward row within its compute, and whether it beats it
+    (a gap over 2 SE; distinct-2 under 0.8× best-of-N's is no win)."""
+    relative, out = relative_compute(s), []
+    for n, bon in sorted(s["best_of"].items(), key=lambda item: int(item[0])):
+        if int(n) > GOAL_BUDGET:
             continue
-        window = (weighted[i] - (weighted[j - 1] if j else 0.0)) / (counts[i] - (counts[j - 1] if j else 0.0))
-        if window >= target:
-            return float(curve["decisions"][i])
-    return None
-
-
-def binned_curve(curve: dict[str, list[float]], key: str, edges: np.ndarray) -> np.ndarray:
-    """The episode-weighted mean of `key` over the rollout batches whose decisions fall in each bin (nan if none)."""
-    x, y, w = (np.asarray(curve[k]) for k in ("decisions", key, "batch_episodes"))
-    bins = np.clip(np.digitize(x, edges) - 1, 0, len(edges) - 2)
-    total = np.bincount(bins, weights=y * w, minlength=len(edges) - 1)
-    count = np.bincount(bins, weights=w, minlength=len(edges) - 1)
-    with np.errstate(invalid="ignore"):
-        return total / count
-
-
-def aggregate(data: dict[str, Any]) -> dict[str, Any]:
-    """Per method, every figure as mean ± SE over seeds; the reward target and the curves on one grid."""
-    args = data["args"]
-    methods: dict[str, dict[str, Any]] = {}
-    for row in data["baselines"]:
-        methods.setdefault(row["method"], {"kind": "baseline", "n": row["n"], "evals": []})["evals"].append(row["eval"])
-    for run in data["runs"]:
-        methods.setdefault(run["learner"], {"kind": "learner", "runs": [], "evals": []})
-        methods[run["learner"]]["runs"].append(run)
-        methods[run["learner"]]["evals"].append(run["eval"])
-    target_method = f"best-of-{args['target_best_of']}"
-    target = mean_se([_value(e, "reward") for e in methods[target_method]["evals"]])["mean"] if target_method in methods else None
-    edges = np.linspace(0, args["decisions"], CURVE_POINTS + 1)
-    out: dict[str, Any] = {"target": {"method": target_method, "reward": target}, "grid": edges.tolist(), "methods": {}}
-    for name, method in methods.items():
-        row: dict[str, Any] = {"kind": method["kind"]}
-        row.update({metric: mean_se([_value(e, metric) for e in method["evals"]]) for metric in EVAL_METRICS})
-        if method["kind"] == "baseline":
-            row["best_of"] = method["n"]
-        else:
-            runs = method["runs"]
-            row["train_minutes"] = mean_se([r["train_minutes"] for r in runs])
-            row["decisions"] = mean_se([r["decisions"] for r in runs])
-            reached = [d for d in (decisions_to_target(r["curve"], target) for r in runs) if d is not None] if target is not None else []
-            row["decisions_to_target"] = {**(mean_se(reached) if reached else {"mean": None, "se": None}),
-                                          "reached": len(reached), "runs": len(runs)}
-            row["curve"] = {key: [binned_curve(r["curve"], key, edges).tolist() for r in runs] for key in ("reward", "cost")}
-        out["methods"][name] = row
+        within = {k: a for k, a in s["agents"].items() if relative[k] <= int(n) * (1 + 1e-6)}
+        if not within:
+            out.append({"n": int(n), "row": None, "wins": False})
+            continue
+        key, row = max(within.items(), key=lambda item: item[1]["reward"][0])
+        gap = row["reward"][0] - bon["reward"][0]
+        se = math.hypot(row["reward"][1], bon["reward"][1])
+        wins = gap > 2 * se and row["distinct_2"][0] >= 0.8 * bon["distinct_2"][0]
+        out.append({"n": int(n), "row": key, "gap": gap, "se": se, "wins": wins})
     return out
 
 
-def _fmt(stat: dict[str, float], digits: int = 3) -> str:
-    return "–" if stat.get("mean") is None else f"{stat['mean']:.{digits}f} ± {stat['se']:.{digits}f}"
-
-
-def _gap(a: dict[str, float], b: dict[str, float]) -> str:
-    """a − b with its size in standard errors of the difference."""
-    gap, se = a["mean"] - b["mean"], float(np.hypot(a["se"], b["se"]))
-    return f"{gap:+.3f}" + (f", {gap / se:+.1f} SE" if se > 0 else "")
-
-
-def verdict(agg: dict[str, Any], cost_limit: float) -> list[str]:
-    """Plain sentences: who wins on reward, by how much, at what cost, and where agents lose to best-of-N."""
-    methods = agg["methods"]
-    learners = sorted((n for n, m in methods.items() if m["kind"] == "learner"), key=lambda n: -methods[n]["reward"]["mean"])
-    baselines = sorted((n for n, m in methods.items() if m["kind"] == "baseline"), key=lambda n: methods[n].get("best_of", 1))
-    if not learners:
-        return []
-    best = methods[learners[0]]
-    lines = [f"- **{learners[0]}** has the highest held-out reward, {_fmt(best['reward'])}, at cost {_fmt(best['cost'])} "
-             f"(P(cost ≤ {cost_limit:g}) = {_fmt(best['cost_success'], 2)}), after {_fmt(best['train_minutes'], 1)} "
-             "minutes of training."]
-    if len(learners) > 1:
-        runner_up = methods[learners[1]]
-        lines.append(f"- Its margin over the runner-up **{learners[1]}** ({_fmt(runner_up['reward'])}) is "
-                     f"{_gap(best['reward'], runner_up['reward'])}.")
-    safest = min(learners, key=lambda n: methods[n]["cost"]["mean"])
-    lines.append(f"- Lowest cost among the learners: **{safest}**, {_fmt(methods[safest]['cost'])} "
-                 f"(reward {_fmt(methods[safest]['reward'])}).")
-    for name in learners:
-        m = methods[name]
-        compute = f"the agent {m['lm_forward_tokens_per_token']['mean']:.1f}"
-        above = [n for n in baselines if methods[n]["reward"]["mean"] > m["reward"]["mean"]]
-        if above:
-            first = methods[above[0]]
-            lines.append(f"- **{name}** ({_fmt(m['reward'])}) is outscored by **{above[0]}** ({_fmt(first['reward'])}; "
-                         f"gap {_gap(first['reward'], m['reward'])}), which costs "
-                         f"{first['lm_forward_tokens_per_token']['mean']:.1f} LM forward tokens per generated token, "
-                         f"{compute}.")
-        else:
-            top = methods[baselines[-1]]
-            lines.append(f"- **{name}** ({_fmt(m['reward'])}) outscores every baseline, {baselines[-1]} included "
-                         f"({_fmt(top['reward'])}; gap {_gap(m['reward'], top['reward'])}), which costs "
-                         f"{top['lm_forward_tokens_per_token']['mean']:.1f} LM forward tokens per generated token, "
-                         f"{compute}.")
-    lines.append(_text_quality(methods, learners, baselines))
-    return lines
-
-
-def _text_quality(methods: dict[str, Any], learners: list[str], baselines: list[str]) -> str:
-    """Where the agents stand against the baselines on diversity and on the base LM's perplexity."""
-    def span(names: list[str], metric: str, digits: int) -> str:
-        values = [methods[n][metric]["mean"] for n in names]
-        return f"{min(values):.{digits}f}–{max(values):.{digits}f}"
-
-    return (f"- Text: the learners' distinct-2 is {span(learners, 'distinct_2', 2)} against "
-            f"{span(baselines, 'distinct_2', 2)} for the baselines, and the base LM's perplexity of their responses "
-            f"{span(learners, 'perplexity', 1)} against {span(baselines, 'perplexity', 1)}: read the generations "
-            "before trusting a reward gain.")
-
-
-def markdown(data: dict[str, Any], agg: dict[str, Any], name: str) -> str:
-    args = data["args"]
-    methods = agg["methods"]
-    target = agg["target"]
+def markdown(data: dict[str, Any]) -> str:
+    s, args = data["summary"], data["args"]
+    relative = relative_compute(s)
     lines = [
-        "# Learner comparison on the demo task", "",
-        f"Made by `{data['command']}` on {data['machine']['cores']} CPU cores, no GPU, in "
-        f"{data.get('wall_minutes', float('nan')):.0f} minutes. Every learner trains on the demo task (bundled tiny LM, "
-        f"reward = 2 × VADER, cost = profanity probability) for {args['decisions']:,} agent decisions, "
-        f"{args['seeds']} seeds each; each trained agent (sampled, as the text distribution it is) and each baseline is evaluated "
-        f"on the first {args['eval_prompts']} held-out prompts. Figures are mean ± standard error over seeds. "
-        f"cost_success is P(cost ≤ {args['cost_limit']:g}), the Lagrangian learners' threshold. "
-        "LM fwd/token: LM forward tokens per generated token (decode compute)."
-        + (f" Config overrides of every training run: `{' '.join(data['overrides'])}`." if data.get("overrides") else ""),
-        "",
-        "| method | reward | cost | cost_success | perplexity | distinct-2 | LM fwd/token | s/token (ms) | train min | "
-        f"decisions to reward {target['reward'] if target['reward'] is None else round(target['reward'], 3)} |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    ordered = [n for n in methods if methods[n]["kind"] == "learner"] + sorted(
-        (n for n in methods if methods[n]["kind"] == "baseline"), key=lambda n: methods[n]["best_of"])
-    for n in ordered:
-        m = methods[n]
-        learner = m["kind"] == "learner"
-        reach = m.get("decisions_to_target", {})
-        reach_text = "–" if not learner else (
-            f"{reach['mean']:,.0f} ± {reach['se']:,.0f} ({reach['reached']}/{reach['runs']})" if reach["reached"]
-            else f"not reached (0/{reach['runs']})")
-        ms = {k: m["seconds_per_token"][k] * 1e3 for k in ("mean", "se")}
-        lines.append(f"| {n} | {_fmt(m['reward'])} | {_fmt(m['cost'])} | {_fmt(m['cost_success'], 2)} | "
-                     f"{_fmt(m['perplexity'], 1)} | {_fmt(m['distinct_2'], 2)} | {_fmt(m['lm_forward_tokens_per_token'], 2)} | "
-                     f"{_fmt(ms, 2)} | {_fmt(m['train_minutes'], 2) if learner else '–'} | {reach_text} |")
-    lines += [
-        "", f"Reward target: the held-out reward of {target['method']}; reached when the training reward averaged "
-        f"over the last {SMOOTHING_EPISODES} episodes first gets there (the count of seeds that reached it in brackets). "
-        "Training rewards are sampled by the stochastic agent on training prompts, the evaluation is greedy on "
-        "held-out ones.", "", "## Verdict", "", *verdict(agg, args["cost_limit"]), "",
-        "Learner settings (each paper's defaults, rollout sizes scaled alike to the demo): "
-        + "; ".join(f"{k}: {v}" for k, v in data["learner_params"].items()) + ".", "",
-        f"![learning curves]({name}_curves.png)", "", f"![reward against cost]({name}_pareto.png)", "",
-    ]
-    return "\n".join(lines)
-
-
-def _band(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and standard error over seeds (rows) of each bin, skipping seeds with no batch there (nan)."""
-    seen = ~np.isnan(values)
-    count = seen.sum(axis=0)
-    filled = np.where(seen, values, 0.0)
-    mean = np.divide(filled.sum(axis=0), count, out=np.full(values.shape[1], np.nan), where=count > 0)
-    squares = np.where(seen, (values - mean) ** 2, 0.0).sum(axis=0)
-    var = np.divide(squares, count - 1, out=np.zeros(values.shape[1]), where=count > 1)
-    return mean, np.sqrt(var / np.maximum(count, 1))
-
-
-def plot_curves(agg: dict[str, Any], path: Path) -> None:
-    edges = np.asarray(agg["grid"])
-    centres = (edges[:-1] + edges[1:]) / 2
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for name, m in agg["methods"].items():
-        if m["kind"] != "learner":
+        "# Algorithm comparison on the demo task: every learner and resampling against best-of-N", "",
+        f"`{data['command']}` — {args['seeds']} seed(s), {args['eval_prompts']} held-out prompts, every training run "
+        f"{args['minutes']:g} minutes of wall-clock (data preparation included) in context mode, on "
+        f"{data['machine']['cores']} CPU cores; {data.get('wall_minutes', 0):.0f} minutes in all. Mean ± SE over seeds. "
+        "KL per response to the base LM in nats: measured while decoding for agents; for best-of-N the bound "
+        "log N − (N−1)/N, for resampling rows log K + E[log π_agent/π_ref] (marked ≤). Compute: LM forward tokens per "
+        "generated token and × one base sample's (agents against base sampling in the same batches, best-of-N "
+        "against best-of-1 of its pool). Train: minutes of each training run.", "",
+        "| method | reward | cost | KL / response | distinct-2 | base-LM ppl | fwd tokens / token | × base | train min |",
+        "|---|---|---|---|---|---|---|---|---|"]
+    b = s["base"]
+    lines.append(f"| base sampling | {fmt(b['reward'])} | {fmt(b['cost'])} | 0 | {fmt(b['distinct_2'])} | "
+                 f"{fmt(b['perplexity'], 1)} | {b['forward_tokens_per_token'][0]:.2f} | 1 | — |")
+    for key, a in s["agents"].items():
+        bound = "≤ " if a["kl_is_bound"][0] > 0 else ""
+        lines.append(f"| {key} | {fmt(a['reward'])} | {fmt(a['cost'])} | {bound}{fmt(a['kl'], 2)} | "
+                     f"{fmt(a['distinct_2'])} | {fmt(a['perplexity'], 1)} | {a['forward_tokens_per_token'][0]:.2f} | "
+                     f"{relative[key]:.2f} | {a['train_minutes'][0]:.2f} |")
+    for n, r in s["best_of"].items():
+        lines.append(f"| best-of-{n} | {fmt(r['reward'])} | {fmt(r['cost'])} | ≤ {r['kl_bound'][0]:.2f} | "
+                     f"{fmt(r['distinct_2'])} | {fmt(r['perplexity'], 1)} | {r['forward_tokens_per_token'][0]:.2f} | "
+                     f"{relative[n]:.2f} | 0 |")
+    lines += ["", f"## At equal compute (best-of-N for N ≤ {GOAL_BUDGET}: the best row within its compute)", ""]
+    for c in equal_compute(s):
+        bon = s["best_of"][str(c["n"])]["reward"][0]
+        if c["row"] is None:
+            lines.append(f"- best-of-{c['n']} ({bon:.3f}): no row within its compute.")
             continue
-        for ax, key in zip(axes, ("reward", "cost")):
-            mean, se = _band(np.asarray(m["curve"][key], dtype=np.float64))
-            ax.plot(centres, mean, label=name)
-            ax.fill_between(centres, mean - se, mean + se, alpha=0.25)
-    target = agg["target"]["reward"]
-    if target is not None:
-        axes[0].axhline(target, color="grey", linestyle="--", linewidth=1, label=agg["target"]["method"] + " (held-out)")
-    for ax, key in zip(axes, ("training reward (2 × VADER)", "training cost (profanity)")):
-        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x / 1000:g}k"))
-        ax.set_xlabel("agent decisions")
-        ax.set_ylabel(key)
+        verdict = "**above** best-of-N's curve" if c["wins"] else "not above it"
+        lines.append(f"- best-of-{c['n']} ({bon:.3f}): {c['row']}, Δ {c['gap']:+.3f} ± {c['se']:.3f}: {verdict}.")
+    goal = all(c["wins"] for c in equal_compute(s))
+    lines += ["", f"Goal beyond the bar (a row above best-of-N's curve at every budget ≤ best-of-{GOAL_BUDGET}'s): "
+              f"**{'reached' if goal else 'not reached'}**.", "", "## Each row against best-of-N at its KL and at its compute",
+              ""]
+    lines += comparisons(s)
+    return "\n".join(lines) + "\n"
+
+
+def plot(data: dict[str, Any], path: Path) -> None:
+    """Reward against √KL (best-of-N's curve, each family's levels joined, resampling rows apart) and against
+    compute (× one base sample's)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    s, relative = data["summary"], relative_compute(data["summary"])
+    ns = sorted(s["best_of"], key=int)
+    families: dict[str, list[str]] = {}
+    for key in s["agents"]:
+        group = key.split(" ")[0] + (" (resampled)" if " K=" in key else "")
+        families.setdefault(group, []).append(key)
+    fig, axes = plt.subplots(1, 2, figsize=(14, 5))
+    for ax, x_of in ((axes[0], "kl"), (axes[1], "compute")):
+        def x(name: str, row: dict[str, Any], x_of: str = x_of) -> float:
+            if x_of == "compute":
+                return relative[name]
+            return math.sqrt(max((row["kl_bound"] if "kl_bound" in row else row["kl"])[0], 0.0))
+
+        ax.errorbar([x(n, s["best_of"][n]) for n in ns], [s["best_of"][n]["reward"][0] for n in ns],
+                    yerr=[s["best_of"][n]["reward"][1] for n in ns], fmt="^-", color="black", label="best-of-N")
+        for n in ns:
+            ax.annotate(f"N={n}", (x(n, s["best_of"][n]), s["best_of"][n]["reward"][0]), textcoords="offset points",
+                        xytext=(3, -10), fontsize=7)
+        for i, (group, keys) in enumerate(families.items()):
+            ax.errorbar([x(k, s["agents"][k]) for k in keys], [s["agents"][k]["reward"][0] for k in keys],
+                        yerr=[s["agents"][k]["reward"][1] for k in keys], fmt="s--" if "resampled" in group else "o-",
+                        color=f"C{i % 10}", label=group)
+        ax.axhline(s["base"]["reward"][0], color="grey", lw=0.8, ls=":", label="base sampling")
+        if x_of == "compute":
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("LM forward tokens per generated token, × one base sample's")
+        else:
+            ax.set_xlabel("√(KL per response to the base LM, nats) — bounds for best-of-N and resampling")
+        ax.set_ylabel("reward")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.suptitle("Learning curves: mean ± SE over seeds")
+    axes[0].legend(fontsize=7)
+    fig.suptitle("Every method against best-of-N on the demo task (mean ± SE over seeds)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def plot_pareto(agg: dict[str, Any], path: Path) -> None:
-    methods = agg["methods"]
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    baselines = sorted((n for n in methods if methods[n]["kind"] == "baseline"), key=lambda n: methods[n]["best_of"])
-    xs = [methods[n]["cost"]["mean"] for n in baselines]
-    ys = [methods[n]["reward"]["mean"] for n in baselines]
-    ax.plot(xs, ys, "k--", marker="s", markersize=4, linewidth=1, label="base / best-of-N")
-    for n, x, y in zip(baselines, xs, ys):
-        ax.annotate(n.replace("best-of-", "N="), (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
-    for n, m in methods.items():
-        if m["kind"] == "learner":
-            ax.errorbar(m["cost"]["mean"], m["reward"]["mean"], xerr=m["cost"]["se"], yerr=m["reward"]["se"], fmt="o",
-                        capsize=3, label=n)
-    ax.set_xlabel("held-out cost (lower is safer)")
-    ax.set_ylabel("held-out reward")
-    ax.set_title("Reward against cost (mean ± SE over seeds)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    fig.savefig(path, dpi=120)
 
 
 def write_report(data: dict[str, Any], out: Path, name: str) -> str:
-    """Aggregate, then write <name>.json, <name>.md and the two plots into `out`; returns the markdown."""
-    agg = aggregate(data)
-    data = {**data, "aggregate": agg}
-    (out / f"{name}.json").write_text(json.dumps(data, indent=1) + "\n")
-    plot_curves(agg, out / f"{name}_curves.png")
-    plot_pareto(agg, out / f"{name}_pareto.png")
-    text = markdown(data, agg, name)
+    """Write <name>.md and <name>.png under `out`; returns the markdown."""
+    text = markdown(data)
     (out / f"{name}.md").write_text(text)
+    plot(data, out / f"{name}.png")
     return text
-
-
-if __name__ == "__main__":
-    source = Path(sys.argv[1])
-    print(write_report(json.loads(source.read_text()), source.parent, source.stem))

@@ -14,11 +14,11 @@ from tokenalign import cli
 from tokenalign.data.prompts import load_prompts
 from tokenalign.envs.candidates import SamplingConfig
 from tokenalign.envs.engine import DecodingEngine, EngineConfig
+from tokenalign.eval.sampler import sample_copies
 from tokenalign.rewards.factory import make_scorer
 from tokenalign.workflows.demo_preferences import (
     CACHE_VERSION,
     SAFE_THRESHOLD,
-    _sample,
     ensure_demo_preferences,
     make_demo_preferences,
 )
@@ -118,7 +118,7 @@ def test_sampler_restores_order_and_shares_prefill_exactly(tiny_lm):
     model, tokenizer = tiny_lm
     engine = DecodingEngine(model=model, tokenizer=tokenizer, config=EngineConfig(max_new_tokens=10))
     contexts = engine.encode(["While you recently", "", "Be prepared to accept sacrifices. Vestal", "A rope"])
-    got = _sample(engine, contexts, copies=2, max_new_tokens=10, sampling=SamplingConfig(top_k=1), batch_size=4,
+    got = sample_copies(engine, contexts, copies=2, max_new_tokens=10, sampling=SamplingConfig(top_k=1), batch_size=4,
                   generator=torch.Generator().manual_seed(0))
     for i, context in enumerate(contexts):
         ids = torch.tensor([context])

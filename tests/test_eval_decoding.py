@@ -54,8 +54,8 @@ def same_generations(a, b) -> bool:
 
 @pytest.mark.parametrize("mode", MODES)
 def test_same_seed_same_output_and_summary_layout(task, agent, mode):
-    first = evaluate(task, mode, PROMPTS, policy=agent, n=3, seed=7, batch_size=4)
-    again = evaluate(task, mode, PROMPTS, policy=agent, n=3, seed=7, batch_size=4)
+    first = evaluate(task, mode, PROMPTS, policy=agent, n=3, seed=7, batch_size=4, beta=0.5)
+    again = evaluate(task, mode, PROMPTS, policy=agent, n=3, seed=7, batch_size=4, beta=0.5)
     assert same_generations(first, again)
     assert [r.prompt_id for r in first.records] == [p.id for p in PROMPTS]
     s = first.summary

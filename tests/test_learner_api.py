@@ -14,7 +14,7 @@ from tokenalign.buffers.batches import Transitions
 from tokenalign.config import load_config
 from tokenalign.core.parsing import ConfigError
 from tokenalign.learners import Learner, config_class, learner_class, learner_names, make_learner, register, registry
-from tokenalign.learners.base import LearnerContract
+from tokenalign.learners.base import OFFLINE_MODES, LearnerContract
 from tokenalign.learners.kl import KLConfig
 
 HIDDEN = 8
@@ -58,7 +58,7 @@ def test_registry_names_modes_and_config_overrides() -> None:
 
 
 def test_unknown_learner_and_unknown_config_key_are_clear_errors() -> None:
-    with pytest.raises(ValueError, match=r"unknown learner 'dqn' \(learner.name\); known learners: dpo, ppo, ppo_lagrangian, rloo_lagrangian"):
+    with pytest.raises(ValueError, match=r"unknown learner 'dqn' \(learner.name\); known learners: bon_distill, dpo, ppo, ppo_lagrangian, rloo_lagrangian"):
         make_learner("dqn", state_size=HIDDEN)
     with pytest.raises(ConfigError, match=r"unknown key 'learner.params.learning_rate'; learner.params has keys: batch_size"):
         load_config(None, ["learner.params.learning_rate=1e-3"])
@@ -241,8 +241,9 @@ def test_update_reports_finite_metrics(name: str) -> None:
 
 def test_float16_states_from_the_buffer_train_every_learner_after_to() -> None:
     """The buffer hands states over as stored (float16, the default); Transitions.to makes them float32 on device."""
-    # dpo: tests/test_dpo.py; value_guided learns from candidate rows (tests/test_value_learner.py)
-    for name in [n for n in learner_names() if learner_class(n).data_mode != "pairs" and n != "value_guided"]:
+    # dpo, bon_distill: tests/test_dpo.py, tests/test_bon_distill.py; value_guided learns from candidate rows
+    # (tests/test_value_learner.py)
+    for name in [n for n in learner_names() if learner_class(n).data_mode not in OFFLINE_MODES and n != "value_guided"]:
         batch = rollouts(1)[0]
         half = Transitions(**{**vars(batch), "state": batch.state.half(), "next_state": batch.next_state.half()})
         learner = make_learner(name, state_size=batch.state.shape[1], config=config_class(name)(widths=(8, 4)))

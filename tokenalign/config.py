@@ -58,12 +58,15 @@ class LearnerSection:
     """Which learner trains the agent, and its settings (the learner's own config dataclass)."""
 
     name: str = "sac"
-    """Registered learner: sac, ppo, ppo_lagrangian, rloo_lagrangian or dpo."""
+    """Registered learner: sac, ppo, ppo_lagrangian, rloo_lagrangian, value_guided, dpo or bon_distill."""
     params: Any = None
     """The learner's config dataclass (e.g. PPOConfig); None: its defaults. In YAML, a mapping of its fields,
     e.g. {batch_size: 256, gamma: 0.99}."""
     num_gpus: float = 0.0
     """GPUs of the learner actor (0 = CPU)."""
+    init_from: str | None = None
+    """A run directory or checkpoint whose agent this run's policy starts from (RL from a good start: a bon_distill
+    or dpo agent refined by ppo, ppo_lagrangian, rloo_lagrangian or sac); None starts as the base LM."""
 
     def __post_init__(self) -> None:
         check_bounds("learner", self, num_gpus=(0, "≥"))

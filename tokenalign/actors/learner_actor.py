@@ -4,8 +4,9 @@ hands its state to the driver for checkpoints.
 Every sampled batch of observed `Decisions` is labelled by the objective (rewards and costs) right here,
 then trained on. Replay learners (SAC) take `train(n)` calls of n gradient steps on sampled batches;
 on-policy learners (PPO, RLOO) take `train_on_policy()`, one update on the freshest complete prompt
-groups. Pair learners (DPO) have no buffer and no rollout actors: the actor loads the LM itself, teacher-
-forces the run's preference pairs once (`PairSource`) and takes `train_pairs(n)` calls; it also writes the
+groups. Offline learners (DPO on pairs, best-of-N distillation on sample sets) have no buffer and no rollout
+actors: the actor loads the LM itself, prepares its data once (`PairSource`, `SampleSetSource`: responses
+teacher-forced into the decisions that emit them) and takes `train_offline(n)` calls; it also writes the
 run's sample generations and end-of-run evaluation. After each call the new policy is published to the
 WeightStore with the learner's update count as version.
 """
@@ -55,12 +56,16 @@ class LearnerActor:
                              f"{self.objective.name!r} needs {self.objective.preference_dim}")
         self.learner = make_learner(config.learner.name, state_size=layout.state_size, config=config.learner.params,
                                     device=self.device, preference_dim=layout.preference_dim, seed=config.run.seed)
+        if config.learner.init_from is not None:
+            from tokenalign.eval.agent_source import load_agent
+
+            self.learner.start_from(load_agent(config.learner.init_from, state_size=layout.state_size))
         self.weights = weights
-        if self.contract.data_mode == "pairs":
-            from tokenalign.actors.pair_source import PairSource
+        if self.contract.offline:
+            from tokenalign.actors.offline_sources import offline_source
 
             self.task = build_task(config, device=self.device)
-            self.pairs = PairSource(engine=self.task.engine, specs=config.data.pairs, seed=config.data.seed)
+            self.source = offline_source(self.task, config)
             self.buffer = None
         else:
             if buffer_spec is None:
@@ -82,8 +87,8 @@ class LearnerActor:
         return self.contract
 
     def buffer_stats(self) -> dict[str, float]:
-        """The buffer's counters, or the preference data's for a pair learner."""
-        return self.pairs.stats() if self.buffer is None else self.buffer.stats()
+        """The buffer's counters, or an offline learner's data's."""
+        return self.source.stats() if self.buffer is None else self.buffer.stats()
 
     def train(self, max_updates: int) -> dict[str, float]:
         """Up to `max_updates` gradient steps, as many as the buffer's rate limiter allows right now."""
@@ -117,24 +122,25 @@ class LearnerActor:
         self.publish()
         return {"updates_done": 1.0, "num_updates": float(self.version), **{k: float(v) for k, v in metrics.items()}}
 
-    def train_pairs(self, updates: int) -> dict[str, float]:
-        """`updates` gradient steps, each on `batch_size` pairs drawn with the learner's (checkpointed) generator."""
+    def train_offline(self, updates: int) -> dict[str, float]:
+        """`updates` gradient steps, each on `batch_size` items (pairs, prompts' sets) drawn with the learner's
+        (checkpointed) generator."""
         sums: dict[str, float] = {}
         for _ in range(updates):
-            pairs = torch.randint(self.pairs.size, (self.contract.batch_size,), generator=self.learner.generator)
-            for key, value in self.learner.update(self.pairs.batch(pairs)).items():
+            items = torch.randint(self.source.size, (self.contract.batch_size,), generator=self.learner.generator)
+            for key, value in self.learner.update(self.source.batch(items)).items():
                 sums[key] = sums.get(key, 0.0) + float(value)
         self.publish()
         return {"updates_done": float(updates), "num_updates": float(self.version),
-                "pairs_seen": float(updates * self.contract.batch_size), **{k: v / updates for k, v in sums.items()}}
+                "items_seen": float(updates * self.contract.batch_size), **{k: v / updates for k, v in sums.items()}}
 
     def sample_generations(self, prompt_indices: list[int]) -> list[dict[str, Any]]:
-        """A pair learner's run has no rollout actor: its agent's sample generations come from here."""
+        """An offline learner's run has no rollout actor: its agent's sample generations come from here."""
         return sample_generations(self.task, self.learner.policy, prompt_indices,
                                   generator=torch.Generator(device=self.device).manual_seed(self.config.run.seed))
 
     def evaluate(self, *, num_prompts: int, best_of: int, seed: int) -> dict[str, Any]:
-        """A pair learner's end-of-run summary on held-out prompts (agent, base LM, best-of-N)."""
+        """An offline learner's end-of-run summary on held-out prompts (agent, base LM, best-of-N)."""
         from tokenalign.eval.summary import evaluate_run
 
         with torch.no_grad():

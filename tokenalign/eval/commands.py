@@ -19,7 +19,7 @@ from tokenalign.envs.task import DecodingTask
 from tokenalign.eval.agent_source import find_checkpoint, load_agent
 from tokenalign.eval.arena import arena_markdown, compare, write_arena
 from tokenalign.eval.errors import EvalError
-from tokenalign.eval.evaluate import AGENT_MODES, DEFAULT_BEST_OF, MODES, evaluate
+from tokenalign.eval.evaluate import AGENT_MODES, DEFAULT_BEST_OF, MODES, N_MODES, evaluate
 from tokenalign.eval.metrics import DEFAULT_COST_THRESHOLD, write_summary
 from tokenalign.eval.records import read_generations, write_generations
 from tokenalign.eval.report import summary_markdown
@@ -37,7 +37,10 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--modes", type=_names, default=None, metavar="MODE[,MODE...]",
                         help=f"any of {', '.join(MODES)} (default: base,greedy,best-of-n, plus sample with --agent)")
     parser.add_argument("--best-of", type=_counts, default=[DEFAULT_BEST_OF], metavar="N[,N...]",
-                        help=f"N of best-of-n; several values evaluate each (default: {DEFAULT_BEST_OF}, MARA's)")
+                        help=f"N of best-of-n (and the agent samples of resample, resample-best); several values "
+                             f"evaluate each (default: {DEFAULT_BEST_OF}, MARA's)")
+    parser.add_argument("--resample-beta", type=float, default=None,
+                        help="β of resample's weights π_ref·exp(R/β)/π_agent (default: a value-guided agent's own β)")
     parser.add_argument("--num-prompts", type=int, default=None,
                         help="evaluate the first N held-out prompts of data.test (default: run.eval_prompts)")
     parser.add_argument("--batch-size", type=int, default=16, help="sequences decoded together")
@@ -104,9 +107,10 @@ def run_eval_command(args: argparse.Namespace, config: TrainConfig) -> int:
         seed = config.run.seed if args.seed is None else args.seed
         summaries = {}
         for mode in modes:
-            for n in args.best_of if mode == "best-of-n" else [DEFAULT_BEST_OF]:
+            for n in args.best_of if mode in N_MODES else [DEFAULT_BEST_OF]:
                 result = evaluate(task, mode, prompts, policy=policy, n=n, seed=seed, batch_size=args.batch_size,
-                                  cost_threshold=args.cost_threshold, preference=args.preference)
+                                  cost_threshold=args.cost_threshold, preference=args.preference,
+                                  beta=args.resample_beta)
                 write_generations(out / f"generations-{result.label}.jsonl", result.records)
                 summaries[result.label] = result.summary
                 write_summary(out / "summary.json", summaries)  # after each mode, so an interruption keeps them

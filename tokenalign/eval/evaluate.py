@@ -7,6 +7,10 @@ Modes:
     sample      the agent as what it is, a text distribution: its actions sampled by the rollout actors' own
                 decode loop (envs/rollout.py), labelled agent-sample; the default agent mode
     serial      the same loop with the agent's more probable action at each decision (MARA's serial mode)
+    resample    n agent samples per prompt, one kept by self-normalised weights ∝ exp(R/β − ℓ) (eval/resample.py),
+                labelled agent-resample-<n>; its KL is reported as the bound log n + E[ℓ]
+    resample-best
+                n agent samples per prompt, the highest reward kept: agent-best-of-<n>, the same bound
     top1, random, max_prob
                 MARA's other proxy strategies with a greedy agent (tokenalign.eval.proxy), labelled agent-<strategy>
 
@@ -38,12 +42,17 @@ from tokenalign.eval.metrics import DEFAULT_COST_THRESHOLD, best_of_kl_bound, su
 from tokenalign.eval.perplexity import response_perplexity
 from tokenalign.eval.proxy import STRATEGIES, proxy_decode
 from tokenalign.eval.records import Generation
+from tokenalign.eval.resample import importance_pick, resample_kl_bound
 from tokenalign.eval.sampler import sample_responses
 
-AGENT_MODES: tuple[str, ...] = ("sample", "serial", *STRATEGIES)
+RESAMPLE_MODES: tuple[str, ...] = ("resample", "resample-best")
+"""Agent modes that keep one of n agent samples per prompt."""
+AGENT_MODES: tuple[str, ...] = ("sample", "serial", *RESAMPLE_MODES, *STRATEGIES)
 MODES: tuple[str, ...] = ("base", "greedy", "best-of-n", *AGENT_MODES)
+N_MODES: tuple[str, ...] = ("best-of-n", *RESAMPLE_MODES)
+"""Modes that decode n samples per prompt and keep one."""
 DEFAULT_BEST_OF = 10  # MARA eval_executor.py --N
-AGENT_LOOP_MODES: tuple[str, ...] = ("sample", "serial")
+AGENT_LOOP_MODES: tuple[str, ...] = ("sample", "serial", *RESAMPLE_MODES)
 """Agent modes decoded by the rollout actors' loop, which measures each response's KL to the base LM."""
 Divergences = dict[str, float | None]
 """A response's log_ratio, kl and exact_kl (tokenalign.eval.records.Generation)."""
@@ -65,8 +74,9 @@ class EvalResult:
 
 def mode_label(mode: str, n: int = DEFAULT_BEST_OF) -> str:
     """The name a mode goes by in files and summaries."""
-    if mode == "best-of-n":
-        return f"best-of-{n}"
+    labels = {"best-of-n": f"best-of-{n}", "resample": f"agent-resample-{n}", "resample-best": f"agent-best-of-{n}"}
+    if mode in labels:
+        return labels[mode]
     return f"agent-{mode}" if mode in AGENT_MODES else mode
 
 
@@ -81,15 +91,19 @@ def evaluate(
     batch_size: int = 16,
     cost_threshold: float = DEFAULT_COST_THRESHOLD,
     preference: Sequence[float] | None = None,
+    beta: float | None = None,
 ) -> EvalResult:
     """Decode `prompts` in `mode` with `task`'s LM and settings, score them with `task`'s reward.
 
-    A preference-conditioned agent decodes with the weights `preference` (RiC: the user picks w).
+    A preference-conditioned agent decodes with the weights `preference` (RiC: the user picks w). `beta` is the
+    temperature of `resample`'s weights (None: the value-guided agent's own β).
     """
     _check_arguments(task, mode, prompts, policy=policy, n=n, batch_size=batch_size)
+    if mode == "resample":
+        beta = _resample_beta(policy, beta)
     engine = task.engine
     label = mode_label(mode, n)
-    samples = n if mode == "best-of-n" else 1
+    samples = n if mode in N_MODES else 1
     rows = [p for p in prompts for _ in range(samples)]
     generator = torch.Generator(device=engine.device).manual_seed(seed)
     decode = _decoder(task, mode, policy, generator, preference)
@@ -103,13 +117,21 @@ def evaluate(
             start = time.perf_counter()
             ids, measured = decode([p.text for p in chunk])
             token_ids += ids
-            divergences += measured if measured is not None and samples == 1 else [{}] * len(ids)
+            divergences += measured if measured is not None and mode != "best-of-n" else [{}] * len(ids)
             seconds[lo: lo + len(chunk)] = (time.perf_counter() - start) / len(chunk)
     responses = [engine.tokenizer.decode(ids, skip_special_tokens=True) for ids in token_ids]
     scores = task.score(rows, responses)
 
-    # Best-of-n keeps each prompt's highest final reward (the first on ties, as MARA's max scan).
-    keep = scores.final.reshape(len(prompts), samples).argmax(axis=1) + np.arange(len(prompts)) * samples
+    # Best-of-n keeps each prompt's highest final reward (the first on ties, as MARA's max scan); resample draws.
+    final = scores.final.reshape(len(prompts), samples)
+    if mode == "resample":
+        log_ratio = np.array([d["log_ratio"] for d in divergences]).reshape(len(prompts), samples)
+        pick = importance_pick(final, log_ratio, beta=beta, generator=generator)
+    else:
+        pick = final.argmax(axis=1)
+    keep = pick + np.arange(len(prompts)) * samples
+    if mode in RESAMPLE_MODES:  # the kept text is not π_a's: only its log-ratio (for the bound) describes it
+        divergences = [{"log_ratio": d["log_ratio"]} for d in divergences]
     kept_ids = [token_ids[i] for i in keep]
     perplexity = response_perplexity(engine.model, engine.encode([p.text for p in prompts]), kept_ids,
                                       pad_token_id=engine.pad_token_id, batch_size=batch_size)
@@ -127,6 +149,11 @@ def evaluate(
         summary["candidate_state"] = engine.config.candidate_state
     if mode == "best-of-n":  # the analytic bound on best-of-N's KL to the base LM (Stiennon et al. 2020)
         summary["kl_per_response_bound"] = best_of_kl_bound(n)
+    if mode in RESAMPLE_MODES:
+        summary["kl_per_response_bound"] = resample_kl_bound(n, [r.log_ratio for r in records])
+        summary["samples_per_prompt"] = n
+        if mode == "resample":
+            summary["resample_beta"] = beta
     return EvalResult(label=label, records=records, summary=summary)
 
 
@@ -156,6 +183,14 @@ def _decoder(task: DecodingTask, mode: str, policy: AcceptPolicy | None, generat
     engine = DecodingEngine(model=engine.model, tokenizer=engine.tokenizer,
                             config=dataclasses.replace(engine.config, candidate_block=0))
     return lambda texts: (proxy_decode(engine, agent.accept_logit, texts, strategy=mode, generator=generator), None)
+
+
+def _resample_beta(policy: AcceptPolicy | None, beta: float | None) -> float:
+    beta = getattr(policy, "beta", None) if beta is None else beta
+    if beta is None or not beta > 0:
+        raise EvalError(f"mode 'resample' keeps one of n draws by π_ref·exp(R/β)/π_agent: pass a β > 0 (eval --resample-beta)"
+                        f" for an agent without one of its own (got {beta})")
+    return float(beta)
 
 
 def _check_arguments(task: DecodingTask, mode: str, prompts: Sequence[Prompt], *, policy: AcceptPolicy | None,

@@ -4,7 +4,8 @@ An agent that accepts each candidate with the LLM's probability is not sampling:
 the candidates in rank order, which over-weights the top ranks. So the baselines get their own batched
 sampler, driven by the engine's LM and settings: logits are warped by the engine's `propose`, so base
 sampling draws from exactly the candidates an agent would be shown. Finished rows leave the batch, as
-they do in the engine, so both pay only for live sequences.
+they do in the engine, so both pay only for live sequences. Several samples of one context
+(`sample_copies`: best-of-N sets, preference pairs) share its prefill.
 """
 from __future__ import annotations
 
@@ -59,3 +60,50 @@ def sample_responses(
                        position_ids=n_real.unsqueeze(1), cache=cache, use_cache=True).logits[:, -1].float()
         n_real = n_real + 1
     return [tokens[i, : int(n)].tolist() for i, n in enumerate(n_new)]
+
+
+@torch.no_grad()
+def sample_copies(engine: DecodingEngine, contexts: list[list[int]], *, copies: int, max_new_tokens: int,
+                  sampling: SamplingConfig, batch_size: int, generator: torch.Generator) -> list[list[int]]:
+    """New token ids of `copies` samples per context (context-major), each cut before its first EOS.
+
+    Contexts are prefilled in length order, so a forward pads little, and once each: their copies share the
+    prefill's cache. Finished rows leave the batch, as in the engine.
+    """
+    model, device = engine.model, engine.device
+    per_call = max(batch_size // copies, 1)
+    order = sorted(range(len(contexts)), key=lambda i: len(contexts[i]))
+    samples: list[list[int]] = [[] for _ in range(len(contexts) * copies)]
+    for first in range(0, len(order), per_call):
+        chunk = order[first : first + per_call]
+        input_ids, attention_mask, position_ids = left_pad([contexts[i] for i in chunk],
+                                                           pad_token_id=engine.pad_token_id, device=device)
+        cache = DynamicCache(config=model.config)
+        logits = model(input_ids=input_ids, attention_mask=attention_mask.long(), position_ids=position_ids,
+                       cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1].float()
+        cache.batch_repeat_interleave(copies)
+        logits = logits.repeat_interleave(copies, dim=0)
+        attention_mask = attention_mask.repeat_interleave(copies, dim=0)
+        n_real = attention_mask.sum(dim=1)
+        tokens = torch.full((len(logits), max_new_tokens), engine.pad_token_id, dtype=torch.long, device=device)
+        length = torch.full((len(logits),), max_new_tokens, dtype=torch.long, device=device)
+        rows = torch.arange(len(logits), device=device)  # chunk row of each live row
+        for step in range(max_new_tokens):
+            token = next_tokens(logits, sampling, greedy=False, generator=generator)
+            tokens[rows, step] = token
+            ended = token == engine.eos_token_id
+            length[rows[ended]] = step
+            if step == max_new_tokens - 1 or bool(ended.all()):
+                break
+            if bool(ended.any()):
+                keep = (~ended).nonzero(as_tuple=True)[0]
+                cache.batch_select_indices(keep)
+                rows, attention_mask, n_real, token = rows[keep], attention_mask[keep], n_real[keep], token[keep]
+            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(rows), 1)], dim=1)
+            logits = model(input_ids=token.unsqueeze(1), attention_mask=attention_mask.long(),
+                           position_ids=n_real.unsqueeze(1), cache=cache,
+                           use_cache=True).logits[:, -1].float()
+            n_real = n_real + 1
+        for j, (row, n) in enumerate(zip(tokens.tolist(), length.tolist())):
+            samples[chunk[j // copies] * copies + j % copies] = row[:n]
+    return samples

@@ -23,7 +23,9 @@ from tokenalign.agents.policy import PARAMETERISATION, AcceptRejectPolicy, check
 from tokenalign.buffers.batches import Decisions, Transitions
 from tokenalign.learners.kl import KLConfig, KLController, decision_kl, kl_per_response, reference_log_probs
 
-DataMode = Literal["replay", "on_policy", "pairs"]
+DataMode = Literal["replay", "on_policy", "pairs", "sets"]
+OFFLINE_MODES: tuple[DataMode, ...] = ("pairs", "sets")
+"""Data modes with no rollouts: the learner actor trains on data it prepares once when it starts."""
 Signal = Literal["reward", "cost"]
 
 
@@ -33,19 +35,23 @@ class LearnerContract:
 
     data_mode: DataMode
     """"replay": one update = one gradient step on a sampled batch; "on_policy": one update = one rollout;
-    "pairs": one update = one gradient step on `batch_size` preference pairs (data.pairs), no rollouts."""
+    "pairs": one update = one gradient step on `batch_size` preference pairs (data.pairs), no rollouts;
+    "sets": one update = one gradient step on `batch_size` prompts' sets of `group_size` base-LM responses
+    (best-of-N distillation), sampled once from the training prompts, no rollouts."""
     gamma: float
     """Discount along the decision chain (the objective's postback uses it)."""
     signals: tuple[Signal, ...] = ("reward",)
     """Per-decision signals the learner trains on apart: ("reward",), or ("reward", "cost") for Lagrangian ones."""
     batch_size: int = 0
-    """Replay: transitions sampled per update; pairs: preference pairs per update."""
+    """Replay: transitions sampled per update; pairs: preference pairs per update; sets: prompts per update."""
     updates_per_episode: int = 1
     """Replay: gradient steps per collected episode (MARA's update_time)."""
     learning_starts: int = 0
     """Replay: buffer size (transitions) before the first update."""
     group_size: int = 1
-    """On-policy: episodes collected per prompt (RLOO's k)."""
+    """On-policy: episodes collected per prompt (RLOO's k); sets: base-LM responses sampled per prompt."""
+    set_prompts: int = 0
+    """Sets: training prompts given a set (0: all of data.train)."""
     groups_per_update: int = 1
     """On-policy: prompt groups per update."""
     records: Literal["decisions", "candidates"] = "decisions"
@@ -53,6 +59,11 @@ class LearnerContract:
     (value-guided learners; context mode)."""
     sample: Literal["rows", "episodes"] = "rows"
     """Replay: an update samples batch_size rows, or batch_size whole episodes (targets that follow a response)."""
+
+    @property
+    def offline(self) -> bool:
+        """No rollouts: the learner actor alone trains on data it prepares when it starts (OFFLINE_MODES)."""
+        return self.data_mode in OFFLINE_MODES
 
 
 @contextlib.contextmanager
@@ -94,6 +105,8 @@ class Learner(abc.ABC):
     """Registry name, set by `@register`."""
     data_mode: ClassVar[DataMode]
     """"replay": one update = one gradient step on a sampled batch; "on_policy": one update = one rollout."""
+    policy_class: ClassVar[type[nn.Module]] = AcceptRejectPolicy
+    """What the agent is; `start_from` takes an agent of this class only."""
 
     policy: AcceptRejectPolicy
 
@@ -122,6 +135,20 @@ class Learner(abc.ABC):
         self.kl = KLController(config=config)
         # Minibatch shuffling draws from this CPU generator, so runs replay identically on any device.
         self.generator = torch.Generator().manual_seed(seed)
+
+    def start_from(self, agent: nn.Module) -> None:
+        """Start from a trained `agent`'s weights (learner.init_from) instead of the base LM: RL refines what
+        supervision (distillation, DPO) found. Networks beside the policy (critics) start afresh."""
+        if type(agent) is not self.policy_class:
+            raise ValueError(f"learner {self.name!r} trains a {self.policy_class.__name__}; the agent to start from is a "
+                             f"{type(agent).__name__}")
+        self.policy.load_state_dict(agent.state_dict())
+        for copy in self.policy_copies():
+            copy.load_state_dict(agent.state_dict())
+
+    def policy_copies(self) -> list[nn.Module]:
+        """Networks that follow the policy (an EMA, a target): `start_from` starts them where it starts."""
+        return []
 
     def label(self, objective: Any, decisions: Decisions) -> Any:
         """What `update` trains on, from sampled `decisions`: the objective's Transitions (rewards and costs)."""

@@ -1,7 +1,7 @@
 """DPO on the accept/reject agent, and HC-RLHF's adaptive-margin variant, straight from preference pairs.
 
 The agent is π_ref plus a residual, so for a response y its log-ratio log π(y) − log π_ref(y) is a sum over
-the decisions that emit y (learners/pairs.py, envs/teacher_forcing.py): no reward model, rollout or critic.
+the decisions that emit y (learners/offline_batches.py, envs/teacher_forcing.py): no reward model, rollout or critic.
 With h = log-ratio(chosen) − log-ratio(rejected) (Rafailov et al. 2023's implicit reward margin over β):
 
     dpo              L = −log σ(β·h)
@@ -27,7 +27,7 @@ from tokenalign.agents.policy import AcceptRejectPolicy, decision_log_probs
 from tokenalign.core.parsing import check_bounds
 from tokenalign.learners.base import Learner, LearnerContract, adam, gradient_step, read_scalars, seeded
 from tokenalign.learners.kl import KLConfig
-from tokenalign.learners.pairs import PairBatch, PairSide
+from tokenalign.learners.offline_batches import PairBatch, Responses
 from tokenalign.learners.registry import register
 
 
@@ -106,11 +106,14 @@ class DPO(Learner):
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"policy": self.optimizer}
 
-    def log_ratio(self, policy: AcceptRejectPolicy, side: PairSide, size: int) -> torch.Tensor:
+    def policy_copies(self) -> list[nn.Module]:
+        return [self.ema]
+
+    def log_ratio(self, policy: AcceptRejectPolicy, side: Responses, size: int) -> torch.Tensor:
         """(size,) log π(y) − log π_ref(y) of each pair's response on this side: a sum over its decisions."""
         logit = policy(side.observation)[..., 1]
         per_decision = decision_log_probs(logit, side.action) - decision_log_probs(side.observation[:, -1], side.action)
-        return torch.zeros(size, dtype=per_decision.dtype, device=per_decision.device).index_add(0, side.pair, per_decision)
+        return torch.zeros(size, dtype=per_decision.dtype, device=per_decision.device).index_add(0, side.response, per_decision)
 
     def margin(self, policy: AcceptRejectPolicy, batch: PairBatch) -> torch.Tensor:
         """h = log-ratio(chosen) − log-ratio(rejected) of each pair."""

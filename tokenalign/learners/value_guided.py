@@ -111,6 +111,7 @@ class ValueGuidedLearner(Learner):
     """See the module docstring."""
 
     data_mode = "replay"
+    policy_class = ValueGuidedPolicy
 
     @classmethod
     def contract(cls, config: ValueGuidedConfig) -> LearnerContract:
@@ -135,6 +136,9 @@ class ValueGuidedLearner(Learner):
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"policy": self.optimizer}
+
+    def policy_copies(self) -> list[nn.Module]:
+        return [self.target]
 
     def label(self, objective, decisions: Decisions) -> ValueTargets:
         """The rows' targets under the run's objective, which must be linear in the raw scores."""

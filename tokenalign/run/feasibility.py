@@ -132,7 +132,7 @@ def check_eval_prompts(config: TrainConfig) -> None:
 def resource_request(config: TrainConfig) -> ResourceRequest:
     """What the run asks of the cluster: its rollout actors, the learner actor and a reward service."""
     r, learner_gpus = config.rollout, config.learner.num_gpus
-    if config.learner.contract.data_mode == "pairs":  # no rollouts: the learner actor alone, with its own copy of the LM
+    if config.learner.contract.offline:  # no rollouts: the learner actor alone, with its own copy of the LM
         return ResourceRequest(num_actors=0, gpus_per_actor=0.0, cpus_per_actor=0.0, learner_gpus=learner_gpus)
     return ResourceRequest(num_actors=r.num_actors, gpus_per_actor=r.gpus_per_actor, cpus_per_actor=r.cpus_per_actor,
                            learner_gpus=learner_gpus, reward_service_gpus=r.reward_service_gpus)

@@ -68,7 +68,8 @@ class TrainingLoop:
 
     def run(self) -> None:
         mode = self.contract.data_mode
-        {"replay": self._loop_async, "on_policy": self._loop_sync, "pairs": self._loop_pairs}[mode]()
+        {"replay": self._loop_async, "on_policy": self._loop_sync, "pairs": self._loop_offline,
+         "sets": self._loop_offline}[mode]()
 
     def next_prompts(self) -> list[int]:
         """The next batch of training-prompt indices, each repeated samples_per_prompt times; shuffled per epoch."""
@@ -134,14 +135,14 @@ class TrainingLoop:
                 # consumed first next time; counting only new ones never waits on groups the queue dropped.
                 groups = 0
 
-    def _loop_pairs(self) -> None:
-        """Gradient steps on preference pairs, in calls of at most 50 updates (fewer with a smaller
-        run.checkpoint_every) so that stop conditions and checkpoints come between them; an episode of the run's
-        counters is one pair seen (run.total_episodes = epochs × pairs)."""
+    def _loop_offline(self) -> None:
+        """Gradient steps on the learner actor's own data (pairs, sample sets), in calls of at most 50 updates
+        (fewer with a smaller run.checkpoint_every) so that stop conditions and checkpoints come between them; an
+        episode of the run's counters is one item seen, a pair or a prompt's set (run.total_episodes = epochs × items)."""
         per_call = max(1, min(self.config.run.checkpoint_every, 50))
         while not self.should_stop():
-            metrics = self.processes.call(self.processes.learner.train_pairs.remote(per_call))
-            self.progress.episodes += int(metrics["pairs_seen"])
+            metrics = self.processes.call(self.processes.learner.train_offline.remote(per_call))
+            self.progress.episodes += int(metrics["items_seen"])
             self._learner_result(metrics)
 
     def _actor_result(self, ref: Any, index: int) -> dict[str, float] | None:

@@ -3,7 +3,7 @@
 `load_config` checks a config on its own (types, bounds, scorer specs) and `feasibility` whether its settings
 together can make progress (buffer sizes, rate limiter, test prompts, the cluster). What neither sees is
 whether the LM directory is readable and long enough for `engine.max_new_tokens`, whether `python:` scorers
-import and return numbers, whether external Redis servers answer, and whether the buffer backend can serve
+import and return numbers, whether learner.init_from holds an agent the learner can start from, whether external Redis servers answer, and whether the buffer backend can serve
 actors in other processes. Each of those would otherwise fail minutes into a run, inside an actor, as a
 remote traceback; here each is one ConfigError or ScorerError naming the key and the fix.
 """
@@ -12,10 +12,15 @@ from __future__ import annotations
 import json
 
 import redis
+from transformers import AutoConfig
 
 from tokenalign.buffers.redis_client import connect, public_url, redis_password
 from tokenalign.config import TrainConfig
 from tokenalign.core.parsing import ConfigError
+from tokenalign.envs.candidate_state import CANDIDATE_STATES
+from tokenalign.eval.agent_source import load_agent
+from tokenalign.eval.errors import EvalError
+from tokenalign.learners import learner_class
 from tokenalign.lm.loader import resolve_lm_path
 from tokenalign.rewards.factory import make_scorer
 from tokenalign.run.feasibility import check_cluster, check_feasible
@@ -24,13 +29,14 @@ SAMPLE_PROMPTS = ["How are you today?"]
 SAMPLE_RESPONSES = ["I am fine, thank you."]
 
 
-def preflight(config: TrainConfig, *, data_mode: str) -> None:
+def preflight(config: TrainConfig) -> None:
     """Raise one clear error for the first problem a run with `config` would meet; return if there is none."""
     check_feasible(config)
     check_lm(config)
     check_cluster(config)
     check_python_scorers(config)
-    if data_mode != "pairs":
+    check_init_from(config)
+    if not config.learner.contract.offline:
         check_buffer(config)
 
 
@@ -50,6 +56,27 @@ def check_lm(config: TrainConfig) -> None:
     if positions is not None and config.engine.max_new_tokens >= positions:
         raise ConfigError(f"engine.max_new_tokens={config.engine.max_new_tokens} leaves no room for a prompt in the "
                           f"model's {positions} positions; set engine.max_new_tokens below {positions}")
+
+
+def check_init_from(config: TrainConfig) -> None:
+    """learner.init_from holds an agent this run's learner can start from: its kind, input size and widths."""
+    path = config.learner.init_from
+    if path is None:
+        return
+    hidden = int(AutoConfig.from_pretrained(resolve_lm_path(config.lm.path), local_files_only=True).hidden_size)
+    try:
+        agent = load_agent(path, state_size=CANDIDATE_STATES[config.engine.candidate_state].state_size(hidden))
+    except (FileNotFoundError, EvalError, ValueError) as err:
+        raise ConfigError(f"learner.init_from: {err}") from None
+    name, wanted = config.learner.name, learner_class(config.learner.name).policy_class
+    if type(agent) is not wanted:
+        raise ConfigError(f"learner.init_from={path} holds an agent of kind {type(agent).__name__}, but learner.name={name} "
+                          f"trains a {wanted.__name__}: start it from an agent of its kind (bon_distill, dpo or an RL run's for "
+                          "an accept/reject agent)")
+    widths = getattr(config.learner.params, "widths", None)
+    if widths is not None and tuple(agent.widths) != tuple(widths):
+        raise ConfigError(f"learner.init_from={path} holds an agent of widths {list(agent.widths)}, learner.params.widths "
+                          f"is {list(widths)}: set learner.params.widths={list(agent.widths)}")
 
 
 def check_python_scorers(config: TrainConfig) -> None:

@@ -75,7 +75,7 @@ class RunProcesses:
                               preference_dim=self.objective.preference_dim,
                               candidate_rows=self.contract.records == "candidates")
         self.buffer_spec = None
-        if self.contract.data_mode != "pairs":
+        if not self.contract.offline:
             self.buffer_spec, self.fleet = launch_buffer(cfg.buffer, layout=layout, data_mode=self.contract.data_mode,
                                                          run_dir=run_dir, on_ray=not self.started_ray)
             if self.fleet is not None:  # a dead embedded shard restarts from its append-only file and rejoins
@@ -87,7 +87,7 @@ class RunProcesses:
     def start_rollouts(self) -> None:
         """The reward service (if any) and the rollout actors, each in its own placement-group bundle."""
         cfg = self.config
-        if self.contract.data_mode == "pairs":
+        if self.contract.offline:
             return
         if cfg.rollout.reward_service_gpus > 0:
             from tokenalign.actors.reward_service import RewardService

@@ -23,7 +23,7 @@ RESUMABLE = ("objective.", "run.total_episodes", "run.total_decisions", "run.max
 
 def new_run_dir(config: TrainConfig) -> Path:
     """A new run directory holding `config.yaml`, once `preflight` found nothing a run would fail on."""
-    preflight(config, data_mode=config.learner.contract.data_mode)
+    preflight(config)
     run_dir = Path(config.run.runs_dir) / f"{config.run.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir.mkdir(parents=True, exist_ok=False)
     save_config(run_dir / "config.yaml", config)

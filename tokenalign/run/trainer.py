@@ -154,8 +154,8 @@ class Trainer:
         self.bar.update(int(stats["episodes"]))
 
     def learner_done(self, metrics: dict[str, float]) -> None:
-        if "pairs_seen" in metrics:  # a pair learner's episodes are the pairs it has seen
-            self.bar.update(int(metrics["pairs_seen"]))
+        if "items_seen" in metrics:  # an offline learner's episodes are the items (pairs, sets) it has seen
+            self.bar.update(int(metrics["items_seen"]))
         self._log()
         every = self.config.run.checkpoint_every
         if self.progress.updates // every > max(self.progress.last_checkpoint_updates, 0) // every:

@@ -10,7 +10,7 @@ One JSON object per pair, with safe-rlhf's RawSample fields (`input`, `answer`, 
 `safer`, `is_safe`, `is_other_safe`), `revised` (a minimal edit of `answer` with a higher gold reward,
 TLCR's token labels come from the difference), and every gold score for transparency.
 
-Tokens are drawn from the engine's own warp (`propose`, through the base sampler's `next_tokens`), so the
+Tokens are drawn from the engine's own warp (`propose`, through `eval.sampler.sample_copies`), so the
 set comes from exactly the distribution an untrained agent decodes; prompts are encoded by the engine.
 Hugging Face's `generate(do_sample=True)` warps in the same order (temperature, top-k, then top-p over the
 renormalised survivors; checked on the bundled LM: the same surviving tokens, log-probabilities within
@@ -35,14 +35,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import DynamicCache
 
 from tokenalign.core.cache import cache_dir
 from tokenalign.data.prompts import load_prompts
 from tokenalign.envs.candidates import SamplingConfig
 from tokenalign.envs.engine import DecodingEngine, EngineConfig
-from tokenalign.eval.padding import left_pad
-from tokenalign.eval.sampler import next_tokens
+from tokenalign.eval.sampler import sample_copies
 from tokenalign.lm.loader import load_lm
 from tokenalign.rewards.base import Scorer
 from tokenalign.rewards.factory import make_scorer
@@ -123,53 +121,6 @@ class DemoSetReport:
     """Wall time per stage: load (LM, prompts, scorers), sample (pairs, gold rewards), revise, cost."""
 
 
-@torch.no_grad()
-def _sample(engine: DecodingEngine, contexts: list[list[int]], *, copies: int, max_new_tokens: int,
-            sampling: SamplingConfig, batch_size: int, generator: torch.Generator) -> list[list[int]]:
-    """New token ids of `copies` samples per context (context-major), each cut before its first EOS.
-
-    Contexts are prefilled in length order, so a forward pads little, and once each: their copies share the
-    prefill's cache. Finished rows leave the batch, as in the engine.
-    """
-    model, device = engine.model, engine.device
-    per_call = max(batch_size // copies, 1)
-    order = sorted(range(len(contexts)), key=lambda i: len(contexts[i]))
-    samples: list[list[int]] = [[] for _ in range(len(contexts) * copies)]
-    for first in range(0, len(order), per_call):
-        chunk = order[first : first + per_call]
-        input_ids, attention_mask, position_ids = left_pad([contexts[i] for i in chunk],
-                                                           pad_token_id=engine.pad_token_id, device=device)
-        cache = DynamicCache(config=model.config)
-        logits = model(input_ids=input_ids, attention_mask=attention_mask.long(), position_ids=position_ids,
-                       cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1].float()
-        cache.batch_repeat_interleave(copies)
-        logits = logits.repeat_interleave(copies, dim=0)
-        attention_mask = attention_mask.repeat_interleave(copies, dim=0)
-        n_real = attention_mask.sum(dim=1)
-        tokens = torch.full((len(logits), max_new_tokens), engine.pad_token_id, dtype=torch.long, device=device)
-        length = torch.full((len(logits),), max_new_tokens, dtype=torch.long, device=device)
-        rows = torch.arange(len(logits), device=device)  # chunk row of each live row
-        for step in range(max_new_tokens):
-            token = next_tokens(logits, sampling, greedy=False, generator=generator)
-            tokens[rows, step] = token
-            ended = token == engine.eos_token_id
-            length[rows[ended]] = step
-            if step == max_new_tokens - 1 or bool(ended.all()):
-                break
-            if bool(ended.any()):
-                keep = (~ended).nonzero(as_tuple=True)[0]
-                cache.batch_select_indices(keep)
-                rows, attention_mask, n_real, token = rows[keep], attention_mask[keep], n_real[keep], token[keep]
-            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(rows), 1)], dim=1)
-            logits = model(input_ids=token.unsqueeze(1), attention_mask=attention_mask.long(),
-                           position_ids=n_real.unsqueeze(1), cache=cache,
-                           use_cache=True).logits[:, -1].float()
-            n_real = n_real + 1
-        for j, (row, n) in enumerate(zip(tokens.tolist(), length.tolist())):
-            samples[chunk[j // copies] * copies + j % copies] = row[:n]
-    return samples
-
-
 def _revise(engine: DecodingEngine, prompts: list[str], answers: list[list[int]], answer_reward: np.ndarray,
             *, vader: Scorer, sampling: SamplingConfig, batch_size: int,
             generator: torch.Generator, rng: np.random.Generator) -> tuple[list[list[int] | None], np.ndarray]:
@@ -186,7 +137,7 @@ def _revise(engine: DecodingEngine, prompts: list[str], answers: list[list[int]]
             contexts.append(prompt + answer[:start])
             heads.append(answer[:start])
             tails.append(answer[start + REVISION_SPAN_TOKENS :])
-    spans = _sample(engine, contexts, copies=REVISION_DRAWS, max_new_tokens=REVISION_SPAN_TOKENS, sampling=sampling,
+    spans = sample_copies(engine, contexts, copies=REVISION_DRAWS, max_new_tokens=REVISION_SPAN_TOKENS, sampling=sampling,
                     batch_size=batch_size, generator=generator)
     candidates = [heads[j // REVISION_DRAWS] + span + tails[j // REVISION_DRAWS] for j, span in enumerate(spans)]
     texts = engine.tokenizer.batch_decode(candidates, skip_special_tokens=True)
@@ -257,7 +208,7 @@ def make_demo_preferences(*, pairs: int, out: Path, seed: int = 0, model: str = 
         wanted = missing if sampled == ties else math.ceil(missing * sampled / (sampled - ties))
         batch = [texts[(cursor + i) % len(texts)] for i in range(min(wanted, batch_size // 2))]
         cursor += len(batch)
-        responses = _sample(engine, engine.encode(batch), copies=2, max_new_tokens=max_new_tokens,
+        responses = sample_copies(engine, engine.encode(batch), copies=2, max_new_tokens=max_new_tokens,
                             sampling=sampling, batch_size=batch_size, generator=generator)
         decoded = tokenizer.batch_decode(responses, skip_special_tokens=True)
         scores = vader.score([p for p in batch for _ in range(2)], decoded)
