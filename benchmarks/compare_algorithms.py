@@ -7,16 +7,18 @@ best-of-N on the reward–KL plane and at equal decode compute, on the demo task
 
 Every training run is the real system (Trainer: Ray rollout actors, Redis buffer, learner actor; offline
 learners prepare their data in the learner actor) on one local Ray session, in the demo's context mode (one LM
-forward per token), with the same wall-clock budget (`--minutes`, data preparation included: distillation's
-base samples and DPO's pair forcing count). Each family reaches ≥ 3 KL levels by its own dial:
+forward per token), with the same training-loop budget (`--minutes`, run.max_minutes); the wall-clock each run
+took is reported beside it, startup and data preparation included (distillation's base samples, DPO's pair
+forcing). Each family reaches ≥ 3 KL levels by its own dial:
 
   value      a value-guided head (learner value_guided), decoded at several β (a decode-time dial), and
              resampled: K agent samples, one kept by weights ∝ π_ref·exp(R/β)/π_agent or the best by reward
   distill    best-of-n distillation (bon_distill, BoNBoN's loss) at several n, from the same number of base
              samples each (n × prompts fixed); its n = 8 agent also resampled (best of K)
+  distill_jeffreys    the same at n = 8 with BOND's Jeffreys loss
   ppo, ppo_lagrangian, rloo_lagrangian, sac    the KL coefficient β
   dpo        DPO's β, on builtin:demo-prefs (2,000 pairs of base samples labelled by the demo's scorers)
-  ppo_init   PPO (β 0.3) started from the seed's distilled n = 8 agent (learner.init_from): RL from a good start
+  ppo_init   PPO (β 0.3) started from the seed's distilled n = 4 agent (learner.init_from): RL from a good start
 
 Best-of-N (N = 1 … 64) comes from one pool of 64 base samples per prompt and seed. Every row carries reward,
 cost, KL per response to the base LM (agents: measured while decoding; best-of-N and resampling: their bounds),
@@ -64,18 +66,21 @@ class Family:
 
 
 COST_LIMIT = 0.03  # about the base LM's median response cost
+OFFLINE = ("run.checkpoint_every=10",)
+"""An offline learner checks its budget between calls of checkpoint_every updates (50 at most): keep them short."""
 FAMILIES = (
     Family("value", "value_guided", "{}", "decode_beta", (0.6, 0.45, 0.35), resample=(2, 4), resample_level=0.45),
-    # n × prompts = 4,000 base samples per run, so every n pays the same data cost
-    Family("distill", "bon_distill", "{}", "n", (4, 8, 16), resample=(2, 4), resample_level=8),
+    # n × prompts = --set-samples base samples per run, so every n pays the same data cost
+    Family("distill", "bon_distill", "{}", "n", (4, 8, 16), extra=OFFLINE, resample=(2, 4), resample_level=8),
+    Family("distill_jeffreys", "bon_distill", "{loss: jeffreys}", "n", (8,), extra=OFFLINE),
     Family("ppo", "ppo", "{episodes_per_update: 32}", "kl_coef", (0.1, 0.3, 1.0)),
     Family("ppo_lagrangian", "ppo_lagrangian", f"{{episodes_per_update: 32, threshold: {COST_LIMIT}}}", "kl_coef",
            (0.1, 0.3, 1.0)),
     Family("rloo_lagrangian", "rloo_lagrangian", f"{{prompts_per_update: 16, threshold: {COST_LIMIT}}}", "kl_coef",
            (0.1, 0.3, 1.0)),
     Family("sac", "sac", "{batch_size: 256, update_time: 2, learning_starts_factor: 4}", "kl_coef", (0.03, 0.1, 0.3)),
-    Family("dpo", "dpo", "{}", "kl_coef", (0.05, 0.1, 0.3), extra=("data.pairs=[builtin:demo-prefs]",)),
-    Family("ppo_init", "ppo", "{episodes_per_update: 32}", "kl_coef", (0.3,), init_from=("distill", 8)),
+    Family("dpo", "dpo", "{}", "kl_coef", (0.05, 0.1, 0.3), extra=("data.pairs=[builtin:demo-prefs]", *OFFLINE)),
+    Family("ppo_init", "ppo", "{episodes_per_update: 32}", "kl_coef", (0.3,), init_from=("distill", 4)),
 )
 QUICK = {"seeds": 1, "eval_prompts": 10, "minutes": 0.3, "pool": 16}
 
@@ -89,13 +94,19 @@ class Args:
     seeds: int = 3
     """Seeds (0, 1, ...): each trains every run and draws its own best-of-N pool."""
     minutes: float = 0.75
-    """Wall-clock budget of every training run (run.max_minutes), data preparation included."""
+    """Training-loop budget of every run (run.max_minutes); startup and offline data preparation come on top."""
     eval_prompts: int = 60
     """Held-out prompts every method decodes."""
     pool: int = 64
     """Base samples per prompt; best-of-N for every N in 1, 2, 4, … up to it."""
+    set_samples: int = 4000
+    """Distillation: base samples each run draws (n × prompts: the same data cost at every n)."""
     eval_batch_size: int = 32
     """Sequences decoded together during evaluation."""
+    overrides: str = ""
+    """Config overrides of every training run and of the evaluation engine, space-separated (e.g. lm.path=...)."""
+    tag: str = ""
+    """Appended to the result files' names (compare_algorithms_<tag>.*), to keep a variant apart."""
     quick: bool = False
     """1 seed, 10 prompts, 0.3-minute runs, N ≤ 16: writes compare_algorithms_quick.*."""
     out_dir: str = "benchmarks/results"
@@ -114,11 +125,13 @@ def summary_row(summary: dict[str, Any]) -> dict[str, float]:
             "forward_tokens_per_token": summary["lm_forward_tokens_per_token"]}
 
 
-def level_overrides(family: Family, level: float) -> list[str]:
+def level_overrides(family: Family, level: float, *, set_samples: int) -> list[str]:
     if family.dial == "decode_beta":
         return []
-    if family.dial == "n":
-        return [f"learner.params.n={int(level)}", f"learner.params.prompts={4000 // int(level)}"]
+    if family.dial == "n":  # the same base samples and responses per update at every n
+        n = int(level)
+        return [f"learner.params.n={n}", f"learner.params.prompts={set_samples // n}",
+                f"learner.params.batch_size={max(128 // n, 1)}"]
     return [f"learner.params.{family.dial}={level}"]
 
 
@@ -129,15 +142,18 @@ def run_family(family: Family, *, seed: int, args: Args, task, runs_dir: Path, t
     for level in train_levels:
         name = family.name if level is None else f"{family.name}-{family.dial}{level}"
         overrides = [*budget_overrides(learner=family.learner, decisions=None, seed=seed, runs_dir=runs_dir, name=name),
-                     f"learner.params={family.params}", *level_overrides(family, level),
-                     f"run.max_minutes={args.minutes}", "engine.candidate_state=context", *family.extra]
+                     f"learner.params={family.params}", *level_overrides(family, level, set_samples=args.set_samples),
+                     f"run.max_minutes={args.minutes}", "engine.candidate_state=context", *family.extra,
+                     *args.overrides.split()]
         if family.init_from is not None:
             overrides.append(f"learner.init_from={trained[family.init_from]}")
+        started = time.monotonic()
         run_dir, training = train(overrides)
         trained[family.name, level] = run_dir
         policy = load_agent(run_dir, state_size=task.state_size)
-        meta = {"train_minutes": float(training["minutes"]), "episodes": float(training["episodes"]),
-                "updates": float(training["updates"])}
+        # what a user waits for: actors and LM started, offline data prepared, trained, checkpointed
+        meta = {"train_minutes": (time.monotonic() - started) / 60, "loop_minutes": float(training["minutes"]),
+                "episodes": float(training["episodes"]), "updates": float(training["updates"])}
         for beta in family.levels if level is None else (None,):
             if beta is not None:
                 policy.beta = beta
@@ -165,13 +181,14 @@ def main() -> None:
     missing = sorted({f.init_from[0] for f in families if f.init_from} - set(wanted))
     if missing:
         raise SystemExit(f"families {[f.name for f in families if f.init_from]} start from {missing}: add them to --families")
-    name = "compare_algorithms_quick" if args.quick else "compare_algorithms"
+    name = "_".join(["compare_algorithms", *(["quick"] if args.quick else []), *([args.tag] if args.tag else [])])
     runs_dir = Path(args.runs_dir) / time.strftime("%Y%m%d-%H%M%S")
-    _, task = held_out_task(["engine.candidate_state=context"], args.eval_prompts)
+    config, task = held_out_task(["engine.candidate_state=context", *args.overrides.split()], args.eval_prompts)
     if any(f.learner == "dpo" for f in families):
         ensure_demo_preferences()  # made (or found) once, outside every DPO run's budget
     data: dict[str, Any] = {"command": command("compare_algorithms.py", args, QUICK), "args": asdict(args),
-                            "families": [asdict(f) for f in families], "machine": machine(), "seeds": []}
+                            "families": [asdict(f) for f in families], "lm": config.lm.path, "machine": machine(),
+                            "seeds": []}
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()

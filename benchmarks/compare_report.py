@@ -45,14 +45,15 @@ def markdown(data: dict[str, Any]) -> str:
     s, args = data["summary"], data["args"]
     relative = relative_compute(s)
     lines = [
-        "# Algorithm comparison on the demo task: every learner and resampling against best-of-N", "",
-        f"`{data['command']}` — {args['seeds']} seed(s), {args['eval_prompts']} held-out prompts, every training run "
-        f"{args['minutes']:g} minutes of wall-clock (data preparation included) in context mode, on "
+        f"# Algorithm comparison on the demo task ({data['lm']}): every learner and resampling against best-of-N", "",
+        f"`{data['command']}` — {args['seeds']} seed(s), {args['eval_prompts']} held-out prompts, every training loop "
+        f"{args['minutes']:g} minutes in context mode, on "
         f"{data['machine']['cores']} CPU cores; {data.get('wall_minutes', 0):.0f} minutes in all. Mean ± SE over seeds. "
         "KL per response to the base LM in nats: measured while decoding for agents; for best-of-N the bound "
         "log N − (N−1)/N, for resampling rows log K + E[log π_agent/π_ref] (marked ≤). Compute: LM forward tokens per "
         "generated token and × one base sample's (agents against base sampling in the same batches, best-of-N "
-        "against best-of-1 of its pool). Train: minutes of each training run.", "",
+        "against best-of-1 of its pool). Train: wall-clock minutes of each training run, startup and offline data "
+        "preparation (distillation's base samples, DPO's pair forcing) included.", "",
         "| method | reward | cost | KL / response | distinct-2 | base-LM ppl | fwd tokens / token | × base | train min |",
         "|---|---|---|---|---|---|---|---|---|"]
     b = s["base"]
@@ -122,7 +123,7 @@ def plot(data: dict[str, Any], path: Path) -> None:
         ax.set_ylabel("reward")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
-    fig.suptitle("Every method against best-of-N on the demo task (mean ± SE over seeds)")
+    fig.suptitle(f"Every method against best-of-N on the demo task, {data['lm']} (mean ± SE over seeds)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 

@@ -34,6 +34,7 @@ def seed_row(shift: float) -> dict:
 def data(seeds: int = 2) -> dict:
     rows = [seed_row(0.02 * i) for i in range(seeds)]
     return {"command": "python benchmarks/compare_algorithms.py", "machine": {"cores": 2}, "wall_minutes": 80.0,
+            "lm": "builtin:tiny",
             "args": {"seeds": seeds, "eval_prompts": 60, "minutes": 0.75}, "seeds": rows, "summary": aggregate(rows)}
 
 

@@ -39,7 +39,7 @@ class ObservationNorm(nn.LayerNorm):
     statistics, and must not drown in it either: the normalised state has norm √H, so w enters as
     (w − 1/P)·√(H/P), the same total norm for a one-hot w. Fed as raw [0, 1] values beside H unit-variance
     features, w barely moved the first layer in training and the agent decoded alike at every w
-    (benchmarks/results/pareto_unscaled_w.md).
+    (benchmarks/pareto.py on the previous LM, 2026-11-30; that result is in git history).
     """
 
     def __init__(self, state_size: int, preference_dim: int = 0) -> None:
