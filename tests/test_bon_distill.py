@@ -112,15 +112,19 @@ def test_a_distilled_agent_prefers_the_best_of_sets_it_never_saw(planted, loss):
     assert (gap() > 0).float().mean().item() >= 0.9 and gap().mean().item() > 1.0, (loss, gap())
 
 
-def test_a_bon_distill_run_trains_on_its_sets_evaluates_and_resumes(ray_cluster, tmp_path):
+def test_a_bon_distill_run_resumes_and_rl_starts_from_its_agent(ray_cluster, tmp_path):
+    """A distillation run has the run layout, evaluates and resumes; learner.init_from: PPO's first rollouts decode
+    with its agent (a base-LM start decodes with KL exactly 0: its residual is zero); an agent of another kind or
+    shape is one ConfigError before any run directory."""
     from tokenalign.config import load_config
+    from tokenalign.core.parsing import ConfigError
     from tokenalign.eval.agent_source import load_agent
     from tokenalign.run.trainer import Trainer
 
-    overrides = ["learner.name=bon_distill", "learner.params={n: 4, prompts: 24, batch_size: 8, widths: [64]}",
-                 "run.total_episodes=96", "run.checkpoint_every=4", "run.eval_prompts=4", "engine.max_new_tokens=8",
-                 f"run.runs_dir={tmp_path}"]
-    trainer = Trainer.new_run(load_config(None, overrides))
+    short = ["run.checkpoint_every=4", "engine.max_new_tokens=8", f"run.runs_dir={tmp_path}"]
+    trainer = Trainer.new_run(load_config(None, [
+        "learner.name=bon_distill", "learner.params={n: 4, prompts: 24, batch_size: 8, widths: [64]}",
+        "run.total_episodes=96", "run.eval_prompts=4", "run.name=distilled", *short]))
     summary = trainer.run()
     run_dir = trainer.run_dir
     assert set(summary) == {"agent", "base", "best_of_4"} and summary["agent"]["kl_per_response"]["mean"] >= 0
@@ -135,35 +139,22 @@ def test_a_bon_distill_run_trains_on_its_sets_evaluates_and_resumes(ray_cluster,
     again = json.loads((run_dir / "training.json").read_text())
     assert again["episodes"] == 160 and again["updates"] == 20
 
-
-def test_rl_starts_from_a_distilled_agent_and_refuses_one_it_cannot_start_from(ray_cluster, tmp_path):
-    """learner.init_from: PPO's first rollouts decode with the distilled agent (a base-LM start decodes with KL
-    exactly 0: its residual is zero); an agent of another kind or shape is one ConfigError before any run directory."""
-    from tokenalign.config import load_config
-    from tokenalign.core.parsing import ConfigError
-    from tokenalign.run.trainer import Trainer
-
-    short = ["run.checkpoint_every=4", "run.eval_prompts=0", "engine.max_new_tokens=8", f"run.runs_dir={tmp_path}"]
-    distilled = Trainer.new_run(load_config(None, [
-        "learner.name=bon_distill", "learner.params={n: 4, prompts: 24, batch_size: 8, widths: [64], lr: 0.01}",
-        "run.total_episodes=160", "run.name=distilled", *short]))
-    distilled.run()
-
     def first_rollout_kl(*init: str) -> float:
-        trainer = Trainer.new_run(load_config(None, [
+        ppo = Trainer.new_run(load_config(None, [
             "learner.name=ppo", "learner.params={episodes_per_update: 8, widths: [64]}", "run.total_episodes=8",
-            "rollout.episodes_per_batch=4", *init, *short]))
-        trainer.run()
-        lines = [json.loads(line) for line in (trainer.run_dir / "metrics.jsonl").read_text().splitlines()]
+            "rollout.episodes_per_batch=4", "run.eval_prompts=0", *init, *short]))
+        ppo.run()
+        lines = [json.loads(line) for line in (ppo.run_dir / "metrics.jsonl").read_text().splitlines()]
         return next(m["rollout/kl_per_response"] for m in lines if "rollout/kl_per_response" in m)
 
     assert first_rollout_kl() == 0.0
-    assert first_rollout_kl(f"learner.init_from={distilled.run_dir}") > 0.0
+    assert first_rollout_kl(f"learner.init_from={run_dir}") > 0.0
     before = sorted(p.name for p in tmp_path.iterdir())
     with pytest.raises(ConfigError, match=r"learner\.params\.widths=\[64\]"):
-        Trainer.new_run(load_config(None, ["learner.name=ppo", f"learner.init_from={distilled.run_dir}", *short]))
-    with pytest.raises(ConfigError, match=r"learner\.init_from=.* holds an agent of kind AcceptRejectPolicy, but learner\.name=value_guided"):
-        Trainer.new_run(load_config(None, ["learner.name=value_guided", f"learner.init_from={distilled.run_dir}",
+        Trainer.new_run(load_config(None, ["learner.name=ppo", f"learner.init_from={run_dir}", *short]))
+    with pytest.raises(ConfigError, match=r"learner\.init_from=.* holds an agent of kind AcceptRejectPolicy, but "
+                                          r"learner\.name=value_guided"):
+        Trainer.new_run(load_config(None, ["learner.name=value_guided", f"learner.init_from={run_dir}",
                                            "engine.candidate_state=context", *short]))
     with pytest.raises(ConfigError, match=r"learner\.init_from: .*does not exist"):
         Trainer.new_run(load_config(None, ["learner.name=ppo", f"learner.init_from={tmp_path / 'nowhere'}", *short]))
