@@ -109,6 +109,8 @@ class Args:
     """Appended to the result files' names (compare_algorithms_<tag>.*), to keep a variant apart."""
     quick: bool = False
     """1 seed, 10 prompts, 0.3-minute runs, N ≤ 16: writes compare_algorithms_quick.*."""
+    render: str = ""
+    """A results JSON of this script: write its report again beside it (after a change to the report), running nothing."""
     out_dir: str = "benchmarks/results"
     """Where the results go."""
     runs_dir: str = "runs/compare"
@@ -173,6 +175,12 @@ def run_family(family: Family, *, seed: int, args: Args, task, runs_dir: Path, t
 
 def main() -> None:
     args = parse_args(Args, __doc__, QUICK)
+    if args.render:
+        path = Path(args.render)
+        data = json.loads(path.read_text())
+        data["summary"] = aggregate(data["seeds"])
+        print(write_report(data, path.parent, path.stem))
+        return
     wanted = args.families.split(",")
     unknown = sorted(set(wanted) - {f.name for f in FAMILIES})
     if unknown:

@@ -7,11 +7,23 @@ import math
 from pathlib import Path
 from typing import Any
 
+import reward_kl
 from reward_kl import aggregate as over_seeds
-from reward_kl import comparisons, fmt, relative_compute
+from reward_kl import fmt
 
 GOAL_BUDGET = 16
 """The goal beyond the bar: a row above best-of-N's curve at every compute budget up to best-of-16's."""
+
+
+def relative_compute(s: dict[str, Any]) -> dict[str, float]:
+    """Each row's compute as a multiple of one base sample's (reward_kl.relative_compute), a resampling row charged
+    K × its agent's: decoded as K copies of each prompt side by side, its measured forward tokens per token omit
+    the prompt padding its agent pays when it decodes one response per prompt, as base sampling does."""
+    relative = reward_kl.relative_compute(s)
+    for key in s["agents"]:
+        if " K=" in key:
+            relative[key] = int(key.rsplit("K=", 1)[1]) * relative[key.rsplit(" ", 2)[0]]
+    return relative
 
 
 def aggregate(seeds: list[dict[str, Any]]) -> dict[str, Any]:
@@ -51,8 +63,9 @@ def markdown(data: dict[str, Any]) -> str:
         f"{data['machine']['cores']} CPU cores; {data.get('wall_minutes', 0):.0f} minutes in all. Mean ± SE over seeds. "
         "KL per response to the base LM in nats: measured while decoding for agents; for best-of-N the bound "
         "log N − (N−1)/N, for resampling rows log K + E[log π_agent/π_ref] (marked ≤). Compute: LM forward tokens per "
-        "generated token and × one base sample's (agents against base sampling in the same batches, best-of-N "
-        "against best-of-1 of its pool). Train: wall-clock minutes of each training run, startup and offline data "
+        "generated token as measured, and × one base sample's (agents against base sampling in the same batches, "
+        "best-of-N against best-of-1 of its pool, a resampling row K × its agent's: its measured count is lowered by "
+        "decoding K copies of each prompt side by side). Train: wall-clock minutes of each training run, startup and offline data "
         "preparation (distillation's base samples, DPO's pair forcing) included.", "",
         "| method | reward | cost | KL / response | distinct-2 | base-LM ppl | fwd tokens / token | × base | train min |",
         "|---|---|---|---|---|---|---|---|---|"]
@@ -80,7 +93,7 @@ def markdown(data: dict[str, Any]) -> str:
     lines += ["", f"Goal beyond the bar (a row above best-of-N's curve at every budget ≤ best-of-{GOAL_BUDGET}'s): "
               f"**{'reached' if goal else 'not reached'}**.", "", "## Each row against best-of-N at its KL and at its compute",
               ""]
-    lines += comparisons(s)
+    lines += reward_kl.comparisons(s, relative)
     return "\n".join(lines) + "\n"
 
 

@@ -254,14 +254,15 @@ def markdown(data: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def comparisons(s: dict[str, Any]) -> list[str]:
+def comparisons(s: dict[str, Any], relative: dict[str, float] | None = None) -> list[str]:
     """For each agent: best-of-N at its KL and at its decode compute (the largest N within each), and who wins.
 
     Best-of-N is only measured up to the pool size, so "at its KL" means the largest N whose bound is within
-    the agent's KL: where the agent spends more KL than that, best-of-N could spend more too. A reward win
+    the agent's KL: where the agent spends more KL than that, best-of-N could spend more too. `relative`: each row's
+    compute × one base sample's (default: relative_compute). A reward win
     whose text loses a fifth of best-of-N's distinct-2 or more is a loss.
     """
-    out, relative = [], relative_compute(s)
+    out, relative = [], relative or relative_compute(s)
     bon = {int(n): r for n, r in s["best_of"].items()}
     largest = max(bon)
     for key, a in s["agents"].items():

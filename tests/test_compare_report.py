@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from compare_report import aggregate, equal_compute, write_report  # noqa: E402
+from compare_report import aggregate, equal_compute, relative_compute, write_report  # noqa: E402
 
 
 def row(reward: float, kl: float, forward: float, *, bound: bool = False, distinct: float = 0.7) -> dict[str, float]:
@@ -27,7 +27,8 @@ def seed_row(shift: float) -> dict:
     return {"base": {"reward": 0.0, "cost": 0.05, "distinct_2": 0.7, "perplexity": 12.0, "forward_tokens_per_token": 2.0},
             "best_of": {str(n): best_of(n, r + shift) for n, r in ((1, 0.0), (2, 0.4), (4, 0.7), (8, 0.9), (16, 1.5))},
             "agents": {"value decode_beta=0.45": row(0.8 + shift, 1.1, 2.0),  # × base 1: beats best-of-1 only
-                       "value decode_beta=0.45 resample K=4": row(1.3 + shift, 1.5, 8.0, bound=True),  # × 4
+                       # measured × 3 (K copies of a prompt side by side pad less), charged K × its agent's: × 4
+                       "value decode_beta=0.45 resample K=4": row(1.3 + shift, 1.5, 6.0, bound=True),
                        "ppo kl_coef=0.3": row(0.9 + shift, 0.5, 2.0, distinct=0.3)}}  # degenerate
 
 
@@ -43,6 +44,12 @@ def test_aggregate_is_the_mean_and_standard_error_over_seeds():
     reward = s["agents"]["ppo kl_coef=0.3"]["reward"]
     assert reward[0] == pytest.approx(0.91) and reward[1] == pytest.approx(0.01)  # std 0.01414 / √2
     assert s["best_of"]["4"]["kl_bound"][0] == pytest.approx(math.log(4) - 0.75)
+
+
+def test_a_resampling_row_is_charged_k_times_its_agents_compute():
+    relative = relative_compute(data()["summary"])
+    assert relative["value decode_beta=0.45"] == pytest.approx(1.0) and relative["4"] == pytest.approx(4.0)
+    assert relative["value decode_beta=0.45 resample K=4"] == pytest.approx(4.0)  # not the measured 3.0
 
 
 def test_equal_compute_picks_the_best_row_within_each_budget_and_refuses_degenerate_wins():
