@@ -126,7 +126,7 @@ def plot(data: dict[str, Any], path: Path) -> None:
         for i, (group, keys) in enumerate(families.items()):
             ax.errorbar([x(k, s["agents"][k]) for k in keys], [s["agents"][k]["reward"][0] for k in keys],
                         yerr=[s["agents"][k]["reward"][1] for k in keys], fmt="s--" if "resampled" in group else "o-",
-                        color=f"C{i % 10}", label=group)
+                        color=plt.cm.tab20(i % 20), label=group)
         ax.axhline(s["base"]["reward"][0], color="grey", lw=0.8, ls=":", label="base sampling")
         if x_of == "compute":
             ax.set_xscale("log", base=2)
