@@ -19,6 +19,8 @@ from tokenalign.envs.rollout import generate_episodes
 from tokenalign.envs.task import DecodingTask
 from tokenalign.eval.evaluate import MODES, evaluate
 from tokenalign.learners import config_class, learner_class, learner_names, make_learner
+from tokenalign.learners.base import OFFLINE_MODES
+from tokenalign.learners.offline_batches import Responses, SampleSets
 from tokenalign.rewards.shaping import ShapingConfig
 
 
@@ -57,8 +59,8 @@ def test_every_evaluation_mode_creates_every_tensor_on_its_device(tiny_lm):
                               max_new_tokens=6, candidate_block=0)
     policy = AcceptRejectPolicy(state_size=task.state_size)
     with no_implicit_device():
-        summaries = {mode: evaluate(task, mode, task.prompts, policy=policy, n=2, seed=0, batch_size=2).summary
-                     for mode in MODES}
+        summaries = {mode: evaluate(task, mode, task.prompts, policy=policy, n=2, seed=0, batch_size=2,
+                                    beta=0.5).summary for mode in MODES}
     assert all(s["n"] == 2 for s in summaries.values())
 
 
@@ -70,10 +72,25 @@ def rollout_batch():
                            generator=gen).transitions
 
 
-@pytest.mark.parametrize("name", [n for n in learner_names() if learner_class(n).data_mode != "pairs" and n != "value_guided"])
+@pytest.mark.parametrize("name", [n for n in learner_names()
+                                  if learner_class(n).data_mode not in OFFLINE_MODES and n != "value_guided"])
 def test_a_learner_step_creates_every_tensor_on_its_device(name):
     learner = make_learner(name, state_size=8, config=config_class(name)(widths=(8, 4)))
     batch = rollout_batch()
+    with no_implicit_device():
+        metrics = learner.update(batch.to("cpu"))
+    assert metrics and all(np.isfinite(v) for v in metrics.values())
+
+
+@pytest.mark.parametrize("loss", ["bonbon", "jeffreys"])
+def test_a_distillation_step_creates_every_tensor_on_its_device(loss):
+    gen = torch.Generator().manual_seed(0)
+    sets, per_set, decisions = 3, 4, 60
+    responses = Responses(observation=torch.randn(decisions, 9, generator=gen),
+                          action=torch.randint(2, (decisions,), generator=gen),
+                          response=torch.arange(decisions) % (sets * per_set))
+    batch = SampleSets(responses=responses, reward=torch.randn(sets, per_set, generator=gen))
+    learner = make_learner("bon_distill", state_size=8, config=config_class("bon_distill")(widths=(8, 4), loss=loss))
     with no_implicit_device():
         metrics = learner.update(batch.to("cpu"))
     assert metrics and all(np.isfinite(v) for v in metrics.values())
