@@ -241,7 +241,7 @@ def test_update_reports_finite_metrics(name: str) -> None:
 
 def test_float16_states_from_the_buffer_train_every_learner_after_to() -> None:
     """The buffer hands states over as stored (float16, the default); Transitions.to makes them float32 on device."""
-    # dpo, bon_distill: tests/test_dpo.py, tests/test_bon_distill.py; value_guided learns from candidate rows
+    # dpo, bon_distill: tests/test_dpo.py, tests/test_distillation.py; value_guided learns from candidate rows
     # (tests/test_value_learner.py)
     for name in [n for n in learner_names() if learner_class(n).data_mode not in OFFLINE_MODES and n != "value_guided"]:
         batch = rollouts(1)[0]
